@@ -1,0 +1,28 @@
+"""ssft-deploy runtime: torch-free inference for cm-SSFT cross-modality person re-identification.
+
+Importing this package never imports torch (a test checks it in a fresh interpreter).
+"""
+
+from __future__ import annotations
+
+from ssft_deploy.errors import (
+    BundleError,
+    CheckpointError,
+    DatasetError,
+    EngineError,
+    GalleryError,
+    InputError,
+    QueueFullError,
+    SSFTError,
+)
+
+__version__ = "0.1.0"
+
+# Modality codes used everywhere (arrays carry the int, APIs accept either form).
+RGB, IR = 0, 1
+MODALITIES = {"rgb": RGB, "ir": IR}
+
+__all__ = [
+    "BundleError", "CheckpointError", "DatasetError", "EngineError", "GalleryError",
+    "InputError", "QueueFullError", "SSFTError", "RGB", "IR", "MODALITIES", "__version__",
+]
