@@ -1,0 +1,344 @@
+"""Model bundles: ``manifest.json`` plus graph / engine files, each pinned by its sha256.
+
+The export side writes bundles through :func:`write_manifest`; the runtime reads them with
+:func:`load_bundle`. Every file is hash-checked on first use, graph I/O is checked against the
+manifest when an engine opens it, and TensorRT engines are checked against the GPU and TensorRT
+version of this machine. Any mismatch is a :class:`~ssft_deploy.errors.BundleError` that says how
+to fix it (re-export).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssft_deploy.errors import BundleError
+
+log = logging.getLogger("ssft_deploy.bundle")
+
+MANIFEST_FORMAT = "ssft-bundle/1"
+MANIFEST_NAME = "manifest.json"
+GRAPHS = ("extractor_rgb", "extractor_ir", "transfer")
+REEXPORT = "re-export with ssft-export"
+REBUILD_TRT = "rebuild with ssft-export --trt on this machine"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(bundle_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
+    """Write ``manifest.json`` atomically (temporary file, fsync, rename); returns its path.
+
+    A missing ``format`` is filled in; another format string is refused.
+    """
+    root = Path(bundle_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    data = dict(manifest)
+    data.setdefault("format", MANIFEST_FORMAT)
+    if data["format"] != MANIFEST_FORMAT:
+        raise BundleError(f"manifest format {data['format']!r} is not {MANIFEST_FORMAT!r}")
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=root)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        target = root / MANIFEST_NAME
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model facts a runtime needs: input size (h, w), normalisation, feature dims, k."""
+
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    shared_dim: int
+    specific_dim: int
+    transfer_dim: int
+    k: int
+    transfer_parts: tuple[str, ...]
+    arch: str = ""
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {"shared": self.shared_dim, "specific": self.specific_dim,
+                "transfer": self.transfer_dim}
+
+    @classmethod
+    def from_manifest(cls, model: Mapping[str, Any]) -> ModelInfo:
+        try:
+            h, w = (int(v) for v in model["input_size"])
+            mean = tuple(float(v) for v in model["mean"])
+            std = tuple(float(v) for v in model["std"])
+            info = cls(input_size=(h, w), mean=mean, std=std,  # type: ignore[arg-type]
+                       shared_dim=int(model["shared_dim"]),
+                       specific_dim=int(model["specific_dim"]),
+                       transfer_dim=int(model["transfer_dim"]), k=int(model["k"]),
+                       transfer_parts=tuple(model.get("transfer_parts", ("shared", "specific"))),
+                       arch=str(model.get("arch", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"manifest 'model' section is incomplete or malformed ({exc!r}); "
+                              f"{REEXPORT}") from exc
+        if len(mean) != 3 or len(std) != 3 or min(h, w) <= 0 or any(s <= 0 for s in std):
+            raise BundleError(f"manifest 'model' has a bad input_size/mean/std; {REEXPORT}")
+        return info
+
+    def expected_io(self, graph: str) -> tuple[dict[str, tuple], dict[str, tuple]]:
+        """``(inputs, outputs)`` of a graph as name -> (shape with -1 dynamic, dtype name)."""
+        h, w = self.input_size
+        ds, dp, dt, k2 = self.shared_dim, self.specific_dim, self.transfer_dim, 2 * self.k
+        if graph.startswith("extractor"):
+            return ({"images": ((-1, 3, h, w), "float32")},
+                    {"shared": ((-1, ds), "float32"), "specific": ((-1, dp), "float32")})
+        if graph == "transfer":
+            return ({"z": ((-1, 2 * dp + ds), "float32"), "idx": ((-1, k2), "int64"),
+                     "w": ((-1, k2), "float32")},
+                    {"transferred": ((-1, dt), "float32")})
+        raise BundleError(f"unknown graph {graph!r}; expected one of {GRAPHS}")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a variant: ``format`` is ``onnx`` or ``tensorrt``; ``meta`` keeps the rest."""
+
+    graph: str
+    variant: str
+    file: str
+    sha256: str
+    format: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrtPlatform:
+    """What a TensorRT engine must match here: TensorRT version, GPU name, compute capability."""
+
+    tensorrt: str | None
+    gpu: str | None
+    compute_capability: str | None
+
+
+def current_trt_platform() -> TrtPlatform:
+    """Probe the importable TensorRT and GPU 0 (lazy imports; ``None`` fields where absent)."""
+    try:
+        import tensorrt
+        version = str(tensorrt.__version__)
+    except Exception:  # noqa: BLE001  (any import failure means "no TensorRT")
+        version = None
+    gpu = cc = None
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        if cuda.Device.count() > 0:
+            dev = cuda.Device(0)
+            gpu = str(dev.name())
+            cc = "{}.{}".format(*dev.compute_capability())
+    except Exception as exc:  # noqa: BLE001  (no driver / no pycuda: no GPU for TensorRT)
+        log.debug("no CUDA device for TensorRT: %s", exc)
+    return TrtPlatform(tensorrt=version, gpu=gpu, compute_capability=cc)
+
+
+def check_engine_platform(entry: FileEntry, here: TrtPlatform) -> None:
+    """Refuse a TensorRT engine built for another TensorRT version or GPU than ``here``."""
+    where = f"{entry.variant}/{entry.graph} ({entry.file})"
+    built_trt = entry.meta.get("tensorrt")
+    built_gpu = entry.meta.get("gpu")
+    built_cc = entry.meta.get("compute_capability")
+    if here.tensorrt is None:
+        raise BundleError(f"{where} is a TensorRT engine but TensorRT is not importable here; "
+                          "use an ONNX variant (backend 'ort-cpu' / 'ort-cuda')")
+    if here.gpu is None:
+        raise BundleError(f"{where} is a TensorRT engine but no CUDA GPU is visible here")
+    problems = []
+    if built_trt is not None and str(built_trt) != here.tensorrt:
+        problems.append(f"TensorRT {built_trt} (this machine has {here.tensorrt})")
+    if built_cc is not None and str(built_cc) != here.compute_capability:
+        problems.append(f"compute capability {built_cc} (this GPU has {here.compute_capability})")
+    if built_gpu is not None and str(built_gpu) != here.gpu:
+        problems.append(f"GPU {built_gpu!r} (this machine has {here.gpu!r})")
+    if problems:
+        raise BundleError(f"{where} was built for " + ", ".join(problems) + f"; {REBUILD_TRT} "
+                          "(or open it with rebuild=True to rebuild from its ONNX graph)")
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle; files are verified lazily (hash on first use) and thread-safely."""
+
+    root: Path
+    manifest: dict
+    model: ModelInfo
+    variants: dict[str, dict[str, FileEntry]]
+    _verified: set = field(default_factory=set, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.model.input_size
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.model.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.model.std
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return self.model.dims
+
+    @property
+    def k(self) -> int:
+        return self.model.k
+
+    @property
+    def transfer_parts(self) -> tuple[str, ...]:
+        return self.model.transfer_parts
+
+    def has(self, graph: str, variant: str) -> bool:
+        return graph in self.variants.get(variant, {})
+
+    def entry(self, graph: str, variant: str = "fp32") -> FileEntry:
+        """The manifest entry of ``graph`` in ``variant`` (``fp32``, ``fp16``, ``trt-fp16``...)."""
+        if variant not in self.variants:
+            raise BundleError(f"bundle {self.root} has no {variant!r} variant (it has "
+                              f"{sorted(self.variants)}); {REEXPORT} and the matching option")
+        files = self.variants[variant]
+        if graph not in files:
+            raise BundleError(f"bundle {self.root} variant {variant!r} has no {graph!r} graph; "
+                              f"{REEXPORT}")
+        return files[graph]
+
+    def file(self, graph: str, precision: str = "fp32",
+             platform: Callable[[], TrtPlatform] | None = None) -> Path:
+        """Path of ``graph`` in variant ``precision``, its sha256 verified on first use.
+
+        TensorRT engines are also checked against ``platform()`` (default: probe this machine).
+        """
+        ent = self.entry(graph, precision)
+        path = self.root / ent.file
+        key = (precision, graph)
+        with self._lock:
+            if key not in self._verified:
+                verify_entry(self.root, ent)
+                self._verified.add(key)
+        if ent.format == "tensorrt":
+            check_engine_platform(ent, (platform or current_trt_platform)())
+        return path
+
+    def check_io(self, graph: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
+                 source: str = "") -> None:
+        """Check a graph's I/O specs (objects with ``shape``, ``dtype``) against the manifest."""
+        want_in, want_out = self.model.expected_io(graph)
+        label = source or graph
+        for kind, want, got in (("input", want_in, inputs), ("output", want_out, outputs)):
+            if set(want) != set(got):
+                raise BundleError(f"{label}: {kind}s are {sorted(got)}, the bundle format needs "
+                                  f"{sorted(want)}; {REEXPORT}")
+            for name, (shape, dtype) in want.items():
+                spec = got[name]
+                have = tuple(int(d) for d in spec.shape)
+                if len(have) != len(shape) or any(
+                        w != -1 and h != -1 and w != h for w, h in zip(shape, have)):
+                    hint = ""
+                    if name == "images":
+                        hint = (f" (the manifest input_size is {list(self.model.input_size)}: "
+                                "the graph comes from a model with another input size)")
+                    raise BundleError(f"{label}: {kind} {name!r} has shape {list(have)}, "
+                                      f"expected {list(shape)}{hint}; {REEXPORT}")
+                if str(spec.dtype) != dtype:
+                    raise BundleError(f"{label}: {kind} {name!r} is {spec.dtype}, expected "
+                                      f"{dtype}; {REEXPORT}")
+
+    def verify(self) -> None:
+        """Hash-check every file listed in the manifest (the lazy check, done eagerly)."""
+        for variant, files in self.variants.items():
+            for graph, ent in files.items():
+                with self._lock:
+                    if (variant, graph) not in self._verified:
+                        verify_entry(self.root, ent)
+                        self._verified.add((variant, graph))
+
+
+def verify_entry(root: Path, ent: FileEntry) -> None:
+    """Raise BundleError when the entry's file is missing or its sha256 differs."""
+    path = root / ent.file
+    if not path.is_file():
+        raise BundleError(f"bundle file {path} ({ent.variant}/{ent.graph}) is missing; {REEXPORT}")
+    digest = sha256_file(path)
+    if digest != ent.sha256:
+        raise BundleError(f"bundle file {path} does not match its sha256 in the manifest "
+                          f"(file changed or corrupt); {REEXPORT}")
+
+
+def _parse_variants(root: Path, variants: Any) -> dict[str, dict[str, FileEntry]]:
+    if not isinstance(variants, dict) or not variants:
+        raise BundleError(f"manifest in {root} lists no variants; {REEXPORT}")
+    out: dict[str, dict[str, FileEntry]] = {}
+    for vname, files in variants.items():
+        if not isinstance(files, dict):
+            raise BundleError(f"manifest variant {vname!r} is malformed; {REEXPORT}")
+        out[vname] = {}
+        for graph, item in files.items():
+            try:
+                name = str(item["file"])
+                ent = FileEntry(graph=graph, variant=vname, file=name, sha256=str(item["sha256"]),
+                                format=str(item.get("format", "onnx")),
+                                meta={k: v for k, v in item.items()
+                                      if k not in ("file", "sha256", "format")})
+            except (KeyError, TypeError) as exc:
+                raise BundleError(f"manifest entry {vname}/{graph} needs 'file' and 'sha256'; "
+                                  f"{REEXPORT}") from exc
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise BundleError(f"manifest entry {vname}/{graph} points outside the bundle")
+            out[vname][graph] = ent
+    return out
+
+
+def load_bundle(path: str | os.PathLike | Bundle, verify: bool = False) -> Bundle:
+    """Read ``path/manifest.json`` (or a manifest path); ``verify=True`` hash-checks every file."""
+    if isinstance(path, Bundle):
+        return path
+    p = Path(path)
+    manifest_path = p if p.name == MANIFEST_NAME else p / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError(f"no {MANIFEST_NAME} in {manifest_path.parent}: not a model bundle "
+                          f"(create one with ssft-export)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not readable JSON ({exc}); {REEXPORT}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BundleError(f"{manifest_path} has format {found!r}, this runtime reads "
+                          f"{MANIFEST_FORMAT!r}; {REEXPORT}")
+    root = manifest_path.parent
+    bundle = Bundle(root=root, manifest=manifest,
+                    model=ModelInfo.from_manifest(manifest.get("model") or {}),
+                    variants=_parse_variants(root, manifest.get("variants")))
+    if verify:
+        bundle.verify()
+    return bundle

@@ -1,0 +1,95 @@
+"""Backend selection: the only place that decides which engine class opens which bundle file.
+
+Each backend class declares whether it can run here (``unavailable_reason``), which file
+formats it runs, which bundle variant holds its files for a precision, and a priority.
+``backend="auto"`` takes the highest-priority backend that this machine and the bundle allow.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ssft_deploy.bundle import Bundle, load_bundle
+from ssft_deploy.engines.base import Engine, log
+from ssft_deploy.engines.ort import OrtCpuEngine, OrtCudaEngine
+from ssft_deploy.engines.tensorrt import TensorRTEngine
+from ssft_deploy.errors import BundleError, EngineError
+
+BACKENDS: dict[str, type[Engine]] = {
+    cls.name: cls for cls in sorted((TensorRTEngine, OrtCudaEngine, OrtCpuEngine),
+                                    key=lambda c: -c.priority)
+}
+
+
+def backend_status() -> dict[str, str | None]:
+    """Backend name -> ``None`` when it can run here, else the reason it cannot."""
+    return {name: cls.unavailable_reason() for name, cls in BACKENDS.items()}
+
+
+def available_backends() -> list[str]:
+    """Backends that can run on this machine, best first."""
+    return [name for name, reason in backend_status().items() if reason is None]
+
+
+def _usable(bundle: Bundle, graph: str, cls: type[Engine], precision: str) -> str | None:
+    """Why ``cls`` cannot open ``graph`` at ``precision`` from this bundle here (None: it can)."""
+    variant = cls.variant(precision)
+    if not bundle.has(graph, variant):
+        return f"the bundle has no {variant!r} {graph!r}"
+    entry = bundle.entry(graph, variant)
+    if entry.format not in cls.formats:
+        return f"{entry.file} is {entry.format!r}, this backend runs {cls.formats}"
+    reason = cls.unavailable_reason()
+    if reason is None and entry.format == "tensorrt":
+        try:
+            bundle.file(graph, variant)  # hash + GPU / TensorRT version check
+        except BundleError as exc:
+            reason = str(exc)
+    return reason
+
+
+def choose_backend(bundle: Bundle, graph: str, precision: str = "fp32",
+                   backend: str = "auto") -> type[Engine]:
+    """The engine class that will open ``graph``; EngineError says why none (or the named) can."""
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise EngineError(f"unknown backend {backend!r}; choose from "
+                              f"{['auto', *BACKENDS]}")
+        cls = BACKENDS[backend]
+        reason = cls.unavailable_reason()
+        if reason:
+            raise EngineError(f"backend {backend!r} is unavailable here: {reason}")
+        return cls
+    skipped = {}
+    for name, cls in BACKENDS.items():
+        reason = _usable(bundle, graph, cls, precision)
+        if reason is None:
+            log.info("%s %s: backend %s (skipped: %s)", graph, precision, name,
+                     "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "none")
+            return cls
+        skipped[name] = reason
+    raise EngineError(f"no backend can run {graph!r} at {precision!r} here: "
+                      + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+
+
+def open_engine(bundle: Bundle | str | os.PathLike, graph: str, precision: str = "fp32",
+                backend: str = "auto", *, intra_op_threads: int | None = None,
+                device_id: int = 0) -> Engine:
+    """Open ``graph`` (``extractor_rgb`` / ``extractor_ir`` / ``transfer``) of a bundle.
+
+    The file's hash (and, for TensorRT, GPU and version) is verified, and the engine's I/O is
+    checked against the manifest (input size, dims, dtypes) -> BundleError on any mismatch.
+    """
+    b = load_bundle(bundle)
+    cls = choose_backend(b, graph, precision, backend)
+    path = b.file(graph, cls.variant(precision))
+    kwargs: dict = {"device_id": device_id}
+    if cls is not TensorRTEngine:
+        kwargs["intra_op_threads"] = intra_op_threads
+    engine = cls(path, **kwargs)
+    try:
+        b.check_io(graph, engine.inputs, engine.outputs, source=str(path))
+    except BundleError:
+        engine.close()
+        raise
+    return engine
