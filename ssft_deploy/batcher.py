@@ -1,0 +1,341 @@
+"""Camera-frame batcher: many camera threads submit person crops, one future per crop.
+
+Crops are preprocessed in the submitting thread (so camera threads share that cost), queued per
+modality, and a worker per modality runs ``extract_fn`` on a batch that leaves at ``max_batch``
+crops or ``max_wait_ms`` after its oldest crop arrived, whichever comes first. The batcher knows
+nothing of engines: ``extract_fn(batch[B,3,H,W] float32, modality) -> (shared[B,Ds],
+specific[B,Dp])`` is all it calls (``ReIDRuntime`` provides one).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ssft_deploy.errors import EngineError, InputError, QueueFullError, SSFTError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+ExtractFn = Callable[[np.ndarray, str], tuple[np.ndarray, np.ndarray]]
+PreprocessFn = Callable[[np.ndarray], np.ndarray]
+
+_MODALITIES = ("rgb", "ir")
+_LATENCY_WINDOW = 20000  # latencies kept for the percentiles (a ring buffer, so memory is bounded)
+
+
+class BatcherClosedError(QueueFullError):
+    """The batcher is closed (or closed without draining before this crop ran)."""
+
+
+@dataclass(frozen=True)
+class CropFeatures:
+    """What a crop's future completes with: its post-BN shared and specific features."""
+
+    shared: np.ndarray      # [Ds] float32
+    specific: np.ndarray    # [Dp] float32
+    modality: int           # 0 RGB, 1 IR
+    camera_id: Hashable
+    tag: Any                # whatever the caller passed to submit (track id, frame index, ...)
+    latency_s: float        # submit -> result
+
+
+@dataclass
+class _Item:
+    image: np.ndarray
+    future: Future
+    camera_id: Hashable
+    tag: Any
+    t_submit: float
+
+
+def _check_chw(image: np.ndarray) -> np.ndarray:
+    """Default preprocess: the crop is already a normalised float32 [3,H,W] array."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[0] != 3 or image.dtype != np.float32:
+        raise InputError(
+            f"without a preprocess_fn a crop must be float32 [3,H,W]; got {image.dtype} "
+            f"{list(image.shape)} (pass preprocess_fn to accept raw HxWx3 crops)")
+    return image
+
+
+def _modality_name(modality: str | int) -> str:
+    if isinstance(modality, (int, np.integer)) and int(modality) in (0, 1):
+        return _MODALITIES[int(modality)]
+    if isinstance(modality, str) and modality.lower() in _MODALITIES:
+        return modality.lower()
+    raise InputError(f"modality must be 'rgb'/'ir' or 0/1, got {modality!r}")
+
+
+def crop_box(frame: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """Crop an ``(x, y, w, h)`` box from an HxWxC frame, clipped to the frame; InputError if empty."""
+    if frame.ndim != 3:
+        raise InputError(f"a frame must be HxWxC, got shape {list(frame.shape)}")
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"a box must be 4 numbers (x, y, w, h), got {box!r}") from exc
+    if not all(np.isfinite([x, y, w, h])):
+        raise InputError(f"box {box!r} has a non-finite value")
+    x0, y0 = max(round(x), 0), max(round(y), 0)
+    x1 = min(round(x + w), frame.shape[1])
+    y1 = min(round(y + h), frame.shape[0])
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        raise InputError(f"box {box!r} is degenerate or outside the {frame.shape[1]}x"
+                         f"{frame.shape[0]} frame")
+    return frame[y0:y1, x0:x1]
+
+
+class _ModalityQueue:
+    """One modality's bounded queue and the worker thread that empties it in batches."""
+
+    def __init__(self, owner: FrameBatcher, modality: str):
+        self.owner = owner
+        self.modality = modality
+        self.items: deque[_Item] = deque()
+        self.lock = threading.Lock()
+        self.not_empty = threading.Condition(self.lock)
+        self.not_full = threading.Condition(self.lock)
+        self.max_depth = 0
+        self.thread = threading.Thread(target=self._work, name=f"ssft-batcher-{modality}",
+                                       daemon=True)
+
+    def put(self, items: list[_Item]) -> None:
+        """Enqueue all items at once (all or none), honouring the full policy."""
+        o = self.owner
+        if len(items) > o.max_queue:
+            raise InputError(f"{len(items)} crops in one submission exceed max_queue={o.max_queue}")
+        with self.lock:
+            if o._closed:
+                raise BatcherClosedError("the batcher is closed; no new crops are accepted")
+            if len(self.items) + len(items) > o.max_queue:
+                if o.full_policy == "reject":
+                    o._count("rejected", len(items))
+                    raise QueueFullError(
+                        f"{self.modality} queue full ({len(self.items)}/{o.max_queue} crops); "
+                        "submission rejected (full_policy='reject')")
+                ok = self.not_full.wait_for(
+                    lambda: o._closed or len(self.items) + len(items) <= o.max_queue,
+                    timeout=o.block_timeout_s)
+                if o._closed:
+                    raise BatcherClosedError("the batcher closed while this submission waited")
+                if not ok:
+                    o._count("rejected", len(items))
+                    raise QueueFullError(
+                        f"{self.modality} queue stayed full ({o.max_queue} crops) for "
+                        f"{o.block_timeout_s:g} s; submission not accepted (full_policy='block')")
+            was = len(self.items)
+            self.items.extend(items)
+            self.max_depth = max(self.max_depth, len(self.items))
+            # The worker waits either for a first crop or for a full batch.
+            if was == 0 or len(self.items) >= o.max_batch:
+                self.not_empty.notify()
+
+    def _next_batch(self) -> list[_Item] | None:
+        o = self.owner
+        with self.lock:
+            while not self.items or (o._closed and not o._drain):
+                if o._closed:
+                    return None
+                self.not_empty.wait()
+            deadline = self.items[0].t_submit + o.max_wait_s
+            while len(self.items) < o.max_batch and not o._closed:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self.not_empty.wait(left)
+            n = min(len(self.items), o.max_batch)
+            batch = [self.items.popleft() for _ in range(n)]
+            self.not_full.notify_all()
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            # A caller may have cancelled its future while it waited: skip those crops.
+            batch = [it for it in batch if it.future.set_running_or_notify_cancel()]
+            if batch:
+                self.owner._run_batch(self.modality, batch)
+
+    def fail_pending(self, error: Exception) -> int:
+        with self.lock:
+            pending = list(self.items)
+            self.items.clear()
+            self.not_full.notify_all()
+        for it in pending:
+            if it.future.set_running_or_notify_cancel():
+                it.future.set_exception(error)
+        return len(pending)
+
+
+class FrameBatcher:
+    """Batch crops from many camera threads into per-modality extractor calls.
+
+    ``submit`` / ``submit_boxes`` return ``concurrent.futures.Future`` objects completing with a
+    ``CropFeatures`` (or an ``InputError`` for a bad crop, an ``EngineError`` if the extractor failed
+    on that crop's batch). When a queue holds ``max_queue`` crops, ``full_policy="block"`` waits up
+    to ``block_timeout_s`` and then raises ``QueueFullError``; ``"reject"`` raises it at once.
+    """
+
+    def __init__(self, extract_fn: ExtractFn, preprocess_fn: PreprocessFn | None = None, *,
+                 max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 1024,
+                 full_policy: str = "block", block_timeout_s: float = 1.0):
+        if max_batch < 1 or max_queue < max_batch:
+            raise ValueError(f"need 1 <= max_batch <= max_queue, got {max_batch}, {max_queue}")
+        if full_policy not in ("block", "reject"):
+            raise ValueError(f"full_policy must be 'block' or 'reject', got {full_policy!r}")
+        self.extract_fn = extract_fn
+        self.preprocess_fn = preprocess_fn or _check_chw
+        self.max_batch, self.max_queue = int(max_batch), int(max_queue)
+        self.max_wait_s = float(max_wait_ms) / 1000.0
+        self.full_policy, self.block_timeout_s = full_policy, float(block_timeout_s)
+        self._closed = False
+        self._drain = True
+        self._stats_lock = threading.Lock()
+        self._counts = {"submitted": 0, "completed": 0, "failed": 0, "rejected": 0, "batches": 0,
+                        "failed_batches": 0}
+        self._batch_sizes: dict[int, int] = {}
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._queues = {m: _ModalityQueue(self, m) for m in _MODALITIES}
+        for q in self._queues.values():
+            q.thread.start()
+
+    # -- submission -----------------------------------------------------------------------------
+    def submit(self, crop: np.ndarray, camera_id: Hashable = None, modality: str | int = "rgb",
+               tag: Any = None) -> Future:
+        """Queue one crop; returns a future (already failed with InputError for a bad crop)."""
+        return self._submit_many([crop], camera_id, modality, [tag])[0]
+
+    def submit_boxes(self, frame: np.ndarray, boxes: Sequence[Sequence[float]],
+                     camera_id: Hashable = None, modality: str | int = "rgb",
+                     tags: Sequence[Any] | None = None) -> list[Future]:
+        """Queue every ``(x, y, w, h)`` box of a frame; one future per box, in order."""
+        frame = np.asarray(frame)
+        tags = list(tags) if tags is not None else [None] * len(boxes)
+        if len(tags) != len(boxes):
+            raise InputError(f"{len(boxes)} boxes but {len(tags)} tags")
+        crops: list[Any] = []
+        for box in boxes:
+            try:
+                crops.append(crop_box(frame, box))
+            except InputError as exc:
+                crops.append(exc)
+        return self._submit_many(crops, camera_id, modality, tags)
+
+    def _submit_many(self, crops: list[Any], camera_id: Hashable, modality: str | int,
+                     tags: list[Any]) -> list[Future]:
+        queue = self._queues[_modality_name(modality)]
+        if self._closed:
+            raise BatcherClosedError("the batcher is closed; no new crops are accepted")
+        now = time.perf_counter()
+        futures, items = [], []
+        for crop, tag in zip(crops, tags):
+            fut: Future = Future()
+            futures.append(fut)
+            try:
+                if isinstance(crop, SSFTError):
+                    raise crop
+                image = self.preprocess_fn(crop)
+            except SSFTError as exc:
+                fut.set_exception(exc)
+                self._count("failed", 1)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a preprocess bug must not kill the camera thread
+                fut.set_exception(InputError(f"could not preprocess crop: {exc!r}"))
+                self._count("failed", 1)
+                continue
+            items.append(_Item(image, fut, camera_id, tag, now))
+        if items:
+            queue.put(items)
+            self._count("submitted", len(items))
+        return futures
+
+    # -- the worker side ------------------------------------------------------------------------
+    def _run_batch(self, modality: str, batch: list[_Item]) -> None:
+        n = len(batch)
+        try:
+            x = np.stack([it.image for it in batch])
+            shared, specific = self.extract_fn(x, modality)
+            shared, specific = np.asarray(shared), np.asarray(specific)
+            if shared.shape[:1] != (n,) or specific.shape[:1] != (n,):
+                raise EngineError(f"extractor returned {list(shared.shape)} / "
+                                  f"{list(specific.shape)} for a batch of {n}")
+        except Exception as exc:  # noqa: BLE001 - any engine fault fails this batch only
+            err = exc if isinstance(exc, SSFTError) else EngineError(
+                f"{modality} extractor failed on a batch of {n} crops: {exc!r}")
+            if err is not exc:
+                err.__cause__ = exc
+            for it in batch:
+                it.future.set_exception(err)
+            self._record(n, failed=True, latencies=())
+            return
+        code = _MODALITIES.index(modality)
+        done = time.perf_counter()
+        for i, it in enumerate(batch):
+            it.future.set_result(CropFeatures(shared[i], specific[i], code, it.camera_id, it.tag,
+                                              done - it.t_submit))
+        self._record(n, failed=False, latencies=[done - it.t_submit for it in batch])
+
+    def _count(self, key: str, n: int) -> None:
+        with self._stats_lock:
+            self._counts[key] += n
+
+    def _record(self, n: int, failed: bool, latencies: Sequence[float]) -> None:
+        with self._stats_lock:
+            self._counts["batches"] += 1
+            self._counts["failed" if failed else "completed"] += n
+            self._counts["failed_batches"] += int(failed)
+            self._batch_sizes[n] = self._batch_sizes.get(n, 0) + 1
+            self._latencies.extend(latencies)
+
+    # -- observability and lifetime -------------------------------------------------------------
+    def stats(self) -> dict:
+        """Counters: queue depth (now and max), batch size histogram, latency percentiles (ms)."""
+        depth = {m: len(q.items) for m, q in self._queues.items()}
+        max_depth = {m: q.max_depth for m, q in self._queues.items()}
+        with self._stats_lock:
+            out = dict(self._counts)
+            hist = dict(sorted(self._batch_sizes.items()))
+            lat = np.asarray(self._latencies, dtype=np.float64) * 1000.0
+        p = np.percentile(lat, [50, 95, 99]) if lat.size else [float("nan")] * 3
+        out.update(queue_depth=depth, max_queue_depth=max_depth, max_queue=self.max_queue,
+                   batch_sizes=hist, mean_batch=(sum(k * v for k, v in hist.items()) /
+                                                 max(sum(hist.values()), 1)),
+                   latency_ms={"p50": float(p[0]), "p95": float(p[1]), "p99": float(p[2])})
+        return out
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop accepting crops; ``drain=True`` finishes queued crops, ``False`` fails them."""
+        for q in self._queues.values():
+            with q.lock:
+                self._drain = self._drain and drain
+                self._closed = True
+                q.not_empty.notify_all()
+                q.not_full.notify_all()
+        if not drain:
+            for q in self._queues.values():
+                q.fail_pending(BatcherClosedError(
+                    "the batcher was closed with drain=False before this crop was processed"))
+        for q in self._queues.values():
+            q.thread.join(timeout)
+            if q.thread.is_alive():
+                raise EngineError(f"the {q.modality} batch worker did not stop within {timeout} s")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close(drain=True)
