@@ -1,0 +1,123 @@
+"""What every affinity method shares: validation, unit vectors, Eq. 7, and the exact refinement.
+
+Each method only proposes ``c >= k`` candidate columns per row for one modality block (the
+largest inner products of unit vectors, since ``d`` of Eq. 7 is monotone in cosine:
+``|a^ - b^| = sqrt(2 - 2 cos)``). ``refine`` then recomputes ``d`` for the candidates in float64
+and keeps the best ``k`` ordered by (descending d, ascending index). So dense, knn and cuda return
+the same neighbours and weights: float32 rounding of a method only matters if it pushes a true
+top-k neighbour below ``c`` candidates, which ``slack`` extra candidates guard against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ssft_deploy.errors import InputError
+from ssft_deploy.features import Features
+
+# candidates(q_units [nq,D] f32, base_units [nb,D] f32, c) -> int64 [nq, c] local base indices
+Candidates = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+EPS = 1e-12  # same clamp as torch.nn.functional.normalize, so a zero vector maps to 0
+SLACK = 4    # extra candidates per half, re-ranked exactly by refine
+REFINE_ROWS = 512
+
+
+def unit(x: np.ndarray, dtype: type = np.float32, block: int = 4096) -> np.ndarray:
+    """Rows scaled to unit L2 norm, computed in float64 row blocks (zero rows stay zero)."""
+    x = np.asarray(x)
+    out = np.empty(x.shape, dtype)
+    for s in range(0, x.shape[0], block):
+        xb = x[s:s + block].astype(np.float64)
+        norm = np.sqrt(np.einsum("...d,...d->...", xb, xb))
+        out[s:s + block] = xb / np.maximum(norm, EPS)[..., None]
+    return out
+
+
+def d_from_cos(cos: np.ndarray) -> np.ndarray:
+    """Eq. 7 from the cosine of two unit vectors: d = 1 - 0.5 * sqrt(2 - 2 cos)."""
+    return 1.0 - 0.5 * np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
+
+
+def d_unit(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Eq. 7 for pairs of float64 unit vectors: d(a_i, b_j) as an [na, nb] matrix (small inputs)."""
+    return d_from_cos(a @ b.T)
+
+
+def check_inputs(shared: object, specific: object, modality: object, k: int) -> Features:
+    """Validated Features plus a k check (InputError on anything wrong)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    return Features(shared, specific, modality)
+
+
+def _unit64(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x / np.maximum(np.sqrt(np.einsum("...d,...d->...", x, x)), EPS)[..., None]
+
+
+def refine(q: np.ndarray, base: np.ndarray, cand: np.ndarray, k: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k among candidate columns: d in float64, order (-d, index).
+
+    q [nq,D], base [nb,D] float32 unit vectors (re-normalised here in float64, so d(x, x) = 1
+    exactly); cand [nq,c] local base indices. Returns local indices [nq, min(k,c)] and d
+    (float64) of the same shape.
+    """
+    nq, c = cand.shape
+    kk = min(k, c)
+    out_i = np.empty((nq, kk), np.int64)
+    out_d = np.empty((nq, kk), np.float64)
+    for s in range(0, nq, REFINE_ROWS):
+        e = min(s + REFINE_ROWS, nq)
+        ci = cand[s:e]
+        d = d_from_cos(np.einsum("bd,bcd->bc", _unit64(q[s:e]), _unit64(base[ci])))
+        order = _order(d, ci)
+        top = order[:, :kk]
+        out_i[s:e] = np.take_along_axis(ci, top, axis=1)
+        out_d[s:e] = np.take_along_axis(d, top, axis=1)
+    return out_i, out_d
+
+
+def _order(d: np.ndarray, ci: np.ndarray) -> np.ndarray:
+    # Per-row order by descending d, ties by ascending index: sort by index first, then a
+    # stable sort by -d keeps the index order among equal d.
+    by_index = np.argsort(ci, axis=1, kind="stable")
+    d_sorted = np.take_along_axis(d, by_index, axis=1)
+    by_d = np.argsort(-d_sorted, axis=1, kind="stable")
+    return np.take_along_axis(by_index, by_d, axis=1)
+
+
+def assemble(feats: Features, k: int, candidates: Candidates, slack: int = SLACK
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 6-8 as neighbour lists: per modality, k same-modality neighbours by specific features
+    then k other-modality neighbours by shared features; short halves padded with (i, 0)."""
+    n = len(feats)
+    idx = np.repeat(np.arange(n, dtype=np.int64)[:, None], 2 * k, axis=1)
+    w = np.zeros((n, 2 * k), np.float32)
+    groups = {m: feats.of_modality(m) for m in (0, 1)}
+    units: dict[tuple[str, int], np.ndarray] = {}  # float32 unit vectors per (kind, modality)
+
+    def get(kind: str, m: int) -> np.ndarray:
+        if (kind, m) not in units:
+            units[kind, m] = unit(getattr(feats, kind)[groups[m]])
+        return units[kind, m]
+
+    for m in (0, 1):
+        rows = groups[m]
+        if rows.size == 0:
+            continue
+        for half, (kind, other) in enumerate((("specific", m), ("shared", 1 - m))):
+            cols = groups[other]
+            if cols.size == 0:
+                continue
+            c = min(cols.size, k + slack)
+            q, base = get(kind, m), get(kind, other)
+            cand = np.asarray(candidates(q, base, c), dtype=np.int64)
+            loc, d = refine(q, base, cand, k)
+            kk = loc.shape[1]
+            idx[rows, half * k: half * k + kk] = cols[loc]
+            w[rows, half * k: half * k + kk] = d.astype(np.float32)
+    return idx, w
