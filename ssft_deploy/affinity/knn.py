@@ -44,7 +44,7 @@ def build_index(base: np.ndarray, index: str = "flat", nlist: int | None = None,
     if index == "flat":
         ix = faiss.IndexFlatIP(dim)
     elif index == "ivf":
-        nlist = nlist or max(1, min(4096, int(4 * np.sqrt(nb))))
+        nlist = nlist or max(1, min(4096, int(np.sqrt(nb))))
         nlist = min(nlist, nb)
         ix = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         ix.cp.seed = seed
