@@ -1,0 +1,126 @@
+"""Benchmarks smoke tests: helpers compute the right numbers, the scripts run and write their keys.
+
+The timings themselves are not asserted (they are machine-dependent); counts, FLOPs, percentiles
+and the JSON layout `make demo` reads are.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from benchmarks import common, flops
+from benchmarks.transfer_cost import gemm_only_case, measure_transfer, unit_features
+from tests.test_bundle_factory import make_bundle
+
+
+def test_summarize_percentiles_and_throughput():
+    s = common.summarize([0.01, 0.02, 0.03, 0.04], items=8, flops=1e9)
+    assert s["calls"] == 4
+    assert s["p50_ms"] == pytest.approx(25.0)
+    assert s["mean_ms"] == pytest.approx(25.0)
+    assert s["p99_ms"] == pytest.approx(39.7)
+    assert s["throughput"] == pytest.approx(8 * 4 / 0.1)
+    assert s["gflops"] == pytest.approx(4 / 0.1)
+
+
+def test_interleaved_rounds_rotate_and_exclude_warmup():
+    log: list[str] = []
+    cases = [common.Case(n, (lambda n=n: log.append(n))) for n in "abc"]
+    samples = common.run_interleaved(cases, rounds=3, warmup=2, budget_s=0.0, min_calls=1)
+    assert log[:6] == list("aabbcc")  # warm-up, not recorded
+    assert "".join(log[6:]) == "abc" + "bca" + "cab"
+    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_check_target_directions():
+    assert common.check_target("x", 1.6, 1.5)["met"] is True
+    low = common.check_target("x", 0.75, 1.5)
+    assert low["met"] is False and "50%" in low["note"]
+    assert common.check_target("t", 1.2, 1.3, higher_is_better=False)["met"] is True
+    assert common.check_target("t", 2.6, 1.3, higher_is_better=False)["met"] is False
+    assert common.check_target("x", None, 1.5)["met"] is None
+
+
+def test_graph_flops_conv_group_and_gemm(tmp_path):
+    # Conv 3->8 k3 pad1 on 6x4, grouped Conv 8->8 (g=2) k1, Flatten, Gemm (transB) -> 5.
+    w1 = np.zeros((8, 3, 3, 3), np.float32)
+    w2 = np.zeros((8, 4, 1, 1), np.float32)
+    w3 = np.zeros((5, 8 * 6 * 4), np.float32)
+    nodes = [helper.make_node("Conv", ["images", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c1", "w2"], ["c2"], group=2),
+             helper.make_node("Flatten", ["c2"], ["f"]),
+             helper.make_node("Gemm", ["f", "w3"], ["shared"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, 6, 4])],
+        [helper.make_tensor_value_info("shared", TensorProto.FLOAT, ["B", 5])],
+        [numpy_helper.from_array(w, n) for w, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"))])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    total, gemms = flops.extractor_flops(path, (6, 4), batch=2)
+    hw = 6 * 4
+    expect = 2 * (2 * hw * 8 * 27) + 2 * (2 * hw * 4 * 4 * 2) + 2 * (2 * 5 * 8 * hw)
+    assert total == expect
+    assert flops.representative_gemm(gemms) == (2 * hw, 8, 27)
+
+
+def test_transfer_gemms_and_ratio():
+    dims = {"shared": 16, "specific": 8, "transfer": 12}
+    feats = unit_features(50, dims, n_rgb=10)
+    assert np.allclose(np.linalg.norm(feats[0], axis=1), 1.0, atol=1e-5)
+    case = gemm_only_case(feats, dims)
+    blocks = 10 * 10 * 8 + 10 * 40 * 16 + 40 * 10 * 16 + 40 * 40 * 8
+    assert case.flops == 2.0 * (blocks + 50 * (2 * 8 + 16) * 12)
+    res = measure_transfer(None, dims, 4, ("shared", "specific"), n_rgb=10, n_ir=40,
+                           methods=("dense",), rounds=1, warmup=0, budget_s=0.0)
+    assert res["n"] == 50 and res["steps"]["dense"] > 0 and res["gemms_s"] > 0
+    assert res["ratio_dense_to_gemms"] == pytest.approx(res["steps"]["dense"] / res["gemms_s"])
+
+
+def test_latency_cli_quick(tmp_path, monkeypatch):
+    from benchmarks import latency
+
+    bundle = make_bundle(tmp_path / "bundle")
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(latency.main, [
+        "--bundle", str(bundle), "--checkpoint", str(tmp_path / "none.pth"), "--quick",
+        "--batch-sizes", "1,4", "--no-transfer", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "latency.json").read_text())
+    assert (out / "latency.png").stat().st_size > 0
+    assert data["summary"]["reference_batch"] == 4
+    assert set(data["summary"]["throughput"]) == {"ort-cpu/fp32"}
+    assert [r["batch"] for r in data["results"]] == [1, 4]
+    assert {s["name"] for s in data["skipped"]} >= {"torch/fp32", "ort-cpu/int8"}
+    assert set(data["targets"]) == {"ort_fp32_vs_torch", "ort_fp32_gemm_fraction",
+                                    "int8_vs_ort_fp32", "transfer_vs_gemms"}
+    # the tiny graph is GlobalAveragePool + two [B,3] @ [3,D] MatMuls
+    assert data["extractor_gflop_per_image"] == pytest.approx(2 * 3 * (6 + 5) / 1e9)
+
+
+def test_latency_without_bundle_says_make_demo(tmp_path):
+    from benchmarks import latency
+
+    res = CliRunner().invoke(latency.main, ["--bundle", str(tmp_path / "missing")])
+    assert res.exit_code == 2
+    assert "make demo" in res.output
+
+
+def test_transfer_scaling_subprocess_point(tmp_path):
+    from benchmarks import transfer_scaling
+
+    out = tmp_path / "scale"
+    res = CliRunner().invoke(transfer_scaling.main, [
+        "--ns", "300", "--methods", "dense,nosuch", "--dim", "32", "--repeats", "1",
+        "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    points = json.loads((out / "transfer_scaling.json").read_text())["points"]
+    ok = next(p for p in points if p["method"] == "dense")
+    assert ok["status"] == "ok" and ok["n"] == 300 and ok["peak_rss_mib"] > 0
+    bad = next(p for p in points if p["method"] == "nosuch")
+    assert bad["status"] == "unavailable" and "nosuch" in bad["reason"]
