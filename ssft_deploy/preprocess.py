@@ -35,10 +35,14 @@ class Batch:
 
     def raise_errors(self) -> None:
         """Raise one InputError listing every failed item (no-op when all are good)."""
-        if self.errors:
-            lines = "; ".join(f"item {i}: {e}" for i, e in sorted(self.errors.items()))
-            raise InputError(f"{len(self.errors)} of {len(self.errors) + len(self.ok_indices)} "
-                             f"items failed: {lines}")
+        raise_item_errors(self.errors, len(self.errors) + len(self.ok_indices))
+
+
+def raise_item_errors(errors: dict[int, InputError], total: int) -> None:
+    """One InputError naming each failed item position (no-op without errors)."""
+    if errors:
+        lines = "; ".join(f"item {i}: {e}" for i, e in sorted(errors.items()))
+        raise InputError(f"{len(errors)} of {total} items failed: {lines}")
 
 
 def clip_box(box: Sequence[float], frame_w: int, frame_h: int) -> tuple[int, int, int, int]:

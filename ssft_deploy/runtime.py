@@ -1,0 +1,268 @@
+"""``ReIDRuntime``: the one public entry point (bundle -> engines -> features -> transfer -> search).
+
+```python
+rt = ReIDRuntime.open("runs/demo/bundle", precision="fp32", backend="auto")
+q = rt.extract(crops_or_paths, modality="ir")
+rt.gallery.add(rt.extract(gallery_crops, modality="rgb"), pids, camids)
+hits = rt.search(q, top=10, mode="all-queries")
+```
+
+Thread-safety: ``extract*`` and ``transfer_fn`` may be called from several threads (engines are
+thread-safe); ``search(mode="rolling")`` updates a thread-safe rolling auxiliary buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ssft_deploy.bundle import Bundle, load_bundle
+from ssft_deploy.engines import Engine, open_engine
+from ssft_deploy.errors import BundleError, EngineError, GalleryError, InputError
+from ssft_deploy.features import Features, modality_code
+from ssft_deploy.preprocess import Batch, Preprocessor, raise_item_errors
+from ssft_deploy.transfer import SSTN, RollingAuxiliary, l2_distances
+
+log = logging.getLogger("ssft_deploy.runtime")
+MODES = ("all-queries", "single-query", "rolling", "shared-only")
+_EXTRACTORS = {0: "extractor_rgb", 1: "extractor_ir"}
+
+
+@dataclass
+class Extraction:
+    """Features of the good items, their input positions, and an InputError per bad item."""
+
+    features: Features
+    ok_indices: np.ndarray
+    errors: dict[int, InputError] = field(default_factory=dict)
+
+    def raise_errors(self) -> None:
+        """One InputError naming every bad item (no-op when all were good)."""
+        raise_item_errors(self.errors, len(self.errors) + len(self.ok_indices))
+
+
+@dataclass(frozen=True)
+class Match:
+    """One ranked gallery identity: its best distance and the gallery row that gave it."""
+
+    pid: int
+    distance: float
+    camid: int
+    index: int
+
+
+class ReIDRuntime:
+    """Extractors per modality + the transfer engine of one bundle. Build with :meth:`open`."""
+
+    def __init__(self, bundle: Bundle, extractors: dict[int, Engine], transfer: Engine | None,
+                 *, affinity: str = "auto", max_batch: int = 32, rolling_size: int = 300,
+                 gallery: object | None = None) -> None:
+        if max_batch < 1:
+            raise InputError(f"max_batch must be >= 1, got {max_batch}")
+        self.bundle = bundle
+        self.extractors = extractors
+        self.transfer_engine = transfer
+        self.preprocessor = Preprocessor.from_bundle(bundle)
+        self.max_batch = int(max_batch)
+        self.sstn = SSTN(self.transfer_fn, k=bundle.k, parts=bundle.transfer_parts,
+                         affinity=affinity)
+        self.rolling = RollingAuxiliary(rolling_size)
+        self.gallery = gallery if gallery is not None else _new_gallery(bundle)
+
+    @classmethod
+    def open(cls, bundle: str | os.PathLike | Bundle, precision: str = "fp32",
+             backend: str = "auto", affinity: str = "auto", *, max_batch: int = 32,
+             intra_op_threads: int | None = None, device_id: int = 0, rolling_size: int = 300,
+             gallery: object | None = None) -> ReIDRuntime:
+        """Load and verify ``bundle``, open both extractors and the transfer graph.
+
+        The transfer graph falls back to fp32 when the bundle has none at ``precision``.
+        """
+        b = load_bundle(bundle)
+        opts = {"intra_op_threads": intra_op_threads, "device_id": device_id}
+        extractors = {m: open_engine(b, g, precision, backend, **opts)
+                      for m, g in _EXTRACTORS.items()}
+        try:
+            transfer = open_engine(b, "transfer", precision, backend, **opts)
+        except (BundleError, EngineError) as exc:
+            if precision == "fp32":
+                raise
+            log.info("transfer graph at %s unavailable (%s); using fp32", precision, exc)
+            transfer = open_engine(b, "transfer", "fp32", backend, **opts)
+        log.info("runtime: %s %s, extractors on %s, transfer on %s", b.root, precision,
+                 extractors[0].name, transfer.name)
+        return cls(b, extractors, transfer, affinity=affinity, max_batch=max_batch,
+                   rolling_size=rolling_size, gallery=gallery)
+
+    # -- extraction ---------------------------------------------------------------------------
+    def extract_array(self, images: np.ndarray, modality: str | int) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+        """Normalised ``[B,3,H,W]`` float32 -> (shared ``[B,Ds]``, specific ``[B,Dp]``), run in
+        chunks of at most ``max_batch``. Also the ``extract_fn`` of ``FrameBatcher``."""
+        eng = self.extractors[modality_code(modality)]
+        step = min(self.max_batch, eng.max_batch or self.max_batch)
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise InputError(f"images must be [B,3,H,W], got shape {list(images.shape)}")
+        if len(images) == 0:
+            dims = self.bundle.dims
+            return (np.zeros((0, dims["shared"]), np.float32),
+                    np.zeros((0, dims["specific"]), np.float32))
+        outs = [eng.run({"images": images[s:s + step]}) for s in range(0, len(images), step)]
+        return (np.concatenate([o["shared"] for o in outs]),
+                np.concatenate([o["specific"] for o in outs]))
+
+    def preprocess_fn(self, crop: object) -> np.ndarray:
+        """One BGR crop or path -> ``[3,H,W]`` float32 (the ``FrameBatcher`` preprocess)."""
+        return self.preprocessor.one(crop)
+
+    def _extraction(self, batch: Batch, modality: str | int) -> Extraction:
+        code = modality_code(modality)
+        shared, specific = self.extract_array(batch.array, code)
+        return Extraction(Features(shared, specific, np.full(len(shared), code, np.int64)),
+                          batch.ok_indices, batch.errors)
+
+    def extract_batch(self, crops: Sequence[object], modality: str | int) -> Extraction:
+        """Crops / paths -> Extraction (bad items reported, not fatal)."""
+        return self._extraction(self.preprocessor.crops(crops), modality)
+
+    def extract(self, crops: Sequence[object], modality: str | int) -> Features:
+        """Crops (BGR uint8 arrays) or image paths -> Features; InputError if any item is bad."""
+        ex = self.extract_batch(crops, modality)
+        ex.raise_errors()
+        return ex.features
+
+    def extract_boxes_batch(self, frame: np.ndarray, boxes: Sequence[Sequence[float]],
+                            modality: str | int) -> Extraction:
+        """A BGR frame + ``(x, y, w, h)`` boxes -> Extraction (bad boxes reported)."""
+        return self._extraction(self.preprocessor.boxes(frame, boxes), modality)
+
+    def extract_boxes(self, frame: np.ndarray, boxes: Sequence[Sequence[float]],
+                      modality: str | int) -> Features:
+        """A BGR frame + ``(x, y, w, h)`` boxes -> Features; InputError if any box is bad."""
+        ex = self.extract_boxes_batch(frame, boxes, modality)
+        ex.raise_errors()
+        return ex.features
+
+    # -- transfer and search ------------------------------------------------------------------
+    def transfer_fn(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """``transferred = transfer(z, idx, w)`` through the bundle's transfer engine (Eq. 10-11)."""
+        if self.transfer_engine is None:
+            raise EngineError("this runtime was opened without a transfer engine")
+        feeds = {"z": np.asarray(z, np.float32), "idx": np.asarray(idx, np.int64),
+                 "w": np.asarray(w, np.float32)}
+        return self.transfer_engine.run(feeds)["transferred"]
+
+    def distances(self, query: Features, gallery: Features, mode: str = "all-queries"
+                  ) -> np.ndarray:
+        """Query x gallery distances ``[Q, G]`` (smaller = closer) in one of :data:`MODES`."""
+        if mode == "all-queries":
+            return self.sstn.auxiliary_distances(query, gallery)
+        if mode == "single-query":
+            return self.sstn.single_query_distances(query, gallery)
+        if mode == "rolling":
+            aux = self.rolling.snapshot()
+            dist = self.sstn.auxiliary_distances(query, gallery, auxiliary=aux)
+            self.rolling.add(query)
+            return dist
+        if mode == "shared-only":
+            return l2_distances(query.shared, gallery.shared)
+        raise InputError(f"unknown search mode {mode!r}; choose from {MODES}")
+
+    def search(self, query: Features, top: int = 10, mode: str = "all-queries",
+               gallery: object | None = None) -> list[list[Match]]:
+        """Rank the gallery's identities for each query: ``top`` Matches per query, best first."""
+        feats, pids, camids = _gallery_arrays(gallery if gallery is not None else self.gallery)
+        if len(feats) == 0:
+            raise GalleryError("the gallery is empty: add features before searching")
+        if len(query) == 0:
+            return []
+        return rank_identities(self.distances(query, feats, mode), pids, camids, top)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def as_feature_source(self, progress: bool = True) -> BundleFeatureSource:
+        """A ``FeatureSource`` for ``ssft_deploy.evaluation`` backed by this runtime."""
+        return BundleFeatureSource(self, progress=progress)
+
+    def close(self) -> None:
+        for eng in (*self.extractors.values(), self.transfer_engine):
+            if eng is not None:
+                eng.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def rank_identities(dist: np.ndarray, pids: np.ndarray, camids: np.ndarray,
+                    top: int) -> list[list[Match]]:
+    """Per query: identities ordered by their closest gallery sample (ties: lower row)."""
+    out = []
+    for row in np.asarray(dist):
+        order = np.argsort(row, kind="stable")
+        seen: set[int] = set()
+        hits: list[Match] = []
+        for j in order:
+            pid = int(pids[j])
+            if pid in seen:
+                continue
+            seen.add(pid)
+            hits.append(Match(pid, float(row[j]), int(camids[j]), int(j)))
+            if len(hits) == top:
+                break
+        out.append(hits)
+    return out
+
+
+class BundleFeatureSource:
+    """``extract(records) -> (shared, specific)`` and ``transfer(z, idx, w)`` for evaluation."""
+
+    def __init__(self, runtime: ReIDRuntime, progress: bool = True) -> None:
+        self.runtime, self.progress = runtime, progress
+
+    def extract(self, records: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
+        """Images of ``records`` (``.path``, ``.modality``), batched per modality, in order."""
+        from tqdm import tqdm
+
+        rt, n = self.runtime, len(records)
+        dims = rt.bundle.dims
+        shared = np.zeros((n, dims["shared"]), np.float32)
+        specific = np.zeros((n, dims["specific"]), np.float32)
+        mods = np.array([modality_code(r.modality) for r in records], np.int64)
+        with tqdm(total=n, desc="extract", unit="img", disable=not self.progress) as bar:
+            for code in (0, 1):
+                rows = np.flatnonzero(mods == code)
+                for s in range(0, len(rows), rt.max_batch):
+                    part = rows[s:s + rt.max_batch]
+                    batch = rt.preprocessor.crops([records[i].path for i in part])
+                    batch.raise_errors()
+                    shared[part], specific[part] = rt.extract_array(batch.array, code)
+                    bar.update(len(part))
+        return shared, specific
+
+    def transfer(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return self.runtime.transfer_fn(z, idx, w)
+
+
+def _new_gallery(bundle: Bundle) -> object | None:
+    try:
+        from ssft_deploy.gallery import Gallery
+    except ImportError:
+        return None
+    return Gallery(bundle.dims["shared"], bundle.dims["specific"])
+
+
+def _gallery_arrays(gallery: object | None) -> tuple[Features, np.ndarray, np.ndarray]:
+    if gallery is None:
+        raise GalleryError("no gallery: pass gallery=... or install ssft_deploy.gallery")
+    if isinstance(gallery, tuple):  # (Features, pids, camids)
+        feats, pids, camids = gallery
+    else:
+        feats, pids, camids = gallery.features, gallery.pids, gallery.camids
+    return feats, np.asarray(pids), np.asarray(camids)
