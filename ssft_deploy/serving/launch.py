@@ -1,0 +1,218 @@
+"""Start the PyTriton server as a subprocess of its own environment, wait until ready, stop it.
+
+The server's interpreter (``.venv-triton/bin/python`` by default, or ``$SSFT_TRITON_PYTHON``) is
+asked for its lib dir, which goes first on ``LD_LIBRARY_PATH`` so Triton's Python backend finds
+the matching libpython; ``PYTHONPATH`` gets this checkout so the server imports this
+``ssft_deploy`` without installing it there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from ssft_deploy.errors import EngineError, SSFTError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_PYTHON = REPO_ROOT / ".venv-triton" / "bin" / "python"
+MODELS = ("ssft_extract_rgb", "ssft_extract_ir")
+
+
+def triton_python() -> Path:
+    """The interpreter of the PyTriton environment ($SSFT_TRITON_PYTHON or .venv-triton)."""
+    return Path(os.environ.get("SSFT_TRITON_PYTHON", DEFAULT_PYTHON))
+
+
+def unavailable_reason(python: Path | None = None) -> str | None:
+    """``None`` when ``python`` can import pytriton, else why not (for skips and errors)."""
+    python = python or triton_python()
+    if not python.exists():
+        return f"{python} does not exist (create it: make triton-setup)"
+    res = subprocess.run([str(python), "-c", "import pytriton.triton"], capture_output=True,
+                         text=True, timeout=120, check=False)
+    if res.returncode:
+        tail = (res.stderr.strip().splitlines() or ["?"])[-1]
+        return f"{python} cannot import pytriton: {tail}"
+    return None
+
+
+def libdir_of(python: Path) -> str:
+    """``sysconfig`` LIBDIR of another interpreter (its libpython's directory)."""
+    code = "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"
+    out = subprocess.run([str(python), "-c", code],
+                         capture_output=True, text=True, check=True, timeout=60)
+    return out.stdout.strip()
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free on ``host`` right now."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class TritonServerProcess:
+    """``with TritonServerProcess(bundle) as srv: srv.url`` -> a ready server on loopback."""
+
+    def __init__(self, bundle: str | os.PathLike, *, host: str = "127.0.0.1",
+                 ports: tuple[int, int, int] | None = None, python: Path | None = None,
+                 max_batch: int = 32, queue_delay_us: int = 2000, precision: str = "fp32",
+                 backend: str = "auto", start_timeout_s: float = 120.0):
+        self.bundle, self.host = str(bundle), host
+        self.http_port, self.grpc_port, self.metrics_port = ports or free_ports(3, host)
+        self.python = python or triton_python()
+        self.args = ["--max-batch", str(max_batch), "--queue-delay-us", str(queue_delay_us),
+                     "--precision", precision, "--backend", backend]
+        self.start_timeout_s = start_timeout_s
+        self.proc: subprocess.Popen | None = None
+        # The server's output goes to a file (a pipe nobody reads would fill and stall it).
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
+            "w+", prefix="ssft-triton-", suffix=".log", delete=False)
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        ld = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir_of(self.python), *ld])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO_ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+        return env
+
+    def start(self) -> TritonServerProcess:
+        reason = unavailable_reason(self.python)
+        if reason:
+            raise EngineError(f"cannot start the Triton server: {reason}")
+        cmd = [str(self.python), "-m", "ssft_deploy.serving.pytriton_server",
+               "--bundle", self.bundle, "--host", self.host, "--http-port", str(self.http_port),
+               "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
+               *self.args]
+        self.proc = subprocess.Popen(cmd, env=self.env(), stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            for path in ["/v2/health/ready", *(f"/v2/models/{m}/ready" for m in MODELS)]:
+                with urllib.request.urlopen(f"http://{self.url}{path}", timeout=2) as r:
+                    if r.status != 200:
+                        return False
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EngineError(f"the Triton server exited with code {self.proc.returncode} "
+                                  f"before it was ready:\n{self.log_tail()}")
+            if self._ready():
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise EngineError(f"the Triton server was not ready within {self.start_timeout_s:g} s:\n"
+                          f"{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGINT (PyTriton's clean stop); SIGKILL whatever of its process group lingers."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._kill_group()
+                self.proc.wait(10)
+        # tritonserver, its Python backend stubs and their helpers share the session: none may
+        # outlive the server (they would keep ports and shared memory).
+        deadline = time.monotonic() + 10
+        while self._group_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._kill_group()
+        self.log.close()
+        if self.proc.returncode == 0:       # keep the log of a server that failed
+            Path(self.log.name).unlink(missing_ok=True)
+        return self.proc.returncode
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.proc.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@click.command()
+@click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--http-port", default=8000, show_default=True)
+@click.option("--grpc-port", default=8001, show_default=True)
+@click.option("--metrics-port", default=8002, show_default=True)
+@click.option("--max-batch", default=32, show_default=True)
+@click.option("--queue-delay-us", default=2000, show_default=True)
+@click.option("--precision", default="fp32", show_default=True)
+def main(bundle: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
+         queue_delay_us: int, precision: str) -> None:
+    """Serve BUNDLE on 127.0.0.1 from the .venv-triton environment until Ctrl-C."""
+    srv = TritonServerProcess(bundle, ports=(http_port, grpc_port, metrics_port),
+                              max_batch=max_batch, queue_delay_us=queue_delay_us,
+                              precision=precision)
+    try:
+        srv.start()
+        click.echo(json.dumps({"http": f"http://{srv.url}", "grpc": srv.grpc_port,
+                               "models": list(MODELS), "log": srv.log.name}))
+        srv.proc.wait()
+    except SSFTError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.stop()
+
+
+if __name__ == "__main__":
+    main()
