@@ -31,9 +31,19 @@ def available_backends() -> list[str]:
     return [name for name, reason in backend_status().items() if reason is None]
 
 
-def _usable(bundle: Bundle, graph: str, cls: type[Engine], precision: str) -> str | None:
+def _rebuilds(cls: type[Engine], bundle: Bundle, graph: str, precision: str,
+              rebuild: bool) -> bool:
+    """Whether ``cls`` will build its engine here from the bundle's ONNX graph."""
+    return (rebuild and cls is TensorRTEngine and bundle.has(graph, precision)
+            and cls.unavailable_reason() is None)
+
+
+def _usable(bundle: Bundle, graph: str, cls: type[Engine], precision: str,
+            rebuild: bool = False) -> str | None:
     """Why ``cls`` cannot open ``graph`` at ``precision`` from this bundle here (None: it can)."""
     variant = cls.variant(precision)
+    if _rebuilds(cls, bundle, graph, precision, rebuild):
+        return None
     if not bundle.has(graph, variant):
         return f"the bundle has no {variant!r} {graph!r}"
     entry = bundle.entry(graph, variant)
@@ -49,7 +59,7 @@ def _usable(bundle: Bundle, graph: str, cls: type[Engine], precision: str) -> st
 
 
 def choose_backend(bundle: Bundle, graph: str, precision: str = "fp32",
-                   backend: str = "auto") -> type[Engine]:
+                   backend: str = "auto", rebuild: bool = False) -> type[Engine]:
     """The engine class that will open ``graph``; EngineError says why none (or the named) can."""
     if backend != "auto":
         if backend not in BACKENDS:
@@ -62,7 +72,7 @@ def choose_backend(bundle: Bundle, graph: str, precision: str = "fp32",
         return cls
     skipped = {}
     for name, cls in BACKENDS.items():
-        reason = _usable(bundle, graph, cls, precision)
+        reason = _usable(bundle, graph, cls, precision, rebuild)
         if reason is None:
             log.info("%s %s: backend %s (skipped: %s)", graph, precision, name,
                      "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "none")
@@ -74,15 +84,25 @@ def choose_backend(bundle: Bundle, graph: str, precision: str = "fp32",
 
 def open_engine(bundle: Bundle | str | os.PathLike, graph: str, precision: str = "fp32",
                 backend: str = "auto", *, intra_op_threads: int | None = None,
-                device_id: int = 0) -> Engine:
+                device_id: int = 0, rebuild: bool = False) -> Engine:
     """Open ``graph`` (``extractor_rgb`` / ``extractor_ir`` / ``transfer``) of a bundle.
 
     The file's hash (and, for TensorRT, GPU and version) is verified, and the engine's I/O is
     checked against the manifest (input size, dims, dtypes) -> BundleError on any mismatch.
+    ``rebuild=True`` lets TensorRT build (and cache) an engine from the ONNX graph when the
+    bundle's engine is missing or was built for another GPU / TensorRT version.
     """
     b = load_bundle(bundle)
-    cls = choose_backend(b, graph, precision, backend)
-    path = b.file(graph, cls.variant(precision))
+    cls = choose_backend(b, graph, precision, backend, rebuild)
+    try:
+        path = b.file(graph, cls.variant(precision))
+    except BundleError:
+        if not _rebuilds(cls, b, graph, precision, rebuild):
+            raise
+        from ssft_deploy.engines.trt_build import rebuilt_plan
+
+        path = rebuilt_plan(b, graph, precision)
+        log.info("%s %s: rebuilt the TensorRT engine for this GPU: %s", graph, precision, path)
     kwargs: dict = {"device_id": device_id}
     if cls is not TensorRTEngine:
         kwargs["intra_op_threads"] = intra_op_threads

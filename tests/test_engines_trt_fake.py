@@ -1,0 +1,213 @@
+"""The TensorRT engine's own logic (I/O discovery, profile-sized buffers reused across calls,
+shapes, selection, GPU checks) against a numpy stand-in for ``tensorrt`` + ``pycuda``.
+
+This does not test TensorRT itself (see the gpu-marked test in test_engines.py); it exercises
+every call our code makes, with the documented TensorRT 10 signatures, on a CPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from ssft_deploy.bundle import load_bundle, write_manifest
+from ssft_deploy.engines import open_engine
+from ssft_deploy.errors import InputError
+from tests.test_bundle_factory import DP, DS, make_bundle, reference_extract
+
+GPU, CC, VERSION = "Fake GPU 9000", (9, 0), "10.99.0"
+_MEMORY: dict[int, np.ndarray] = {}  # "device" address -> bytes
+
+
+def _fake_pycuda():
+    class Buf:
+        def __init__(self, nbytes):
+            self.data = np.zeros(nbytes, np.uint8)
+            _MEMORY[id(self)] = self.data
+
+        def __int__(self):
+            return id(self)
+
+        def free(self):
+            _MEMORY.pop(id(self), None)
+
+    class Ctx:
+        def push(self):
+            drv.pushed += 1
+
+        def detach(self):
+            drv.detached = True
+
+    class Device:
+        def __init__(self, i):
+            self.i = i
+
+        @staticmethod
+        def count():
+            return 1
+
+        def name(self):
+            return GPU
+
+        def compute_capability(self):
+            return CC
+
+        def retain_primary_context(self):
+            return Ctx()
+
+    class Context:
+        @staticmethod
+        def pop():
+            drv.pushed -= 1
+
+    class Stream:
+        handle = 1234
+
+        def synchronize(self):
+            pass
+
+    def htod(dev, host, stream):
+        dev.data[: host.nbytes] = host.view(np.uint8)
+
+    def dtoh(host, dev, stream):
+        host.view(np.uint8)[:] = dev.data[: host.nbytes]
+
+    drv = types.SimpleNamespace(
+        init=lambda: None, Device=Device, Context=Context, Stream=Stream, pushed=0,
+        pagelocked_empty=lambda n, dtype: np.empty(n, dtype), mem_alloc=Buf,
+        memcpy_htod_async=htod, memcpy_dtoh_async=dtoh)
+    return drv
+
+
+def _fake_tensorrt():
+    trt = types.SimpleNamespace(__version__=VERSION)
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.nptype = lambda t: np.dtype(t).type
+
+    class Context:
+        def __init__(self, spec):
+            self.spec, self.shapes, self.addr = spec, {}, {}
+
+        def set_input_shape(self, name, shape):
+            if not 1 <= shape[0] <= self.spec["max"]:
+                return False
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name):
+            b = self.shapes["images"][0]
+            return (b, DS) if name == "shared" else (b, DP)
+
+        def set_tensor_address(self, name, addr):
+            self.addr[name] = addr
+
+        def execute_async_v3(self, handle):
+            shape = self.shapes["images"]
+            n = int(np.prod(shape))
+            x = _MEMORY[self.addr["images"]].view(np.float32)[:n].reshape(shape)
+            for name, val in zip(("shared", "specific"), reference_extract(x, self.spec["g"])):
+                mem = _MEMORY[self.addr[name]].view(np.float32)
+                mem[: val.size] = val.ravel()
+            return True
+
+    class Engine:
+        def __init__(self, spec):
+            self.spec = spec
+            self.io = [("images", "in", (-1, 3, *spec["hw"])), ("shared", "out", (-1, DS)),
+                       ("specific", "out", (-1, DP))]
+            self.num_io_tensors = 3
+
+        def get_tensor_name(self, i):
+            return self.io[i][0]
+
+        def get_tensor_mode(self, name):
+            return {n: m for n, m, _ in self.io}[name]
+
+        def get_tensor_shape(self, name):
+            return {n: s for n, _, s in self.io}[name]
+
+        def get_tensor_dtype(self, name):
+            return "float32"
+
+        def get_tensor_profile_shape(self, name, profile):
+            shape = (3, *self.spec["hw"])
+            return [(1, *shape), (self.spec["max"], *shape), (self.spec["max"], *shape)]
+
+        def create_execution_context(self):
+            return Context(self.spec)
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, blob):
+            return Engine(json.loads(blob))
+
+    trt.Runtime = Runtime
+    return trt
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    drv = _fake_pycuda()
+    pkg = types.ModuleType("pycuda")
+    pkg.driver = drv
+    monkeypatch.setitem(sys.modules, "pycuda", pkg)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt())
+    return drv
+
+
+def _bundle_with_plan(tmp_path, gpu=GPU):
+    from ssft_deploy.bundle import sha256_file
+
+    root = make_bundle(tmp_path / "b", input_size=(16, 8))
+    (root / "extractor_rgb.fp32.plan").write_text(
+        json.dumps({"g": "extractor_rgb", "hw": [16, 8], "max": 8}))
+    m = json.loads((root / "manifest.json").read_text())
+    m["variants"]["trt-fp32"] = {"extractor_rgb": {
+        "file": "extractor_rgb.fp32.plan", "sha256": sha256_file(root / "extractor_rgb.fp32.plan"),
+        "format": "tensorrt", "gpu": gpu, "compute_capability": "9.0", "tensorrt": VERSION,
+        "source": "extractor_rgb.onnx"}}
+    write_manifest(root, m)
+    return root
+
+
+def test_trt_engine_reuses_buffers_across_batch_sizes(fake_gpu, tmp_path):
+    eng = open_engine(_bundle_with_plan(tmp_path), "extractor_rgb", backend="auto")
+    assert eng.name == "tensorrt" and eng.max_batch == 8
+    assert eng.inputs["images"].shape == (-1, 3, 16, 8)
+    buffers = dict(eng._device)
+    rng = np.random.default_rng(0)
+    for n in (8, 1, 5, 3):
+        x = rng.standard_normal((n, 3, 16, 8)).astype(np.float32)
+        out = eng.run({"images": x})
+        ref_s, ref_p = reference_extract(x, "extractor_rgb")
+        np.testing.assert_allclose(out["shared"], ref_s, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out["specific"], ref_p, rtol=1e-5, atol=1e-5)
+    assert eng._device == buffers  # allocated once, for the profile's max shape
+    assert eng._host["images"].size == 8 * 3 * 16 * 8
+    assert fake_gpu.pushed == 0  # every push was popped
+    with pytest.raises(InputError, match="exceeds"):
+        eng.run({"images": np.zeros((9, 3, 16, 8), np.float32)})
+    eng.close()
+    eng.close()  # idempotent
+
+
+def test_auto_skips_engine_for_other_gpu(fake_gpu, tmp_path, caplog):
+    root = _bundle_with_plan(tmp_path, gpu="NVIDIA H100 80GB HBM3")
+    with caplog.at_level(logging.INFO, logger="ssft_deploy.engines"):
+        eng = open_engine(root, "extractor_rgb", backend="auto")
+    assert eng.name == "ort-cpu"  # no CUDA provider in this onnxruntime build
+    assert any("H100" in r.getMessage() and "rebuild" in r.getMessage() for r in caplog.records)
+    from ssft_deploy.errors import BundleError
+
+    with pytest.raises(BundleError, match="rebuild with ssft-export --trt"):
+        open_engine(root, "extractor_rgb", backend="tensorrt")
+    assert load_bundle(root).has("extractor_rgb", "trt-fp32")
