@@ -225,6 +225,7 @@ class BundleFeatureSource:
 
     def __init__(self, runtime: ReIDRuntime, progress: bool = True) -> None:
         self.runtime, self.progress = runtime, progress
+        self.k, self.parts = runtime.bundle.k, runtime.bundle.transfer_parts
 
     def extract(self, records: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
         """Images of ``records`` (``.path``, ``.modality``), batched per modality, in order."""
@@ -255,7 +256,10 @@ def _new_gallery(bundle: Bundle) -> object | None:
         from ssft_deploy.gallery import Gallery
     except ImportError:
         return None
-    return Gallery(bundle.dims["shared"], bundle.dims["specific"])
+    try:
+        return Gallery(bundle.dims["shared"], bundle.dims["specific"])
+    except TypeError:  # a Gallery that takes its dims from the first add
+        return Gallery()
 
 
 def _gallery_arrays(gallery: object | None) -> tuple[Features, np.ndarray, np.ndarray]:

@@ -156,6 +156,7 @@ def test_feature_source_extracts_records_in_order(rt, tmp_path):
         cv2.imwrite(str(tmp_path / f"{i}.png"), c)
         records.append(_Record(str(tmp_path / f"{i}.png"), i, 1, i % 2))
     src = rt.as_feature_source(progress=False)
+    assert src.k == K and src.parts == ("shared", "specific")
     shared, specific = src.extract(records)
     assert shared.shape == (5, DS) and specific.shape == (5, DP)
     for i, c in enumerate(crops):
