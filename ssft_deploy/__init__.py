@@ -22,7 +22,23 @@ __version__ = "0.1.0"
 RGB, IR = 0, 1
 MODALITIES = {"rgb": RGB, "ir": IR}
 
+
+
+def __getattr__(name: str):
+    # Lazy so that `import ssft_deploy` stays light (no onnxruntime / cv2 until used).
+    if name == "ReIDRuntime":
+        from ssft_deploy.runtime import ReIDRuntime
+
+        return ReIDRuntime
+    if name == "FrameBatcher":
+        from ssft_deploy.batcher import FrameBatcher
+
+        return FrameBatcher
+    raise AttributeError(f"module 'ssft_deploy' has no attribute {name!r}")
+
+
 __all__ = [
     "BundleError", "CheckpointError", "DatasetError", "EngineError", "GalleryError",
     "InputError", "QueueFullError", "SSFTError", "RGB", "IR", "MODALITIES", "__version__",
+    "ReIDRuntime", "FrameBatcher",
 ]
