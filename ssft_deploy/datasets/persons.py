@@ -182,6 +182,15 @@ def _labels(ident: Identity, rng: np.random.Generator, size: tuple[int, int], sc
     return lab, u, v
 
 
+def _patches(img: np.ndarray, rng: np.random.Generator, count: int, div: int, value) -> None:
+    """Paint ``count`` random rectangles (up to 1/div of the image side) with ``value()``."""
+    h, w = img.shape[:2]
+    for _ in range(count):
+        y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        dy, dx = int(rng.integers(2, max(3, h // div))), int(rng.integers(2, max(3, w // div)))
+        img[y0:y0 + dy, x0:x0 + dx] = value()
+
+
 def render(ident: Identity, cam: Camera, modality: int, rng: np.random.Generator,
            size: tuple[int, int]) -> np.ndarray:
     """One crop of ``ident`` seen by ``cam``: RGB uint8 ``[H, W, 3]`` (IR: 3 equal channels)."""
@@ -196,19 +205,13 @@ def render(ident: Identity, cam: Camera, modality: int, rng: np.random.Generator
     if modality == 0:
         bg = cam.bg[0] * (1 - ramp) + cam.bg[1] * ramp + rng.uniform(-25, 25, 3)
         bg = np.broadcast_to(bg, (h, w, 3)).copy()
-        for _ in range(int(rng.integers(1, 4))):  # clutter
-            x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-            bg[y0:y0 + int(rng.integers(4, h // 2)), x0:x0 + int(rng.integers(4, w // 2))] = \
-                rng.uniform(20, 235, 3)
+        _patches(bg, rng, int(rng.integers(1, 4)), 2, lambda: rng.uniform(20, 235, 3))  # clutter
         fg = ident.colours[lab] * (1.0 + ident.contrast * tex)[..., None] * shade[..., None]
         img = np.where(person[..., None], fg, bg) * cam.light * rng.uniform(0.8, 1.2) * cam.cast
     else:
         bg = cam.ir_ambient * (1.2 - 0.4 * ramp[..., 0]) + rng.uniform(-0.05, 0.05)
         bg = np.broadcast_to(bg, (h, w)).copy()
-        for _ in range(int(rng.integers(0, 3))):  # warm objects (lamps, cars)
-            x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-            bg[y0:y0 + int(rng.integers(4, h // 3)), x0:x0 + int(rng.integers(4, w // 3))] = \
-                rng.uniform(0.2, 0.6)
+        _patches(bg, rng, int(rng.integers(0, 3)), 3, lambda: rng.uniform(0.2, 0.6))  # warm objects
         hu, hv, hr, ha = ident.hotspot
         spot = ha * np.exp(-((u - hu) ** 2 + (v - hv) ** 2) / (2 * hr * hr))
         fg = (ident.heat[lab] * (1.0 + 0.6 * ident.contrast * tex) + spot) * (0.8 + 0.2 * shade)

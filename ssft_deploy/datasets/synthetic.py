@@ -86,7 +86,9 @@ def _plan_sysu(rng: np.random.Generator, pids: list[int], rgb_per_cam: tuple[int
 
 def _write_images(root: Path, jobs: list[tuple[int, int, int, Path]], seed: int,
                   size: tuple[int, int], quality: int, progress: bool) -> None:
-    """Render and write (pid, cam, index, path) jobs; cam > 0 is SYSU, modality from the camera."""
+    """Render and write (pid, cam, index, path) jobs; the modality follows the camera."""
+    if len(size) != 2 or size[0] < 16 or size[1] < 8:
+        raise SSFTError(f"image size (h, w) must be at least (16, 8), got {tuple(size)}")
     idents, cams = {}, {}
     for pid, cam, n, path in tqdm(jobs, desc="synthetic images", disable=not progress, unit="img"):
         if pid not in idents:
