@@ -209,6 +209,11 @@ class FrameBatcher:
         for q in self._queues.values():
             q.thread.start()
 
+    @classmethod
+    def for_runtime(cls, runtime: Any, **kwargs: Any) -> FrameBatcher:
+        """A batcher over ``ReIDRuntime.extract_array`` / ``preprocess_fn`` (BGR uint8 crops)."""
+        return cls(runtime.extract_array, runtime.preprocess_fn, **kwargs)
+
     # -- submission -----------------------------------------------------------------------------
     def submit(self, crop: np.ndarray, camera_id: Hashable = None, modality: str | int = "rgb",
                tag: Any = None) -> Future:

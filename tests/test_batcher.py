@@ -44,6 +44,17 @@ def crop(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((3, H, W)).astype(np.float32)
 
 
+def stuck_first_batch(b: FrameBatcher, n: int = 2) -> list:
+    """Enqueue n crops at once (so they form one batch) and wait until the worker holds them."""
+    frame = np.random.default_rng(7).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    futs = b.submit_boxes(frame, [(0, 0, 8, 16)] * n)
+    deadline = time.time() + 5
+    while b.stats()["queue_depth"]["rgb"] and time.time() < deadline:
+        time.sleep(0.005)
+    assert b.stats()["queue_depth"]["rgb"] == 0
+    return futs
+
+
 def to_chw(img: np.ndarray) -> np.ndarray:
     """Stand-in preprocess for raw HxWx3 uint8 crops (nearest resize, scale to [0,1])."""
     if img.ndim != 3 or img.shape[2] != 3:
@@ -147,18 +158,15 @@ def test_wrong_output_rows_are_an_engine_error():
 def test_reject_policy_raises_at_once_when_full():
     gate = threading.Event()
     eng = StandInEngine(gate=gate)
-    b = FrameBatcher(eng, max_batch=2, max_wait_ms=0, max_queue=4, full_policy="reject")
+    b = FrameBatcher(eng, to_chw, max_batch=2, max_wait_ms=0, max_queue=4, full_policy="reject")
     try:
-        inflight = [b.submit(crop(i)) for i in range(2)]
-        deadline = time.time() + 5
-        while b.stats()["queue_depth"]["rgb"] and time.time() < deadline:
-            time.sleep(0.005)             # the worker took them and is stuck in the gate
-        queued = [b.submit(crop(i)) for i in range(4)]
+        inflight = stuck_first_batch(b)  # the worker holds them, stuck in the gate
+        queued = [b.submit(crop(i).transpose(1, 2, 0).astype(np.uint8)) for i in range(4)]
         t0 = time.perf_counter()
         with pytest.raises(QueueFullError, match="reject"):
-            b.submit(crop(9))
+            b.submit(np.zeros((9, 9, 3), np.uint8))
         assert time.perf_counter() - t0 < 0.1
-        assert b.submit(crop(9), modality="ir") is not None   # the other modality has room
+        assert b.submit(np.zeros((9, 9, 3), np.uint8), modality="ir")  # the other queue has room
         assert b.stats()["rejected"] == 1
         gate.set()
         assert all(isinstance(f.result(5), CropFeatures) for f in inflight + queued)
@@ -169,20 +177,18 @@ def test_reject_policy_raises_at_once_when_full():
 
 def test_block_policy_waits_then_raises_or_succeeds():
     gate = threading.Event()
-    b = FrameBatcher(StandInEngine(gate=gate), max_batch=2, max_wait_ms=0, max_queue=2,
+    b = FrameBatcher(StandInEngine(gate=gate), to_chw, max_batch=2, max_wait_ms=0, max_queue=2,
                      full_policy="block", block_timeout_s=0.2)
+    raw = np.zeros((9, 9, 3), np.uint8)
     try:
-        first = [b.submit(crop(i)) for i in range(2)]
-        deadline = time.time() + 5
-        while b.stats()["queue_depth"]["rgb"] and time.time() < deadline:
-            time.sleep(0.005)
-        [b.submit(crop(i)) for i in range(2)]              # queue now full
+        first = stuck_first_batch(b)
+        [b.submit(raw) for _ in range(2)]                  # queue now full
         t0 = time.perf_counter()
         with pytest.raises(QueueFullError, match="block"):
-            b.submit(crop(5))
+            b.submit(raw)
         assert 0.18 <= time.perf_counter() - t0 < 2.0
         threading.Timer(0.05, gate.set).start()           # room appears while we block
-        late = b.submit(crop(6))
+        late = b.submit(raw)
         assert isinstance(late.result(5), CropFeatures)
         assert all(isinstance(f.result(5), CropFeatures) for f in first)
     finally:
@@ -206,12 +212,9 @@ def test_close_drain_finishes_everything():
 
 def test_close_without_drain_fails_pending_clearly():
     gate = threading.Event()
-    b = FrameBatcher(StandInEngine(gate=gate), max_batch=2, max_wait_ms=0, max_queue=16)
-    inflight = [b.submit(crop(i)) for i in range(2)]
-    deadline = time.time() + 5
-    while b.stats()["queue_depth"]["rgb"] and time.time() < deadline:
-        time.sleep(0.005)
-    pending = [b.submit(crop(i)) for i in range(6)]
+    b = FrameBatcher(StandInEngine(gate=gate), to_chw, max_batch=2, max_wait_ms=0, max_queue=16)
+    inflight = stuck_first_batch(b)
+    pending = [b.submit(np.zeros((9, 9, 3), np.uint8)) for _ in range(6)]
     threading.Timer(0.1, gate.set).start()
     b.close(drain=False, timeout=10)
     for f in pending:
@@ -242,3 +245,20 @@ def test_stats_report_depth_histogram_and_percentiles():
     assert st["max_queue"] == 32 and 1 <= st["max_queue_depth"]["rgb"] <= 32
     lat = st["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+
+
+def test_for_runtime_matches_runtime_extract(tmp_path):
+    from ssft_deploy.runtime import ReIDRuntime
+    from tests.test_bundle_factory import make_bundle
+
+    rt = ReIDRuntime.open(make_bundle(tmp_path / "b", input_size=(16, 8)), backend="ort-cpu")
+    frame = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    boxes = [(0, 0, 20, 40), (30, 4, 16, 30), (50, 10, 14, 30)]
+    with FrameBatcher.for_runtime(rt, max_batch=2, max_wait_ms=5) as b:
+        got = [f.result(5) for f in b.submit_boxes(frame, boxes, "cam", "ir")]
+    want = rt.extract_boxes(frame, boxes, modality="ir")
+    np.testing.assert_allclose(np.stack([g.shared for g in got]), want.shared, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(np.stack([g.specific for g in got]), want.specific, rtol=1e-5,
+                               atol=1e-6)
+    rt.close()

@@ -11,8 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssft_deploy.runtime import ReIDRuntime
 from ssft_deploy.serving.launch import TritonServerProcess, libdir_of, unavailable_reason
-from ssft_deploy.serving.pytriton_server import MODEL_NAMES, ensure_libpython_path
+from ssft_deploy.serving.pytriton_server import (
+    MODEL_NAMES,
+    SEARCH_MODEL,
+    ensure_libpython_path,
+    load_gallery,
+    save_gallery,
+)
 from tests.test_bundle_factory import make_bundle, reference_extract
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -27,25 +34,48 @@ def bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(bundle):
-    srv = TritonServerProcess(bundle, max_batch=8, queue_delay_us=20000, start_timeout_s=180)
+def runtime(bundle):
+    rt = ReIDRuntime.open(bundle, backend="ort-cpu")
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="module")
+def gallery_file(runtime, tmp_path_factory):
+    feats = runtime.extract(list(crops(10, 5)), modality="rgb")
+    path = tmp_path_factory.mktemp("gallery") / "gallery.npz"
+    save_gallery(path, feats, pids=np.arange(10) % 5, camids=np.arange(10) % 2)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(bundle, gallery_file):
+    srv = TritonServerProcess(bundle, max_batch=8, queue_delay_us=20000, gallery=gallery_file,
+                              top=3, start_timeout_s=180)
     with srv:
         yield srv
     assert srv.proc.returncode is not None
+
+
+def crops(n: int, seed: int) -> np.ndarray:
+    """BGR uint8 person-crop stand-ins of varying content."""
+    return np.random.default_rng(seed).integers(0, 256, (n, 24, 12, 3), dtype=np.uint8)
 
 
 def images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, 16, 8)).astype(np.float32)
 
 
-def infer(url: str, modality: str, x: np.ndarray) -> dict[str, np.ndarray]:
+def infer(url: str, model: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
     client = httpclient.InferenceServerClient(url=url)
     try:
-        inp = httpclient.InferInput("images", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        outs = [httpclient.InferRequestedOutput(n) for n in ("shared", "specific")]
-        res = client.infer(MODEL_NAMES[modality], [inp], outputs=outs)
-        return {n: res.as_numpy(n) for n in ("shared", "specific")}
+        feeds = []
+        for name, x in inputs.items():
+            feeds.append(httpclient.InferInput(name, list(x.shape),
+                                               "INT64" if x.dtype == np.int64 else "FP32"))
+            feeds[-1].set_data_from_numpy(x)
+        res = client.infer(model, feeds)
+        return {o["name"]: res.as_numpy(o["name"]) for o in res.get_response()["outputs"]}
     finally:
         client.close()
 
@@ -60,28 +90,43 @@ def test_ld_library_path_puts_this_python_first():
 
 
 @needs_triton
-def test_served_features_equal_in_process(server, bundle):
-    from ssft_deploy.serving.extractors import BundleExtractor
+def test_served_features_equal_in_process_runtime(server, runtime):
+    for modality, seed in (("rgb", 1), ("ir", 2)):
+        x = images(3, seed)
+        got = infer(server.url, MODEL_NAMES[modality], images=x)
+        want_s, want_p = runtime.extract_array(x, modality)
+        np.testing.assert_allclose(got["shared"], want_s, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got["specific"], want_p, rtol=1e-5, atol=1e-5)
+        ref_s, _ = reference_extract(x, f"extractor_{modality}")
+        np.testing.assert_allclose(got["shared"], ref_s, rtol=1e-4, atol=1e-4)
+    # concurrent one-image requests go through Triton's dynamic batcher; rows stay their own
+    xs = np.stack([runtime.preprocess_fn(c) for c in crops(12, 3)])
+    with ThreadPoolExecutor(12) as pool:
+        outs = list(pool.map(lambda i: infer(server.url, "ssft_extract_ir", images=xs[i:i + 1]),
+                             range(12)))
+    want = runtime.extract(list(crops(12, 3)), modality="ir")
+    np.testing.assert_allclose(np.concatenate([o["shared"] for o in outs]), want.shared,
+                               rtol=1e-5, atol=1e-5)
 
-    local = BundleExtractor(bundle, backend="ort-cpu")
-    try:
-        for modality, seed in (("rgb", 1), ("ir", 2)):
-            x = images(3, seed)
-            got = infer(server.url, modality, x)
-            want_s, want_p = local(x, modality)
-            np.testing.assert_allclose(got["shared"], want_s, rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(got["specific"], want_p, rtol=1e-5, atol=1e-5)
-            ref_s, _ = reference_extract(x, f"extractor_{modality}")
-            np.testing.assert_allclose(got["shared"], ref_s, rtol=1e-4, atol=1e-4)
-        # concurrent single-image requests go through Triton's dynamic batcher, rows stay theirs
-        xs = images(12, 3)
-        with ThreadPoolExecutor(12) as pool:
-            outs = list(pool.map(lambda i: infer(server.url, "ir", xs[i:i + 1]), range(12)))
-        want_s, _ = local(xs, "ir")
-        np.testing.assert_allclose(np.concatenate([o["shared"] for o in outs]), want_s,
-                                   rtol=1e-5, atol=1e-5)
-    finally:
-        local.close()
+
+@needs_triton
+def test_served_search_equals_in_process_search(server, runtime, gallery_file):
+    query = runtime.extract(list(crops(4, 9)), modality="ir")
+    gallery = load_gallery(gallery_file)
+    # The tiny bundle's transfer graph reads idx values (absolute rows of one transfer call), so
+    # compare calls of the same query sets: all four in one request, then each on its own.
+    asked = [(slice(0, 4), infer(server.url, SEARCH_MODEL, shared=query.shared,
+                                 specific=query.specific, modality=np.ones((4, 1), np.int64)))]
+    for i in range(4):
+        asked.append((slice(i, i + 1), infer(
+            server.url, SEARCH_MODEL, shared=query.shared[i:i + 1],
+            specific=query.specific[i:i + 1], modality=np.array([[1]], np.int64))))
+    for part, out in asked:
+        want = runtime.search(query.take(part), top=3, mode="single-query", gallery=gallery)
+        assert out["pids"].tolist() == [[m.pid for m in hits] for hits in want]
+        assert out["rows"].tolist() == [[m.index for m in hits] for hits in want]
+        np.testing.assert_allclose(out["distances"], [[m.distance for m in h] for h in want],
+                                   rtol=1e-4, atol=1e-5)
 
 
 @needs_triton
@@ -89,7 +134,7 @@ def test_wrong_input_shape_is_a_clear_client_error(server):
     from tritonclient.utils import InferenceServerException
 
     with pytest.raises(InferenceServerException, match="images"):
-        infer(server.url, "rgb", np.zeros((1, 3, 20, 8), np.float32))
+        infer(server.url, "ssft_extract_rgb", images=np.zeros((1, 3, 20, 8), np.float32))
 
 
 @needs_triton

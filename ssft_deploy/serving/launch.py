@@ -79,12 +79,16 @@ class TritonServerProcess:
     def __init__(self, bundle: str | os.PathLike, *, host: str = "127.0.0.1",
                  ports: tuple[int, int, int] | None = None, python: Path | None = None,
                  max_batch: int = 32, queue_delay_us: int = 2000, precision: str = "fp32",
-                 backend: str = "auto", start_timeout_s: float = 120.0):
+                 backend: str = "auto", gallery: str | os.PathLike | None = None,
+                 top: int = 10, start_timeout_s: float = 120.0):
         self.bundle, self.host = str(bundle), host
         self.http_port, self.grpc_port, self.metrics_port = ports or free_ports(3, host)
         self.python = python or triton_python()
         self.args = ["--max-batch", str(max_batch), "--queue-delay-us", str(queue_delay_us),
-                     "--precision", precision, "--backend", backend]
+                     "--precision", precision, "--backend", backend, "--top", str(top)]
+        if gallery is not None:
+            self.args += ["--gallery", str(gallery)]
+        self.models = [*MODELS, *(["ssft_search"] if gallery is not None else [])]
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
         # The server's output goes to a file (a pipe nobody reads would fill and stall it).
@@ -118,7 +122,7 @@ class TritonServerProcess:
 
     def _ready(self) -> bool:
         try:
-            for path in ["/v2/health/ready", *(f"/v2/models/{m}/ready" for m in MODELS)]:
+            for path in ["/v2/health/ready", *(f"/v2/models/{m}/ready" for m in self.models)]:
                 with urllib.request.urlopen(f"http://{self.url}{path}", timeout=2) as r:
                     if r.status != 200:
                         return False
@@ -194,16 +198,18 @@ class TritonServerProcess:
 @click.option("--max-batch", default=32, show_default=True)
 @click.option("--queue-delay-us", default=2000, show_default=True)
 @click.option("--precision", default="fp32", show_default=True)
+@click.option("--gallery", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="gallery .npz to serve ssft_search over")
 def main(bundle: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
-         queue_delay_us: int, precision: str) -> None:
+         queue_delay_us: int, precision: str, gallery: str | None) -> None:
     """Serve BUNDLE on 127.0.0.1 from the .venv-triton environment until Ctrl-C."""
     srv = TritonServerProcess(bundle, ports=(http_port, grpc_port, metrics_port),
                               max_batch=max_batch, queue_delay_us=queue_delay_us,
-                              precision=precision)
+                              precision=precision, gallery=gallery)
     try:
         srv.start()
         click.echo(json.dumps({"http": f"http://{srv.url}", "grpc": srv.grpc_port,
-                               "models": list(MODELS), "log": srv.log.name}))
+                               "models": srv.models, "log": srv.log.name}))
         srv.proc.wait()
     except SSFTError as exc:
         click.echo(f"error: {exc}", err=True)

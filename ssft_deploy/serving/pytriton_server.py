@@ -5,6 +5,10 @@ any environment. Models, one per modality so Triton batches each modality on its
 
 - ``ssft_extract_rgb`` / ``ssft_extract_ir``: ``images`` float32 ``[3,H,W]`` (the normalised model
   input, ``ssft_deploy.preprocess``) -> ``shared`` float32 ``[Ds]``, ``specific`` float32 ``[Dp]``.
+- ``ssft_search`` (with ``--gallery``): a query's ``shared`` ``[Ds]``, ``specific`` ``[Dp]`` and
+  ``modality`` ``[1]`` int64 -> the ``top`` best gallery identities: ``pids`` ``[top]`` int64,
+  ``distances`` ``[top]`` float32, ``rows`` ``[top]`` int64 (padded with -1 / inf). Searched in
+  ``single-query`` mode (Eq. 22), so an answer does not depend on which requests share a batch.
 
 Triton's dynamic batcher stacks concurrent requests into one engine call of up to ``max_batch``.
 """
@@ -21,9 +25,11 @@ from collections.abc import Callable
 import click
 import numpy as np
 
-from ssft_deploy.errors import SSFTError
+from ssft_deploy.errors import GalleryError, SSFTError
 
 MODEL_NAMES = {"rgb": "ssft_extract_rgb", "ir": "ssft_extract_ir"}
+SEARCH_MODEL = "ssft_search"
+GALLERY_KEYS = ("shared", "specific", "modality", "pids", "camids")
 log = logging.getLogger("ssft_deploy.serving")
 
 
@@ -74,16 +80,84 @@ def bind_extractors(triton, extract: Callable, input_size: tuple[int, int], dims
         )
 
 
+def save_gallery(path: str | os.PathLike, feats, pids: np.ndarray, camids: np.ndarray) -> None:
+    """Write a gallery (Features + pids + camids) as the ``.npz`` the server's --gallery reads."""
+    np.savez(path, shared=feats.shared, specific=feats.specific, modality=feats.modality,
+             pids=np.asarray(pids, np.int64), camids=np.asarray(camids, np.int64))
+
+
+def load_gallery(path: str | os.PathLike) -> tuple:
+    """``.npz`` -> ``(Features, pids, camids)``, the gallery form ``ReIDRuntime.search`` takes."""
+    from ssft_deploy.features import Features
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in GALLERY_KEYS if k not in z.files]
+            if missing:
+                raise GalleryError(f"gallery file {path} lacks {missing} (write it with "
+                                   "ssft_deploy.serving.pytriton_server.save_gallery)")
+            arrays = {k: z[k] for k in GALLERY_KEYS}
+    except (OSError, ValueError) as exc:
+        raise GalleryError(f"cannot read gallery file {path}: {exc}") from exc
+    feats = Features(arrays["shared"], arrays["specific"], arrays["modality"])
+    return feats, arrays["pids"], arrays["camids"]
+
+
+def make_search_fn(runtime, gallery: tuple, top: int) -> Callable:
+    """A PyTriton ``@batch`` function over ``runtime.search`` in single-query mode."""
+    from pytriton.decorators import batch
+
+    from ssft_deploy.features import Features
+
+    @batch
+    def infer(shared: np.ndarray, specific: np.ndarray, modality: np.ndarray
+              ) -> dict[str, np.ndarray]:
+        query = Features(shared, specific, modality.reshape(-1).astype(np.int64))
+        hits = runtime.search(query, top=top, mode="single-query", gallery=gallery)
+        n = len(hits)
+        pids, rows = np.full((n, top), -1, np.int64), np.full((n, top), -1, np.int64)
+        dist = np.full((n, top), np.inf, np.float32)
+        for i, row in enumerate(hits):
+            for j, m in enumerate(row):
+                pids[i, j], dist[i, j], rows[i, j] = m.pid, m.distance, m.index
+        return {"pids": pids, "distances": dist, "rows": rows}
+
+    return infer
+
+
+def bind_search(triton, runtime, gallery: tuple, top: int, max_batch: int,
+                queue_delay_us: int) -> None:
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+
+    dims = runtime.bundle.dims
+    triton.bind(
+        model_name=SEARCH_MODEL,
+        infer_func=make_search_fn(runtime, gallery, top),
+        inputs=[Tensor(name="shared", dtype=np.float32, shape=(dims["shared"],)),
+                Tensor(name="specific", dtype=np.float32, shape=(dims["specific"],)),
+                Tensor(name="modality", dtype=np.int64, shape=(1,))],
+        outputs=[Tensor(name="pids", dtype=np.int64, shape=(top,)),
+                 Tensor(name="distances", dtype=np.float32, shape=(top,)),
+                 Tensor(name="rows", dtype=np.int64, shape=(top,))],
+        config=ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(
+            max_queue_delay_microseconds=queue_delay_us)),
+        strict=True,
+    )
+
+
 def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int = 8002, precision: str = "fp32", backend: str = "auto",
-          max_batch: int = 32, queue_delay_us: int = 2000) -> None:
-    """Open the bundle, start Triton on ``host`` and serve until SIGINT / SIGTERM."""
+          max_batch: int = 32, queue_delay_us: int = 2000, gallery: str | None = None,
+          top: int = 10) -> None:
+    """Open the bundle's runtime, start Triton on ``host`` and serve until SIGINT / SIGTERM."""
     ensure_libpython_path()
     from pytriton.triton import Triton, TritonConfig
 
-    from ssft_deploy.serving.extractors import BundleExtractor
+    from ssft_deploy.runtime import ReIDRuntime
 
-    extractor = BundleExtractor(bundle, precision=precision, backend=backend)
+    runtime = ReIDRuntime.open(bundle, precision=precision, backend=backend,
+                               max_batch=max_batch)
+    gal = load_gallery(gallery) if gallery else None
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host,
                           grpc_port=grpc_port, metrics_address=host, metrics_port=metrics_port,
                           exit_timeout_secs=5, log_verbose=0)
@@ -91,13 +165,15 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with Triton(config=config) as triton:
-            bind_extractors(triton, extractor, extractor.input_size, extractor.dims, max_batch,
-                            queue_delay_us)
-            log.warning("ssft serving %s on http://%s:%d (grpc %d): models %s", bundle, host,
-                        http_port, grpc_port, sorted(MODEL_NAMES.values()))
+            bind_extractors(triton, runtime.extract_array, runtime.bundle.input_size,
+                            runtime.bundle.dims, max_batch, queue_delay_us)
+            if gal is not None:
+                bind_search(triton, runtime, gal, top, max_batch, queue_delay_us)
+            log.warning("ssft serving %s on http://%s:%d (grpc %d)%s", bundle, host,
+                        http_port, grpc_port, " with search" if gal else "")
             triton.serve()
     finally:
-        extractor.close()
+        runtime.close()
 
 
 @click.command()
@@ -112,13 +188,17 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
 @click.option("--max-batch", default=32, show_default=True, help="Triton max_batch_size")
 @click.option("--queue-delay-us", default=2000, show_default=True,
               help="dynamic batcher: longest wait to fill a batch")
+@click.option("--gallery", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="gallery .npz (save_gallery) to serve ssft_search over")
+@click.option("--top", default=10, show_default=True, help="identities per search answer")
 def main(bundle: str, host: str, http_port: int, grpc_port: int, metrics_port: int,
-         precision: str, backend: str, max_batch: int, queue_delay_us: int) -> None:
+         precision: str, backend: str, max_batch: int, queue_delay_us: int,
+         gallery: str | None, top: int) -> None:
     """Serve BUNDLE's extractors on Triton (run in .venv-triton; see ssft_deploy.serving.launch)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     try:
         serve(bundle, host, http_port, grpc_port, metrics_port, precision, backend, max_batch,
-              queue_delay_us)
+              queue_delay_us, gallery, top)
     except SSFTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
