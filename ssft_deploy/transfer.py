@@ -7,6 +7,7 @@ all queries (Sec. 4.5, transductive), single query (Eq. 22) and a rolling auxili
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Sequence
 
@@ -134,6 +135,8 @@ class SSTN:
             raise InputError(f"k must be a positive integer, got {k!r}")
         self.transfer_fn, self.k, self.parts = transfer_fn, k, _parts(parts)
         self.affinity, self.affinity_options, self.max_rows = affinity, affinity_options, max_rows
+        self._cache_lock = threading.Lock()
+        self._gallery_cache: tuple[bytes, SingleQueryGraph, np.ndarray] | None = None
 
     def neighbours(self, feats: Features) -> tuple[np.ndarray, np.ndarray]:
         """Eq. 6-8 neighbour lists of ``feats`` with this stage's k and method."""
@@ -172,8 +175,8 @@ class SSTN:
         gallery's neighbour lists and padded features are computed once."""
         if len(gallery) == 0 or len(query) == 0:
             raise InputError("single-query transfer needs at least one query and one gallery sample")
-        graph = SingleQueryGraph(gallery, *self.neighbours(gallery), self.k)
-        z_g, z_q = self.pad(gallery), self.pad(query)
+        graph, z_g = self._gallery_graph(gallery)
+        z_q = self.pad(query)
         size = len(gallery) + 1
         chunk = max(1, self.max_rows // size)
         dist = np.empty((len(query), len(gallery)), np.float32)
@@ -187,3 +190,19 @@ class SSTN:
             cos = np.einsum("cd,cgd->cg", t[:, 0], t[:, 1:])
             dist[s:s + c] = np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
         return dist
+
+    def _gallery_graph(self, gallery: Features) -> tuple[SingleQueryGraph, np.ndarray]:
+        """Eq. 22's query-independent part, cached for the last gallery seen (by content), so a
+        live gallery that did not change is not re-ranked for every query batch."""
+        h = hashlib.blake2b(digest_size=16)
+        for a in (gallery.shared, gallery.specific, gallery.modality):
+            h.update(memoryview(a).cast("B"))
+        key = h.digest()
+        with self._cache_lock:
+            if self._gallery_cache is not None and self._gallery_cache[0] == key:
+                return self._gallery_cache[1], self._gallery_cache[2]
+        graph = SingleQueryGraph(gallery, *self.neighbours(gallery), self.k)
+        z_g = self.pad(gallery)
+        with self._cache_lock:
+            self._gallery_cache = (key, graph, z_g)
+        return graph, z_g

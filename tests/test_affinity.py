@@ -149,3 +149,9 @@ def test_approximate_knn_recall_is_measured(index):
     # a deliberately starved IVF search loses neighbours, and the measurement shows it
     poor = measure_recall(shared, specific, modality, k=4, index="ivf", nlist=64, nprobe=1)
     assert poor < recall
+
+
+def test_unknown_method_options_are_input_errors():
+    shared, specific, modality = random_inputs(n=10)
+    with pytest.raises(InputError):
+        topk_affinity(shared, specific, modality, method="dense", nprobe=3)

@@ -194,3 +194,16 @@ def test_rolling_auxiliary_is_thread_safe():
     assert len(snap) == 50
     rows = [row.tobytes() for row in snap.shared]
     assert len(set(rows)) == 50 and set(rows) <= known
+
+
+def test_single_query_reuses_the_gallery_graph_until_it_changes(monkeypatch):
+    sstn = SSTN(stand_in_transfer, k=2)
+    calls = []
+    real = sstn.neighbours
+    monkeypatch.setattr(sstn, "neighbours", lambda f: calls.append(len(f)) or real(f))
+    query, gallery = make(3, 1, seed=11), make(15, 0, seed=12)
+    first = sstn.single_query_distances(query, gallery)
+    np.testing.assert_array_equal(sstn.single_query_distances(query, gallery), first)
+    assert calls == [15]
+    sstn.single_query_distances(query, gallery.take(slice(0, 14)))
+    assert calls == [15, 14]

@@ -28,6 +28,8 @@ from ssft_deploy.errors import InputError
 
 METHODS = ("dense", "knn", "cuda", "auto")
 AUTO_KNN_MIN_N = 20000
+OPTIONS = {"dense": {"row_block", "col_block"}, "cuda": {"device"},
+           "knn": {"index", "nprobe", "ef_search", "nlist", "m", "ef_construction", "seed"}}
 
 
 def resolve_method(method: str, n: int) -> str:
@@ -52,6 +54,10 @@ def topk_affinity(shared: Any, specific: Any, modality: Any, k: int = 4, method:
     cuda ``device``."""
     feats = check_inputs(shared, specific, modality, k)
     method = resolve_method(method, len(feats))
+    unknown = set(options) - OPTIONS[method]
+    if unknown:
+        raise InputError(f"unknown option(s) {sorted(unknown)} for affinity method {method!r}; "
+                         f"it takes {sorted(OPTIONS[method])}")
     if method == "dense":
         def cand(q: np.ndarray, base: np.ndarray, c: int) -> np.ndarray:
             return dense.candidates(q, base, c, **options)
