@@ -1,0 +1,82 @@
+"""int8: static QDQ quantisation of the extractor graphs with ONNX Runtime's quantiser.
+
+QDQ format with symmetric int8 activations and symmetric per-channel int8 weights is what
+TensorRT's explicit quantisation reads, and ONNX Runtime on CPU fuses the same QDQ pairs into
+integer kernels (VNNI where the CPU has it). Only the convolutions and matrix products are
+quantised: the GeM pooling and the BNNeck affine stay in float32 for the features' accuracy.
+The transfer graph is not quantised (its cost is the gather / normalisation of Eq. 10, and its
+single matmul is small); the int8 variant uses the fp32 transfer graph.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+QUANT_OPS = ("Conv", "MatMul", "Gemm")
+
+
+class ImageBatches:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over an image array."""
+
+    def __init__(self, images: np.ndarray, batch: int = 16, input_name: str = "images") -> None:
+        self.images = np.ascontiguousarray(images, dtype=np.float32)
+        self.batch = batch
+        self.input_name = input_name
+        self._it: Iterator[dict[str, np.ndarray]] | None = None
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self.images), self.batch):
+            yield {self.input_name: self.images[start:start + self.batch]}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._it is None:
+            self._it = self._batches()
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = None
+
+
+def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndarray,
+                  method: str = "minmax", batch: int = 16) -> Path:
+    """Write a QDQ int8 copy of the extractor graph ``src``, calibrated on ``images``.
+
+    ``images`` must come from the training split (see ``export.images.calibration_images``).
+    ``method``: ``minmax`` (default) | ``entropy`` | ``percentile``.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ValueError(f"unknown calibration method {method!r}; choose from {sorted(methods)}")
+
+    class Reader(ImageBatches, CalibrationDataReader):
+        pass
+
+    dst = Path(dst)
+    with tempfile.TemporaryDirectory(prefix="ssft-quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        # Shape inference only: ORT-specific fusions would not be readable by TensorRT.
+        quant_pre_process(str(src), str(pre), skip_optimization=True)
+        quantize_static(
+            str(pre), str(dst), Reader(images, batch), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANT_OPS), per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    onnx.checker.check_model(str(dst), full_check=True)
+    return dst
