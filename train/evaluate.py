@@ -1,0 +1,178 @@
+"""``ssft-eval``: a checkpoint (or an exported bundle) + a dataset root -> the paper's tables.
+
+SYSU-MM01 (all / indoor search, single / multi-shot) or RegDB (both directions), Rank-1/10/20,
+mAP, mINP as mean and std over trials, in the transductive, single-query (Eq. 22) and shared-only
+settings; optional Fig. 4 auxiliary-set sweep; JSON results and a CMC plot.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ssft_deploy.datasets.records import ImageRecord
+from ssft_deploy.errors import SSFTError
+from ssft_deploy.evaluation import SETTINGS, evaluate_regdb, evaluate_sysu, format_table
+from ssft_deploy.features import Features
+from ssft_deploy.preprocess import Preprocessor
+from train.model import load_model
+
+
+class TorchFeatureSource:
+    """``FeatureSource`` over a ``train.model`` checkpoint: batched ``model.extract`` per modality
+    and ``model.transfer`` (CPU, no grad)."""
+
+    def __init__(self, checkpoint: str | Path, batch_size: int = 64, progress: bool = True) -> None:
+        self.model = load_model(checkpoint)
+        cfg = self.model.config
+        self.preprocessor = Preprocessor((cfg.height, cfg.width))
+        self.k, self.parts = int(cfg.k), tuple(self.model.transfer_parts or ("shared", "specific"))
+        self.has_transfer = self.model.dims.get("transfer") is not None
+        self.batch_size, self.progress = int(batch_size), progress
+
+    @torch.no_grad()
+    def extract(self, records: Sequence[ImageRecord]) -> Features:
+        dims = self.model.dims
+        n = len(records)
+        shared = np.zeros((n, dims["shared"]), np.float32)
+        specific = np.zeros((n, dims["specific"]), np.float32)
+        modality = np.array([r.modality for r in records], np.int64)
+        with tqdm(total=n, desc="extract", unit="img", disable=not self.progress) as bar:
+            for code in (0, 1):
+                rows = np.flatnonzero(modality == code)
+                for s in range(0, len(rows), self.batch_size):
+                    part = rows[s:s + self.batch_size]
+                    batch = self.preprocessor.crops([records[i].path for i in part])
+                    batch.raise_errors()
+                    h, p = self.model.extract(torch.from_numpy(batch.array), code)
+                    shared[part], specific[part] = h.numpy(), p.numpy()
+                    bar.update(len(part))
+        return Features(shared, specific, modality)
+
+    @torch.no_grad()
+    def transfer(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
+        t = self.model.transfer(torch.from_numpy(np.ascontiguousarray(z, np.float32)),
+                                torch.from_numpy(np.ascontiguousarray(idx, np.int64)),
+                                torch.from_numpy(np.ascontiguousarray(w, np.float32)))
+        return t.numpy()
+
+
+def open_source(path: str | Path, batch_size: int = 64, precision: str = "fp32",
+                backend: str = "auto", progress: bool = True):
+    """A FeatureSource for a checkpoint file or a bundle folder (runtime, imported lazily)."""
+    path = Path(path)
+    if path.is_dir():
+        from ssft_deploy.runtime import ReIDRuntime
+
+        rt = ReIDRuntime.open(path, precision=precision, backend=backend, max_batch=batch_size)
+        return rt.as_feature_source(progress=progress)
+    return TorchFeatureSource(path, batch_size=batch_size, progress=progress)
+
+
+def plot_cmc(result: dict, path: str | Path) -> None:
+    """Mean CMC curves of every setting (one panel per RegDB direction), plus the Fig. 4 sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ({"SYSU-MM01": result["settings"]} if result["dataset"] == "sysu"
+              else {f"RegDB {d}": s for d, s in result["directions"].items()})
+    sweep = result.get("aux_sweep")
+    n = len(panels) + (1 if sweep else 0)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
+    for ax, (title, settings) in zip(axes[0], panels.items()):
+        for name, row in settings.items():
+            ax.plot(range(1, len(row["cmc"]) + 1), row["cmc"], marker="o", ms=3,
+                    label=f"{name} (R1 {row['rank1']['mean']:.1f}, mAP {row['mAP']['mean']:.1f})")
+        ax.set(title=title, xlabel="rank", ylabel="matching rate (%)", ylim=(0, 100))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if sweep:
+        ax = axes[0][-1]
+        sizes = [result["queries"] if k == "all" else int(k) for k in sweep]
+        for metric in ("rank1", "mAP"):
+            ax.errorbar(sizes, [r[metric]["mean"] for r in sweep.values()],
+                        yerr=[r[metric]["std"] for r in sweep.values()], marker="o", label=metric)
+        ax.set(title="auxiliary-set size (Fig. 4)", xscale="log", xlabel="n", ylabel="%")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _sizes(text: str | None) -> list[int | str] | None:
+    if not text:
+        return None
+    out: list[int | str] = []
+    for item in text.split(","):
+        item = item.strip()
+        if item == "all":
+            out.append(item)
+        elif item.isdigit() and int(item) > 0:
+            out.append(int(item))
+        else:
+            raise SSFTError(f"--aux-sizes takes positive integers and 'all', got {item!r}")
+    return out
+
+
+@click.command()
+@click.argument("checkpoint_or_bundle", type=click.Path(exists=True))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="dataset root (SYSU-MM01 or RegDB layout)")
+@click.option("--dataset", type=click.Choice(["sysu", "regdb"]), default="sysu", show_default=True)
+@click.option("--mode", type=click.Choice(["all", "indoor"]), default="all", show_default=True)
+@click.option("--shots", type=click.Choice(["1", "10"]), default="1", show_default=True)
+@click.option("--trials", default=10, show_default=True, type=click.IntRange(1, 10))
+@click.option("--settings", default=",".join(SETTINGS), show_default=True,
+              help="comma-separated subset of transfer,single-query,shared-only")
+@click.option("--aux-sizes", default=None, help="Fig. 4 sweep, e.g. 1,10,100,300,all (SYSU)")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="results JSON")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="CMC plot PNG")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--precision", default="fp32", show_default=True, help="bundle variant")
+@click.option("--backend", default="auto", show_default=True, help="bundle backend")
+@click.option("--affinity", default="dense", show_default=True, help="dense | knn | cuda | auto")
+@click.option("--seed", default=0, show_default=True, type=int, help="SYSU gallery draws")
+def main(checkpoint_or_bundle, data, dataset, mode, shots, trials, settings, aux_sizes, out, plot,
+         batch_size, precision, backend, affinity, seed) -> None:
+    """Evaluate CHECKPOINT_OR_BUNDLE on the SYSU-MM01 or RegDB protocol."""
+    try:
+        chosen = tuple(s.strip() for s in settings.split(",") if s.strip())
+        source = open_source(checkpoint_or_bundle, batch_size, precision, backend)
+        if not getattr(source, "has_transfer", True):
+            click.echo("note: this model has no SSTN; evaluating shared-only features")
+            chosen = tuple(s for s in chosen if s == "shared-only") or ("shared-only",)
+        torch.set_grad_enabled(False)
+        if dataset == "sysu":
+            result = evaluate_sysu(source, data, mode=mode, shots=int(shots), trials=trials,
+                                   settings=chosen, aux_sizes=_sizes(aux_sizes), seed=seed,
+                                   affinity=affinity)
+        else:
+            result = evaluate_regdb(source, data, trials=trials, settings=chosen,
+                                    affinity=affinity)
+        result["model"] = str(checkpoint_or_bundle)
+        click.echo(format_table(result))
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(result, indent=2))
+            click.echo(f"results: {out}")
+        if plot:
+            Path(plot).parent.mkdir(parents=True, exist_ok=True)
+            plot_cmc(result, plot)
+            click.echo(f"CMC plot: {plot}")
+    except SSFTError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
