@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -152,9 +153,18 @@ class _ModalityQueue:
                     break
                 self.not_empty.wait(left)
             n = min(len(self.items), o.max_batch)
-            batch = [self.items.popleft() for _ in range(n)]
-            self.not_full.notify_all()
-            return batch
+            return [self.items.popleft() for _ in range(n)]
+
+    def wake_submitters(self, n: int) -> None:
+        """Tell blocked submitters that ``n`` slots are free. Called once the batch is stacked,
+        just before the engine runs: camera threads then refill the queue while the engine
+        holds no GIL, instead of fighting the worker for it while it stacks. Wakes about ``n``
+        waiters (not all of them); an empty queue wakes everyone, so none is left behind."""
+        with self.lock:
+            if self.items:
+                self.not_full.notify(n)
+            else:
+                self.not_full.notify_all()
 
     def _work(self) -> None:
         while True:
@@ -162,9 +172,12 @@ class _ModalityQueue:
             if batch is None:
                 return
             # A caller may have cancelled its future while it waited: skip those crops.
+            n = len(batch)
             batch = [it for it in batch if it.future.set_running_or_notify_cancel()]
             if batch:
-                self.owner._run_batch(self.modality, batch)
+                self.owner._run_batch(self.modality, batch, partial(self.wake_submitters, n))
+            else:
+                self.wake_submitters(n)
 
     def fail_pending(self, error: Exception) -> int:
         with self.lock:
@@ -265,10 +278,13 @@ class FrameBatcher:
         return futures
 
     # -- the worker side ------------------------------------------------------------------------
-    def _run_batch(self, modality: str, batch: list[_Item]) -> None:
+    def _run_batch(self, modality: str, batch: list[_Item], stacked: Callable[[], None]) -> None:
         n = len(batch)
         try:
-            x = np.stack([it.image for it in batch])
+            try:
+                x = np.stack([it.image for it in batch])
+            finally:
+                stacked()
             shared, specific = self.extract_fn(x, modality)
             shared, specific = np.asarray(shared), np.asarray(specific)
             if shared.shape[:1] != (n,) or specific.shape[:1] != (n,):

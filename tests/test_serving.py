@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssft_deploy.errors import GalleryError
 from ssft_deploy.runtime import ReIDRuntime
 from ssft_deploy.serving.launch import TritonServerProcess, libdir_of, unavailable_reason
 from ssft_deploy.serving.pytriton_server import (
@@ -46,6 +47,22 @@ def gallery_file(runtime, tmp_path_factory):
     path = tmp_path_factory.mktemp("gallery") / "gallery.npz"
     save_gallery(path, feats, pids=np.arange(10) % 5, camids=np.arange(10) % 2)
     return path
+
+
+def test_gallery_file_forms_load_alike(gallery_file, tmp_path):
+    from ssft_deploy.gallery import Gallery
+
+    feats, pids, camids = load_gallery(gallery_file)
+    g = Gallery(feats.shared.shape[1], feats.specific.shape[1])
+    g.add(feats, pids, camids)
+    g.save(tmp_path / "g.bin")
+    feats2, pids2, camids2 = load_gallery(tmp_path / "g.bin")
+    np.testing.assert_array_equal(feats2.shared, feats.shared)
+    np.testing.assert_array_equal(pids2, pids)
+    np.testing.assert_array_equal(camids2, camids)
+    (tmp_path / "bad.npz").write_bytes(b"not a gallery")
+    with pytest.raises(GalleryError):
+        load_gallery(tmp_path / "bad.npz")
 
 
 @pytest.fixture(scope="module")

@@ -87,9 +87,16 @@ def save_gallery(path: str | os.PathLike, feats, pids: np.ndarray, camids: np.nd
 
 
 def load_gallery(path: str | os.PathLike) -> tuple:
-    """``.npz`` -> ``(Features, pids, camids)``, the gallery form ``ReIDRuntime.search`` takes."""
+    """A ``Gallery.save`` file or a ``save_gallery`` ``.npz`` -> ``(Features, pids, camids)``,
+    the gallery form ``ReIDRuntime.search`` takes."""
     from ssft_deploy.features import Features
+    from ssft_deploy.gallery import MAGIC, Gallery
 
+    with open(path, "rb") as fh:
+        is_gallery = fh.read(len(MAGIC)) == MAGIC
+    if is_gallery:
+        feats, cols = Gallery.load(path).entries()
+        return feats, cols["pids"], cols["camids"]
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in GALLERY_KEYS if k not in z.files]
@@ -189,7 +196,7 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
 @click.option("--queue-delay-us", default=2000, show_default=True,
               help="dynamic batcher: longest wait to fill a batch")
 @click.option("--gallery", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="gallery .npz (save_gallery) to serve ssft_search over")
+              help="gallery file (Gallery.save, or a save_gallery .npz) to serve ssft_search over")
 @click.option("--top", default=10, show_default=True, help="identities per search answer")
 def main(bundle: str, host: str, http_port: int, grpc_port: int, metrics_port: int,
          precision: str, backend: str, max_batch: int, queue_delay_us: int,
