@@ -1,14 +1,16 @@
 """Cross-modality re-identification over two video streams, through the camera-frame batcher.
 
-    python examples/make_video.py --out runs/demo/video
-    python examples/video_reid.py --bundle runs/demo/bundle --data runs/demo/video
+    python examples/video_reid.py --bundle runs/demo/bundle --out runs/demo/video
+    python examples/video_reid.py --bundle B --rgb-video a.mp4 --rgb-det a.txt --ir-video ...
+
+Without input videos it first makes the synthetic scene of ``make_video.py`` in ``--out``.
 
 Each camera (an RGB and an IR video, each with a MOTChallenge detections file
 ``frame,id,x,y,w,h,conf,...``) is read by its own thread with OpenCV; every ``--every`` frames per
 track the person box goes to a shared ``FrameBatcher``, which batches crops of both cameras per
 modality. A track's feature is the mean of its crops' features. The tracks of one modality form
 the gallery, the other modality's tracks are the queries; the matches are printed (and checked
-against ``tracks.json`` when the data folder has one).
+against ``tracks.json`` when the data folder has one) and written to ``<out>/matches.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ import click
 import cv2
 import numpy as np
 
+if __package__ in (None, ""):  # run as `python examples/video_reid.py`
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from examples.make_video import make_videos
 from ssft_deploy.batcher import FrameBatcher
 from ssft_deploy.errors import InputError, SSFTError
 from ssft_deploy.features import Features, modality_code
@@ -159,50 +167,27 @@ def check_truth(result: dict, truth: dict) -> int:
                for m in result["matches"])
 
 
-@click.command()
-@click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="folder from make_video.py (rgb.avi, rgb.txt, ir.avi, ir.txt)")
-@click.option("--rgb-video", type=click.Path(path_type=Path), default=None)
-@click.option("--rgb-det", type=click.Path(path_type=Path), default=None)
-@click.option("--ir-video", type=click.Path(path_type=Path), default=None)
-@click.option("--ir-det", type=click.Path(path_type=Path), default=None)
-@click.option("--every", default=5, show_default=True, help="sample a track every N frames")
-@click.option("--gallery", "gallery_modality", type=click.Choice(["rgb", "ir"]), default="rgb",
-              show_default=True, help="modality whose tracks form the gallery")
-@click.option("--mode", default="all-queries", show_default=True,
-              type=click.Choice(["all-queries", "single-query", "shared-only"]))
-@click.option("--top", default=3, show_default=True)
-@click.option("--precision", default="fp32", show_default=True)
-@click.option("--backend", default="auto", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="write JSON here")
-def main(bundle: str, data: Path | None, rgb_video: Path | None, rgb_det: Path | None,
-         ir_video: Path | None, ir_det: Path | None, every: int, gallery_modality: str,
-         mode: str, top: int, precision: str, backend: str, out: Path | None) -> None:
-    """Match people across an RGB and an IR video with a model bundle."""
-    from ssft_deploy.runtime import ReIDRuntime
-
+def _streams(data: Path | None, given: dict) -> dict[str, tuple[Path, Path]] | None:
+    """(video, detections) per modality from --data or the explicit options; None if none."""
+    if data is None and not any(given.values()):
+        return None
     streams = {}
-    for name, video, det in (("rgb", rgb_video, rgb_det), ("ir", ir_video, ir_det)):
-        video = video or (data / f"{name}.avi" if data else None)
-        det = det or (data / f"{name}.txt" if data else None)
+    for name in ("rgb", "ir"):
+        video = given[f"{name}_video"] or (data / f"{name}.avi" if data else None)
+        det = given[f"{name}_det"] or (data / f"{name}.txt" if data else None)
         if video is None or det is None:
             raise click.UsageError(f"give --data or both --{name}-video and --{name}-det")
         streams[name] = (video, det)
-    try:
-        with ReIDRuntime.open(bundle, precision=precision, backend=backend) as rt:
-            result = run_video_reid(rt, streams, every, gallery_modality, top, mode)
-    except SSFTError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise SystemExit(2) from None
-    truth_file = data / "tracks.json" if data else None
-    truth = json.loads(truth_file.read_text()) if truth_file and truth_file.exists() else None
+    return streams
+
+
+def _print(result: dict, truth: dict | None) -> None:
     g, q = result["gallery_modality"].upper(), result["query_modality"].upper()
     st = result["batcher"]
     click.echo(f"crops {result['crops']} ({result['failed_crops']} failed), batches "
                f"{st['batches']}, mean batch {st['mean_batch']:.1f}, latency p50 "
                f"{st['latency_ms']['p50']:.1f} ms")
-    click.echo(f"gallery: {len(result['gallery_tracks'])} {g} tracks; mode {mode}")
+    click.echo(f"gallery: {len(result['gallery_tracks'])} {g} tracks; mode {result['mode']}")
     for m in result["matches"]:
         ranked = ", ".join(f"{g} track {h['track']} ({h['distance']:.3f})" for h in m["matches"])
         mark = ""
@@ -212,12 +197,52 @@ def main(bundle: str, data: Path | None, rgb_video: Path | None, rgb_det: Path |
             mark = "  [correct]" if same else "  [wrong]"
         click.echo(f"{q} track {m['query_track']} -> {ranked}{mark}")
     if truth:
-        result["rank1_correct"] = check_truth(result, truth)
         click.echo(f"rank-1: {result['rank1_correct']}/{len(result['matches'])} queries matched "
                    "the right person")
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@click.command()
+@click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/demo/video"), show_default=True,
+              help="writes matches.json here (and the synthetic scene, without input videos)")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="folder from make_video.py (rgb.avi, rgb.txt, ir.avi, ir.txt)")
+@click.option("--rgb-video", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--rgb-det", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--ir-video", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--ir-det", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--every", default=5, show_default=True, help="sample a track every N frames")
+@click.option("--gallery", "gallery_modality", type=click.Choice(["rgb", "ir"]), default="rgb",
+              show_default=True, help="modality whose tracks form the gallery")
+@click.option("--mode", default="all-queries", show_default=True,
+              type=click.Choice(["all-queries", "single-query", "shared-only"]))
+@click.option("--top", default=3, show_default=True)
+@click.option("--precision", default="fp32", show_default=True)
+@click.option("--backend", default="auto", show_default=True)
+def main(bundle: str, out: Path, data: Path | None, every: int, gallery_modality: str,
+         mode: str, top: int, precision: str, backend: str, **given: Path | None) -> None:
+    """Match people across an RGB and an IR video with a model bundle."""
+    from ssft_deploy.runtime import ReIDRuntime
+
+    streams = _streams(data, given)
+    if streams is None:                      # no input: the synthetic scene, made here
+        make_videos(out, progress=True)
+        data, streams = out, _streams(out, given)
+    try:
+        with ReIDRuntime.open(bundle, precision=precision, backend=backend) as rt:
+            result = run_video_reid(rt, streams, every, gallery_modality, top, mode)
+    except SSFTError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    truth_file = data / "tracks.json" if data else None
+    truth = json.loads(truth_file.read_text()) if truth_file and truth_file.exists() else None
+    if truth:
+        result["rank1_correct"] = check_truth(result, truth)
+    _print(result, truth)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "matches.json").write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(f"wrote {out / 'matches.json'}")
 
 
 if __name__ == "__main__":

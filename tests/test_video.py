@@ -109,11 +109,25 @@ def test_matches_rank_every_gallery_track(data, runtime):
     assert flipped["query_modality"] == "rgb" and len(flipped["matches"]) == PEOPLE
 
 
-def test_cli_prints_matches(data, bundle):
+def test_cli_prints_matches(data, bundle, tmp_path):
     res = CliRunner().invoke(main, ["--bundle", str(bundle), "--data", str(data), "--every",
-                                    str(EVERY), "--top", "2"])
+                                    str(EVERY), "--top", "2", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     assert res.output.count("IR track") == PEOPLE and "rank-1:" in res.output
+    saved = json.loads((tmp_path / "o" / "matches.json").read_text())
+    assert len(saved["matches"]) == PEOPLE and "rank1_correct" in saved
+
+
+def test_cli_without_inputs_makes_the_scene(bundle, tmp_path, monkeypatch):
+    import examples.video_reid as vr
+
+    small = {"people": 2, "frames": 6, "crop_size": (32, 16)}
+    monkeypatch.setattr(vr, "make_videos", lambda out, progress: make_videos(out, **small))
+    res = CliRunner().invoke(main, ["--bundle", str(bundle), "--out", str(tmp_path), "--every",
+                                    "3"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "rgb.avi").exists() and (tmp_path / "matches.json").exists()
+    assert res.output.count("IR track") == 2
 
 
 def test_bad_detections_are_a_clear_error(tmp_path, data, runtime):
