@@ -48,12 +48,15 @@ class Case:
 
 
 def run_interleaved(cases: list[Case], rounds: int = 3, warmup: int = 2, budget_s: float = 1.0,
-                    min_calls: int = 1, max_calls: int = 10_000,
+                    min_calls: int = 1, max_calls: int = 10_000, settle_s: float = 0.05,
+                    slice_warmup: int = 0,
                     on_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
     """Time every case in ``rounds`` interleaved rounds; returns seconds per call, warm-up excluded.
 
     In each round a case is called until ``budget_s`` has passed (at least ``min_calls`` times, at
-    most ``max_calls``); the starting case rotates from round to round.
+    most ``max_calls``); the starting case rotates from round to round. Before each case's slice
+    the process sleeps ``settle_s`` (thread pools of the previous case stop spinning, so they do
+    not steal cores from this one) and makes ``slice_warmup`` untimed calls.
     """
     for case in cases:
         for _ in range(warmup):
@@ -62,6 +65,9 @@ def run_interleaved(cases: list[Case], rounds: int = 3, warmup: int = 2, budget_
     for r in range(rounds):
         shift = r % max(len(cases), 1)
         for case in cases[shift:] + cases[:shift]:
+            time.sleep(settle_s)
+            for _ in range(slice_warmup):
+                case.fn()
             deadline = time.perf_counter() + budget_s
             calls = 0
             while calls < min_calls or (calls < max_calls and time.perf_counter() < deadline):
@@ -239,6 +245,8 @@ def format_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A plain fixed-width text table (floats to 3 significant places)."""
     def cell(v: Any) -> str:
         if isinstance(v, float):
+            if v != 0 and abs(v) < 1e-3:
+                return f"{v:.2e}"
             return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
         return "-" if v is None else str(v)
 

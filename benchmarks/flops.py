@@ -92,11 +92,17 @@ def extractor_flops(onnx_path: Path, input_size: tuple[int, int],
 
 
 def representative_gemm(gemms: list[GemmShape], max_m: int = 8192) -> tuple[int, int, int]:
-    """The (m, n, k) of the node doing the most work, m capped so the probe stays quick."""
+    """(m, n, k) of the FLOP-weighted median node (half the work is in nodes with a smaller
+    ``n * k`` weight matrix), m capped so the probe stays quick."""
     if not gemms:
         return 4096, 256, 2304
-    g = max(gemms, key=lambda s: s.flops)
-    return min(g.m, max_m), g.n, g.k
+    ordered = sorted(gemms, key=lambda s: (s.n * s.k, s.m))
+    half, acc = 0.5 * sum(g.flops for g in ordered), 0.0
+    for g in ordered:
+        acc += g.flops
+        if acc >= half:
+            return min(g.m, max_m), g.n, g.k
+    return min(ordered[-1].m, max_m), ordered[-1].n, ordered[-1].k
 
 
 def torch_extractor_flops(model, images) -> float:

@@ -40,8 +40,8 @@ from benchmarks.flops import extractor_flops, representative_gemm
 from benchmarks.transfer_cost import measure_transfer
 
 REF_BATCH = 32
-# (rounds, warm-up calls, seconds per case per round) for a full and a --quick run
-SCHEDULE = {False: (5, 3, 2.0), True: (2, 1, 0.25)}
+# (rounds, warm-up calls, seconds per case per round, untimed calls per slice): full / --quick
+SCHEDULE = {False: (5, 3, 2.0, 1), True: (2, 1, 0.25, 0)}
 
 
 def _ref_batch(batch_sizes: list[int]) -> int:
@@ -52,7 +52,7 @@ def _ref_batch(batch_sizes: list[int]) -> int:
 def bench_extractors(runners, batch_sizes, bundle_info, flops_per_image, gemm_mnk_per_image,
                      schedule) -> tuple[list[dict], list[dict]]:
     """Interleaved rounds per batch size; returns (per-runner rows, GEMM probe rows)."""
-    rounds, warmup, budget = schedule
+    rounds, warmup, budget, slice_warmup = schedule
     rows, gemm_rows = [], []
     for batch in tqdm(batch_sizes, desc="batch sizes", leave=False):
         images = random_images(batch, bundle_info.input_size, bundle_info.mean, bundle_info.std)
@@ -60,7 +60,8 @@ def bench_extractors(runners, batch_sizes, bundle_info, flops_per_image, gemm_mn
                       flops=flops_per_image * batch) for r in runners]
         m, n, k = gemm_mnk_per_image
         gemm = gemm_case(min(m * batch, 8192), n, k)
-        samples = run_interleaved(cases + [gemm], rounds=rounds, warmup=warmup, budget_s=budget)
+        samples = run_interleaved(cases + [gemm], rounds=rounds, warmup=warmup, budget_s=budget,
+                                  slice_warmup=slice_warmup)
         for r, c in zip(runners, cases):
             rows.append({"name": r.name, "backend": r.backend, "precision": r.precision,
                          "batch": batch, **summarize(samples[c.name], c.items, c.flops)})
@@ -173,7 +174,8 @@ def main(bundle: str, checkpoint: str, batch_sizes: list[int] | None, modality: 
         "config": {"bundle": str(bundle), "checkpoint": str(checkpoint), "modality": modality,
                    "input_size": list(info.input_size), "batch_sizes": batch_sizes,
                    "quick": quick, "rounds": schedule[0], "warmup": schedule[1],
-                   "seconds_per_case_per_round": schedule[2], "reference_batch": ref},
+                   "seconds_per_case_per_round": schedule[2], "slice_warmup": schedule[3],
+                   "reference_batch": ref},
         "extractor_gflop_per_image": flops_per_image / 1e9,
         "gemm_probe_shape_per_image": dict(zip("mnk", gemm_mnk)),
         "results": rows, "gemm": gemm_rows, "transfer": transfer, "skipped": skipped,
