@@ -32,7 +32,7 @@ def test_summarize_percentiles_and_throughput():
 def test_interleaved_rounds_rotate_and_exclude_warmup():
     log: list[str] = []
     cases = [common.Case(n, (lambda n=n: log.append(n))) for n in "abc"]
-    samples = common.run_interleaved(cases, rounds=3, warmup=2, budget_s=0.0, min_calls=1)
+    samples = common.run_interleaved(cases, rounds=3, warmup=2, budget_s=0.0, settle_s=0.0)
     assert log[:6] == list("aabbcc")  # warm-up, not recorded
     assert "".join(log[6:]) == "abc" + "bca" + "cab"
     assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3, "c": 3}
@@ -124,3 +124,47 @@ def test_transfer_scaling_subprocess_point(tmp_path):
     assert ok["status"] == "ok" and ok["n"] == 300 and ok["peak_rss_mib"] > 0
     bad = next(p for p in points if p["method"] == "nosuch")
     assert bad["status"] == "unavailable" and "nosuch" in bad["reason"]
+
+
+class _FactoryTwin:
+    """Torch twin of the tiny factory bundle's graphs (GAP + MatMul; z @ Wt + sum(w * idx))."""
+
+    def extract(self, images, modality="rgb"):
+        import torch
+
+        from tests.test_bundle_factory import SEEDS, weights
+
+        wt = weights(SEEDS[f"extractor_{modality}"])
+        flat = images.mean(dim=(2, 3))
+        return flat @ torch.from_numpy(wt["ws"]), flat @ torch.from_numpy(wt["wp"])
+
+    def transfer(self, z, idx, w):
+        import torch
+
+        from tests.test_bundle_factory import weights
+
+        wt = torch.from_numpy(weights(7)["wt"])
+        return z @ wt + (idx.to(torch.float32) * w).sum(dim=1, keepdim=True)
+
+
+def test_parity_gate_and_accuracy_against_torch_twin(tmp_path):
+    from benchmarks import parity
+    from ssft_deploy.bundle import load_bundle
+    from ssft_deploy.datasets import synthetic
+
+    info = load_bundle(make_bundle(tmp_path / "bundle"))
+    data = tmp_path / "sysu"
+    synthetic.generate_sysu(data, num_train=1, num_val=0, num_test=4, rgb_per_cam=2,
+                            size=(16, 8), seed=3)
+    variants = [("ort-cpu", "fp32"), ("ort-cpu", "int8")]
+    gate, skipped = parity.gate_rows(_FactoryTwin(), info, data, variants)
+    row = gate["variants"]["ort-cpu/fp32"]
+    assert row["status"] == "pass" and row["extractor_min_cos"] > 0.99999
+    assert row["neighbour_overlap_mean"] == 1.0
+    assert [s["name"] for s in skipped] == ["ort-cpu/int8"]  # the factory bundle has no int8
+    acc = parity.accuracy(_FactoryTwin(), info, data, ["ort-cpu/fp32"], trials=1,
+                          settings=("transfer",))
+    got = acc["variants"]["ort-cpu/fp32"]["transfer"]
+    assert 0.0 <= acc["reference"]["transfer"]["rank1"] <= 100.0
+    assert got["d_rank1"] == pytest.approx(0.0, abs=1e-6)
+    assert got["d_mAP"] == pytest.approx(0.0, abs=1e-4)
