@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 import click
-import numpy as np
 
 if __package__ in (None, ""):  # run as `python benchmarks/parity.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,36 +26,6 @@ from benchmarks.backends import ENGINE_VARIANTS
 from benchmarks.common import BenchError, check_target, format_table, header, write_json
 
 SETTINGS = ("transfer", "shared-only")
-
-
-class TorchSource:
-    """``FeatureSource`` of the torch model, fed by the runtime's own preprocessing, so a
-    variant's difference comes from the model graph and backend alone."""
-
-    def __init__(self, model, bundle, batch: int = 32) -> None:
-        from export.parity import torch_fns
-        from ssft_deploy.preprocess import Preprocessor
-
-        self._extract, self._transfer = torch_fns(model)
-        self.prep, self.batch = Preprocessor.from_bundle(bundle), batch
-        self.k, self.parts, self.dims = bundle.k, bundle.transfer_parts, bundle.dims
-
-    def extract(self, records) -> tuple[np.ndarray, np.ndarray]:
-        """(shared, specific) of ``records`` in order, batched per modality."""
-        mods = np.array([int(r.modality) for r in records], np.int64)
-        shared = np.zeros((len(records), self.dims["shared"]), np.float32)
-        specific = np.zeros((len(records), self.dims["specific"]), np.float32)
-        for code, name in ((0, "rgb"), (1, "ir")):
-            rows = np.flatnonzero(mods == code)
-            for s in range(0, len(rows), self.batch):
-                part = rows[s:s + self.batch]
-                batch = self.prep.crops([records[i].path for i in part])
-                batch.raise_errors()
-                shared[part], specific[part] = self._extract(batch.array, name)
-        return shared, specific
-
-    def transfer(self, z, idx, w):
-        return self._transfer(z, idx, w)
 
 
 def engine_fns(bundle, backend: str, precision: str):
@@ -112,8 +81,9 @@ def gate_rows(model, info, data_root: Path, variants) -> tuple[dict, list[dict]]
     return gate, skipped
 
 
-def accuracy(model, info, data_root: Path, names: list[str], trials: int, settings) -> dict:
-    """SYSU protocol Rank-1 / mAP per variant and setting, with deltas against torch fp32."""
+def accuracy(reference, info, data_root: Path, names: list[str], trials: int, settings) -> dict:
+    """SYSU protocol Rank-1 / mAP per variant and setting, with deltas against ``reference`` (the
+    torch fp32 ``FeatureSource``, ``train.evaluate.TorchFeatureSource``)."""
     from ssft_deploy.evaluation import evaluate_sysu
     from ssft_deploy.runtime import ReIDRuntime
 
@@ -123,7 +93,7 @@ def accuracy(model, info, data_root: Path, names: list[str], trials: int, settin
         return {s: {"rank1": r["rank1"]["mean"], "mAP": r["mAP"]["mean"]}
                 for s, r in res["settings"].items()}
 
-    ref = metrics(TorchSource(model, info))
+    ref = metrics(reference)
     out = {"protocol": f"SYSU-MM01 all-search single-shot, {trials} trial(s)", "units": "percent",
            "reference": {"name": "torch/fp32", **ref}, "variants": {}}
     for name in names:
@@ -180,16 +150,17 @@ def main(bundle: str, checkpoint: str, data: str | None, trials: int, backends: 
     variants = [(b, p) for b, p in ENGINE_VARIANTS
                 if only is None or b in only or f"{b}/{p}" in only]
     try:
-        from train.model import load_model
+        from train.evaluate import TorchFeatureSource
 
         info = load_bundle(bundle, verify=True)
-        model = load_model(checkpoint)
+        torch_source = TorchFeatureSource(checkpoint, progress=False)
         with tempfile.TemporaryDirectory(prefix="ssft-parity-") as tmp:
             root, source = _dataset(data, info.input_size, Path(tmp))
             click.echo(f"parity gate on {root}")
-            gate, skipped = gate_rows(model, info, root, variants)
+            gate, skipped = gate_rows(torch_source.model, info, root, variants)
             click.echo(f"accuracy ({trials} trial(s)) of torch/fp32 and {list(gate['variants'])}")
-            acc = accuracy(model, info, root, list(gate["variants"]), trials, settings)
+            acc = accuracy(torch_source, info, root, list(gate["variants"]), trials,
+                           settings)
     except SSFTError as exc:
         raise BenchError(str(exc)) from None
 
