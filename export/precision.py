@@ -11,6 +11,7 @@ float32, by ``ssft_deploy.affinity``.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import onnx
@@ -108,9 +109,12 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike,
     # keep_io_types=True trips onnxconverter-common when a graph output comes from a node kept
     # in fp32 ("downstream node of the second cast node should be graph output"), so the I/O is
     # restored to float32 here instead, and the redundant fp16 round trips removed.
-    half = float16.convert_float_to_float16(
-        model, keep_io_types=False, op_block_list=list(FP32_OPS),
-        node_block_list=fp32_nodes(model, fp16_only), disable_shape_infer=False)
+    with warnings.catch_warnings():
+        # "float32 number ... will be truncated": weights below fp16's range, clamped on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        half = float16.convert_float_to_float16(
+            model, keep_io_types=False, op_block_list=list(FP32_OPS),
+            node_block_list=fp32_nodes(model, fp16_only), disable_shape_infer=False)
     half = drop_cast_round_trips(float32_io(half))
     del half.graph.value_info[:]  # the converter leaves stale dtypes there; infer them afresh
     half = onnx.shape_inference.infer_shapes(half, strict_mode=True)
