@@ -207,8 +207,10 @@ def write_json(path: Path, obj: Any) -> Path:
 
 
 def plot_series(path: Path, series: dict[str, tuple[list[float], list[float]]], xlabel: str,
-                ylabel: str, title: str, loglog: bool = False) -> Path | None:
-    """One line per series (name -> (xs, ys)) into a PNG; returns None when matplotlib is missing."""
+                ylabel: str, title: str, loglog: bool = False,
+                logx: bool = False) -> Path | None:
+    """One line per series (name -> (xs, ys)) into a PNG; returns None when matplotlib is missing.
+    ``logx``: base-2 log x axis (batch sizes); ``loglog``: both axes log."""
     try:
         import matplotlib
 
@@ -221,9 +223,12 @@ def plot_series(path: Path, series: dict[str, tuple[list[float], list[float]]], 
     for name, (xs, ys) in series.items():
         if xs:
             ax.plot(xs, ys, marker="o", label=name)
-    if loglog:
-        from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter
 
+    if logx and not loglog:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if loglog:
         ax.set_xscale("log")
         ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis):

@@ -190,7 +190,8 @@ def main(bundle: str, checkpoint: str, batch_sizes: list[int] | None, modality: 
         xs.append(r["batch"])
         ys.append(r["throughput"])
     plot_series(out / "latency.png", series, "batch size", "throughput (images/s)",
-                f"Extractor throughput ({info.input_size[0]}x{info.input_size[1]}, {modality})")
+                f"Extractor throughput ({info.input_size[0]}x{info.input_size[1]}, {modality})",
+                logx=True)
     click.echo(f"\nwrote {out / 'latency.json'} and {out / 'latency.png'}")
 
 
