@@ -124,6 +124,17 @@ def test_served_features_equal_in_process_runtime(server, runtime):
     want = runtime.extract(list(crops(12, 3)), modality="ir")
     np.testing.assert_allclose(np.concatenate([o["shared"] for o in outs]), want.shared,
                                rtol=1e-5, atol=1e-5)
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url=server.url)
+    with pytest.raises(InferenceServerException, match="restricted"):   # admin API needs a token
+        client.get_inference_statistics("ssft_extract_ir")
+    stats = client.get_inference_statistics(
+        "ssft_extract_ir", headers={"triton-access-token": server.access_token})["model_stats"][0]
+    client.close()
+    sizes = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]}
+    print(f"\nTriton ssft_extract_ir executions by batch size: {sizes}")
+    assert sum(k * v for k, v in sizes.items()) == 12 + 3 and max(sizes) > 1  # batched
 
 
 @needs_triton

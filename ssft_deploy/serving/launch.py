@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -90,6 +91,8 @@ class TritonServerProcess:
             self.args += ["--gallery", str(gallery)]
         self.models = [*MODELS, *(["ssft_search"] if gallery is not None else [])]
         self.start_timeout_s = start_timeout_s
+        # for the restricted endpoints (statistics, ...): headers={"triton-access-token": ...}
+        self.access_token = secrets.token_urlsafe(32)
         self.proc: subprocess.Popen | None = None
         # The server's output goes to a file (a pipe nobody reads would fill and stall it).
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
@@ -103,6 +106,7 @@ class TritonServerProcess:
         env = dict(os.environ)
         ld = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
         env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir_of(self.python), *ld])
+        env["SSFT_TRITON_ACCESS_TOKEN"] = self.access_token
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
         return env

@@ -30,6 +30,7 @@ from ssft_deploy.errors import GalleryError, SSFTError
 MODEL_NAMES = {"rgb": "ssft_extract_rgb", "ir": "ssft_extract_ir"}
 SEARCH_MODEL = "ssft_search"
 GALLERY_KEYS = ("shared", "specific", "modality", "pids", "camids")
+TOKEN_ENV = "SSFT_TRITON_ACCESS_TOKEN"   # header 'triton-access-token' for admin endpoints
 log = logging.getLogger("ssft_deploy.serving")
 
 
@@ -158,7 +159,7 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
           top: int = 10) -> None:
     """Open the bundle's runtime, start Triton on ``host`` and serve until SIGINT / SIGTERM."""
     ensure_libpython_path()
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     from ssft_deploy.runtime import ReIDRuntime
 
@@ -168,10 +169,13 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host,
                           grpc_port=grpc_port, metrics_address=host, metrics_port=metrics_port,
                           exit_timeout_secs=5, log_verbose=0)
+    # Statistics, model-repository and other admin endpoints stay behind PyTriton's access
+    # token; the launcher hands its token over in the environment (not argv, which ps shows).
+    security = TritonSecurityConfig(access_token=os.environ.get(TOKEN_ENV) or None)
     # PyTriton's serve() turns SIGINT into a clean stop; give SIGTERM the same meaning.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with Triton(config=config) as triton:
+        with Triton(config=config, security_config=security) as triton:
             bind_extractors(triton, runtime.extract_array, runtime.bundle.input_size,
                             runtime.bundle.dims, max_batch, queue_delay_us)
             if gal is not None:
