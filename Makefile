@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.setup-stamp
 DEMO    ?= runs/demo
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test demo lint clean
+.PHONY: setup triton-setup test demo video serve bench-batcher lint clean
 
 # Creates (or reuses) .venv with the runtime, training, export and dev extras.
 # torch 2.14.1 / torchvision 0.29.1 come from the machine's local wheel cache.
@@ -19,7 +19,19 @@ $(STAMP): setup.cfg pyproject.toml
 
 setup: $(STAMP)
 
-test: setup
+# PyTriton pins its own numpy / protobuf: it lives in its own venv, used only by the serving
+# launcher (ssft_deploy/serving/launch.py) and its test.
+TRITON_VENV  ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.setup-stamp
+$(TRITON_STAMP):
+	test -x $(TRITON_VENV)/bin/python || $(PY) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q nvidia-pytriton==0.7.0 'numpy<2' onnxruntime opencv-python-headless click tqdm
+	touch $(TRITON_STAMP)
+
+triton-setup: $(TRITON_STAMP)
+
+test: setup triton-setup
 	$(VPY) -m pytest -q tests
 
 lint: setup
@@ -27,6 +39,15 @@ lint: setup
 
 demo: setup
 	$(VPY) -m train.demo --out $(DEMO)
+
+video: demo
+	$(VPY) examples/video_reid.py --bundle $(DEMO)/bundle --out $(DEMO)/video
+
+serve: setup triton-setup
+	$(VPY) -m ssft_deploy.serving.launch --bundle $(DEMO)/bundle
+
+bench-batcher: setup
+	$(VPY) benchmarks/batcher_throughput.py --bundle $(DEMO)/bundle --out $(DEMO)/bench/batcher_throughput.json
 
 clean:
 	rm -rf runs build dist *.egg-info
