@@ -1,0 +1,72 @@
+"""Training images as tensors: the runtime's preprocessing (ssft_deploy.preprocess) plus the
+training augmentations of Sec. 4.1 (horizontal flip, random erasing)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import RandomErasing
+
+from ssft_deploy.datasets.records import ImageRecord
+from ssft_deploy.errors import DatasetError
+from ssft_deploy.preprocess import Preprocessor
+from train.config import SSFTConfig
+
+
+def load_train_records(cfg: SSFTConfig, root: str | os.PathLike) -> list[ImageRecord]:
+    """The training split of ``cfg.dataset`` under ``root`` (SYSU: train + val identities)."""
+    if not os.path.isdir(root):
+        raise DatasetError(f"dataset folder {root} does not exist")
+    if cfg.dataset == "sysu":
+        from ssft_deploy.datasets import sysu
+
+        records = sysu.load_split(root, "train")
+    else:
+        from ssft_deploy.datasets import regdb
+
+        records = regdb.load_split(root, "train", trial=cfg.regdb_trial)
+    if not records:
+        raise DatasetError(f"no training images found under {root}")
+    return list(records)
+
+
+def label_map(records: Sequence[ImageRecord]) -> dict[int, int]:
+    """Person id -> contiguous class index (sorted by pid)."""
+    return {pid: i for i, pid in enumerate(sorted({r.pid for r in records}))}
+
+
+class ReIDDataset(Dataset):
+    """``(image [3,H,W] float32, label, modality)`` per record; augmentations when ``train``."""
+
+    def __init__(self, records: Sequence[ImageRecord], cfg: SSFTConfig, train: bool = True,
+                 labels: dict[int, int] | None = None) -> None:
+        self.records = list(records)
+        self.labels = labels if labels is not None else label_map(self.records)
+        self.pre = Preprocessor((cfg.height, cfg.width))
+        self.flip = train and cfg.flip
+        # value 0 after normalisation = the ImageNet mean colour, as in Bag of Tricks.
+        self.erase = RandomErasing(p=0.5, value=0) if train and cfg.random_erasing else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        rec = self.records[i]
+        x = torch.from_numpy(np.ascontiguousarray(self.pre.one(rec.path)))
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        if self.erase is not None:
+            x = self.erase(x)
+        return x, self.labels[rec.pid], rec.modality
+
+    @property
+    def pids(self) -> list[int]:
+        return [r.pid for r in self.records]
+
+    @property
+    def modalities(self) -> list[int]:
+        return [r.modality for r in self.records]

@@ -1,0 +1,149 @@
+"""The training loop: identity-balanced batches, alternating min-max steps (Eq. 21), Adam with
+x0.1 decay at the milestones, periodic resumable checkpoints and a JSON log of every loss."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ssft_deploy.datasets.records import ImageRecord
+from ssft_deploy.errors import CheckpointError
+from train.config import ConfigError, SSFTConfig
+from train.data import ReIDDataset, label_map
+from train.model import SSFTModel, save_checkpoint
+from train.model.checkpoint import TRAIN_FORMAT, atomic_save, checkpoint_dict
+from train.sampler import CrossModalitySampler
+from train.steps import make_optimizers, train_step
+
+STATE_FILE = "checkpoint.pth"   # resumable trainer state
+MODEL_FILE = "model.pth"        # the final model (+ model.safetensors)
+LOG_FILE = "log.json"
+
+
+def lr_at(cfg: SSFTConfig, epoch: int) -> float:
+    """Step decay of Sec. 4.1: ``lr * 0.1^(milestones passed)``."""
+    return cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.milestones)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_save(data, path, lambda obj, p: Path(p).write_text(json.dumps(obj, indent=1)))
+
+
+class Trainer:
+    """Train ``cfg`` on ``records`` and write everything under ``out_dir``."""
+
+    def __init__(self, cfg: SSFTConfig, records: Sequence[ImageRecord],
+                 out_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        labels = label_map(records)
+        if cfg.num_classes is None:
+            cfg = cfg.replace(num_classes=len(labels))
+        elif cfg.num_classes != len(labels):
+            raise ConfigError(f"num_classes is {cfg.num_classes} but the training split has "
+                              f"{len(labels)} identities")
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.dataset = ReIDDataset(records, cfg, train=True, labels=labels)
+        self.sampler = CrossModalitySampler(
+            self.dataset.pids, self.dataset.modalities, cfg.ids_per_batch, cfg.rgb_per_id,
+            cfg.ir_per_id, cfg.batches_per_epoch, cfg.seed)
+        self.model = SSFTModel(cfg)
+        self.optimizers = make_optimizers(self.model, cfg)
+        self.progress = progress
+        self.start_epoch = 0
+        self.log: dict[str, Any] = {"config": cfg.to_dict(), "steps": [], "epochs": []}
+        if resume:
+            self._resume()
+
+    # -- state ---------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        path = self.out / STATE_FILE
+        if not path.is_file():
+            raise CheckpointError(f"--resume: no trainer state {path} (start without --resume)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+            raise CheckpointError(f"cannot read trainer state {path}: {exc}") from None
+        if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+            raise CheckpointError(f"{path} is not an ssft trainer state")
+        try:
+            self.model.load_state_dict(state["model"]["state_dict"])
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(state["optimizers"][name])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path} does not match this config: {exc}") from None
+        torch.set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        log_path = self.out / LOG_FILE
+        if log_path.is_file():
+            old = json.loads(log_path.read_text())
+            self.log["steps"] = [s for s in old.get("steps", []) if s["epoch"] < self.start_epoch]
+            self.log["epochs"] = [e for e in old.get("epochs", [])
+                                  if e["epoch"] < self.start_epoch]
+
+    def _save_state(self, next_epoch: int) -> None:
+        atomic_save({
+            "format": TRAIN_FORMAT, "model": checkpoint_dict(self.model), "epoch": next_epoch,
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "rng": torch.get_rng_state(),
+        }, self.out / STATE_FILE)
+
+    # -- loop ----------------------------------------------------------------------------------
+    def _epoch(self, epoch: int, loader: DataLoader) -> dict[str, float]:
+        cfg, lr = self.cfg, lr_at(self.cfg, epoch)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+        self.sampler.set_epoch(epoch)
+        self.model.train()
+        sums: dict[str, float] = defaultdict(float)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not self.progress, dynamic_ncols=True)
+        steps = 0
+        for step, (images, labels, modality) in enumerate(bar):
+            rgb, ir = modality == 0, modality == 1
+            y = torch.cat([labels[rgb], labels[ir]])
+            logs = train_step(self.model, self.optimizers, images[rgb], images[ir], y, cfg)
+            if not math.isfinite(logs["min"]):
+                raise FloatingPointError(f"loss became {logs['min']} at epoch {epoch} "
+                                         f"step {step}")
+            self.log["steps"].append({"epoch": epoch, "step": step, "lr": lr, **logs})
+            for k, v in logs.items():
+                sums[k] += v
+            steps += 1
+            bar.set_postfix(loss=f"{logs['min']:.3f}")
+        return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    def run(self) -> Path:
+        """Train from ``start_epoch`` to ``cfg.epochs``; returns the path of ``model.pth``."""
+        cfg = self.cfg
+        _write_json(self.out / "config.json", cfg.to_dict())
+        loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=cfg.num_workers,
+                            persistent_workers=cfg.num_workers > 0)
+        for epoch in range(self.start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            means = self._epoch(epoch, loader)
+            summary = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 3), **means}
+            self.log["epochs"].append(summary)
+            if self.progress:
+                shown = ", ".join(f"{k} {v:.3f}" for k, v in means.items()
+                                  if k in ("min", "id_shared", "id_transfer", "re"))
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} ({summary['seconds']:.1f} s): "
+                           f"{shown}")
+            last = epoch + 1 == cfg.epochs
+            if last or (epoch + 1) % cfg.checkpoint_every == 0:
+                self._save_state(epoch + 1)
+            _write_json(self.out / LOG_FILE, self.log)
+        model_path, _ = save_checkpoint(self.model.eval(), self.out / MODEL_FILE)
+        return model_path
