@@ -42,8 +42,9 @@ def _cupy() -> Any | None:
         return None
 
 
+@lru_cache(maxsize=1)
 def available() -> bool:
-    """True when a GPU is usable through pycuda or CuPy."""
+    """True when a GPU is usable through pycuda or CuPy (probed once per process)."""
     return _pycuda() is not None or _cupy() is not None
 
 
