@@ -34,6 +34,7 @@ from examples.make_video import make_videos
 from ssft_deploy.batcher import FrameBatcher
 from ssft_deploy.errors import InputError, SSFTError
 from ssft_deploy.features import Features, modality_code
+from ssft_deploy.gallery import MODES, Gallery
 
 CAMERA_IDS = {"rgb": 1, "ir": 3}
 
@@ -149,11 +150,12 @@ def run_video_reid(runtime, streams: dict[str, tuple[Path, Path]], every: int = 
     query_modality = "ir" if gallery_modality == "rgb" else "rgb"
     g_feats, g_tracks, g_failed, _ = tracks[gallery_modality]
     q_feats, q_tracks, q_failed, _ = tracks[query_modality]
-    camids = np.full(len(g_tracks), CAMERA_IDS[gallery_modality], np.int64)
-    hits = runtime.search(q_feats, top=top, mode=mode, gallery=(g_feats, g_tracks, camids))
-    matches = [{"query_track": int(q), "matches": [{"track": m.pid, "distance": m.distance}
-                                                   for m in row]}
-               for q, row in zip(q_tracks, hits)]
+    gallery = Gallery(*g_feats.dims)             # a track is an identity of the gallery
+    gallery.add(g_feats, g_tracks, CAMERA_IDS[gallery_modality])
+    hits = runtime.search(q_feats, top=top, mode=mode, gallery=gallery)
+    matches = [{"query_track": int(q), "matches": [{"track": int(t), "distance": float(d)}
+                                                   for t, d in zip(r.pids, r.distances)]}
+               for q, r in zip(q_tracks, hits)]
     return {"gallery_modality": gallery_modality, "query_modality": query_modality,
             "mode": mode, "every": every, "crops": {n: v[3] for n, v in tracks.items()},
             "failed_crops": g_failed + q_failed, "gallery_tracks": g_tracks.tolist(),
@@ -216,7 +218,7 @@ def _print(result: dict, truth: dict | None) -> None:
 @click.option("--gallery", "gallery_modality", type=click.Choice(["rgb", "ir"]), default="rgb",
               show_default=True, help="modality whose tracks form the gallery")
 @click.option("--mode", default="all-queries", show_default=True,
-              type=click.Choice(["all-queries", "single-query", "shared-only"]))
+              type=click.Choice(MODES))
 @click.option("--top", default=3, show_default=True)
 @click.option("--precision", default="fp32", show_default=True)
 @click.option("--backend", default="auto", show_default=True)

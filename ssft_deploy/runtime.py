@@ -4,7 +4,7 @@
 rt = ReIDRuntime.open("runs/demo/bundle", precision="fp32", backend="auto")
 q = rt.extract(crops_or_paths, modality="ir")
 rt.gallery.add(rt.extract(gallery_crops, modality="rgb"), pids, camids)
-hits = rt.search(q, top=10, mode="all-queries")
+hits = rt.search(q, top=10, mode="all-queries")   # list[SearchResult], one per query
 ```
 
 Thread-safety: ``extract*`` and ``transfer_fn`` may be called from several threads (engines are
@@ -24,11 +24,11 @@ from ssft_deploy.bundle import Bundle, load_bundle
 from ssft_deploy.engines import Engine, open_engine
 from ssft_deploy.errors import BundleError, EngineError, GalleryError, InputError
 from ssft_deploy.features import Features, modality_code
+from ssft_deploy.gallery import MODES, Gallery, SearchResult
 from ssft_deploy.preprocess import Batch, Preprocessor, raise_item_errors
 from ssft_deploy.transfer import SSTN, RollingAuxiliary, l2_distances
 
 log = logging.getLogger("ssft_deploy.runtime")
-MODES = ("all-queries", "single-query", "rolling", "shared-only")
 _EXTRACTORS = {0: "extractor_rgb", 1: "extractor_ir"}
 
 
@@ -45,22 +45,12 @@ class Extraction:
         raise_item_errors(self.errors, len(self.errors) + len(self.ok_indices))
 
 
-@dataclass(frozen=True)
-class Match:
-    """One ranked gallery identity: its best distance and the gallery row that gave it."""
-
-    pid: int
-    distance: float
-    camid: int
-    index: int
-
-
 class ReIDRuntime:
     """Extractors per modality + the transfer engine of one bundle. Build with :meth:`open`."""
 
     def __init__(self, bundle: Bundle, extractors: dict[int, Engine], transfer: Engine | None,
                  *, affinity: str = "auto", max_batch: int = 32, rolling_size: int = 300,
-                 gallery: object | None = None) -> None:
+                 gallery: Gallery | None = None) -> None:
         if max_batch < 1:
             raise InputError(f"max_batch must be >= 1, got {max_batch}")
         self.bundle = bundle
@@ -71,13 +61,14 @@ class ReIDRuntime:
         self.sstn = SSTN(self.transfer_fn, k=bundle.k, parts=bundle.transfer_parts,
                          affinity=affinity)
         self.rolling = RollingAuxiliary(rolling_size)
-        self.gallery = gallery if gallery is not None else _new_gallery(bundle)
+        self.gallery = gallery if gallery is not None else Gallery(bundle.dims["shared"],
+                                                                   bundle.dims["specific"])
 
     @classmethod
     def open(cls, bundle: str | os.PathLike | Bundle, precision: str = "fp32",
              backend: str = "auto", affinity: str = "auto", *, max_batch: int = 32,
              intra_op_threads: int | None = None, device_id: int = 0, rolling_size: int = 300,
-             gallery: object | None = None) -> ReIDRuntime:
+             gallery: Gallery | None = None) -> ReIDRuntime:
         """Load and verify ``bundle``, open both extractors and the transfer graph.
 
         The transfer graph falls back to fp32 when the bundle has none at ``precision``.
@@ -159,7 +150,9 @@ class ReIDRuntime:
 
     def distances(self, query: Features, gallery: Features, mode: str = "all-queries"
                   ) -> np.ndarray:
-        """Query x gallery distances ``[Q, G]`` (smaller = closer) in one of :data:`MODES`."""
+        """Query x gallery distances ``[Q, G]`` (smaller = closer) in one of the gallery's
+        :data:`~ssft_deploy.gallery.MODES`, every gallery row, no ranking (for evaluation)."""
+        _check_mode(mode)
         if mode == "all-queries":
             return self.sstn.auxiliary_distances(query, gallery)
         if mode == "single-query":
@@ -169,19 +162,24 @@ class ReIDRuntime:
             dist = self.sstn.auxiliary_distances(query, gallery, auxiliary=aux)
             self.rolling.add(query)
             return dist
-        if mode == "shared-only":
-            return l2_distances(query.shared, gallery.shared)
-        raise InputError(f"unknown search mode {mode!r}; choose from {MODES}")
+        return l2_distances(query.shared, gallery.shared)  # "shared"
 
     def search(self, query: Features, top: int = 10, mode: str = "all-queries",
-               gallery: object | None = None) -> list[list[Match]]:
-        """Rank the gallery's identities for each query: ``top`` Matches per query, best first."""
-        feats, pids, camids = _gallery_arrays(gallery if gallery is not None else self.gallery)
-        if len(feats) == 0:
+               gallery: Gallery | None = None, cross_modality: bool = True
+               ) -> list[SearchResult]:
+        """The ``top`` identities of ``gallery`` (default: :attr:`gallery`) for each query, best
+        first, through :meth:`Gallery.search` with this runtime's SSTN (and, for "rolling", its
+        rolling auxiliary set). With ``cross_modality`` a query searches the other modality."""
+        _check_mode(mode)
+        gallery = self.gallery if gallery is None else gallery
+        if not isinstance(gallery, Gallery):
+            raise InputError(f"gallery must be a ssft_deploy.gallery.Gallery, got "
+                             f"{type(gallery).__name__}")
+        if len(gallery) == 0:
             raise GalleryError("the gallery is empty: add features before searching")
-        if len(query) == 0:
-            return []
-        return rank_identities(self.distances(query, feats, mode), pids, camids, top)
+        return gallery.search(query, top, transfer=self.sstn, mode=mode,
+                              auxiliary=self.rolling if mode == "rolling" else None,
+                              cross_modality=cross_modality)
 
     # -- evaluation ---------------------------------------------------------------------------
     def as_feature_source(self, progress: bool = True) -> BundleFeatureSource:
@@ -198,26 +196,6 @@ class ReIDRuntime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def rank_identities(dist: np.ndarray, pids: np.ndarray, camids: np.ndarray,
-                    top: int) -> list[list[Match]]:
-    """Per query: identities ordered by their closest gallery sample (ties: lower row)."""
-    out = []
-    for row in np.asarray(dist):
-        order = np.argsort(row, kind="stable")
-        seen: set[int] = set()
-        hits: list[Match] = []
-        for j in order:
-            pid = int(pids[j])
-            if pid in seen:
-                continue
-            seen.add(pid)
-            hits.append(Match(pid, float(row[j]), int(camids[j]), int(j)))
-            if len(hits) == top:
-                break
-        out.append(hits)
-    return out
 
 
 class BundleFeatureSource:
@@ -251,22 +229,6 @@ class BundleFeatureSource:
         return self.runtime.transfer_fn(z, idx, w)
 
 
-def _new_gallery(bundle: Bundle) -> object | None:
-    try:
-        from ssft_deploy.gallery import Gallery
-    except ImportError:
-        return None
-    try:
-        return Gallery(bundle.dims["shared"], bundle.dims["specific"])
-    except TypeError:  # a Gallery that takes its dims from the first add
-        return Gallery()
-
-
-def _gallery_arrays(gallery: object | None) -> tuple[Features, np.ndarray, np.ndarray]:
-    if gallery is None:
-        raise GalleryError("no gallery: pass gallery=... or install ssft_deploy.gallery")
-    if isinstance(gallery, tuple):  # (Features, pids, camids)
-        feats, pids, camids = gallery
-    else:
-        feats, pids, camids = gallery.features, gallery.pids, gallery.camids
-    return feats, np.asarray(pids), np.asarray(camids)
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise InputError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")

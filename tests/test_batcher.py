@@ -249,7 +249,7 @@ def test_stats_report_depth_histogram_and_percentiles():
 
 def test_for_runtime_matches_runtime_extract(tmp_path):
     from ssft_deploy.runtime import ReIDRuntime
-    from tests.test_bundle_factory import make_bundle
+    from tests.bundle_factory import make_bundle
 
     rt = ReIDRuntime.open(make_bundle(tmp_path / "b", input_size=(16, 8)), backend="ort-cpu")
     frame = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)

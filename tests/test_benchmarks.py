@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks import common, flops
 from benchmarks.transfer_cost import gemm_only_case, measure_transfer, unit_features
-from tests.test_bundle_factory import make_bundle
+from tests.bundle_factory import make_bundle
 
 
 def test_summarize_percentiles_and_throughput():
@@ -132,7 +132,7 @@ class _FactoryTwin:
     def extract(self, images, modality="rgb"):
         import torch
 
-        from tests.test_bundle_factory import SEEDS, weights
+        from tests.bundle_factory import SEEDS, weights
 
         wt = weights(SEEDS[f"extractor_{modality}"])
         flat = images.mean(dim=(2, 3))
@@ -141,7 +141,7 @@ class _FactoryTwin:
     def transfer(self, z, idx, w):
         import torch
 
-        from tests.test_bundle_factory import weights
+        from tests.bundle_factory import weights
 
         wt = torch.from_numpy(weights(7)["wt"])
         return z @ wt + (idx.to(torch.float32) * w).sum(dim=1, keepdim=True)

@@ -16,7 +16,7 @@ from ssft_deploy.bundle import (
     write_manifest,
 )
 from ssft_deploy.errors import BundleError
-from tests.test_bundle_factory import DP, DS, DT, K, make_bundle
+from tests.bundle_factory import DP, DS, DT, K, make_bundle
 
 
 def test_load_reads_model_info(tmp_path):

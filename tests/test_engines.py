@@ -12,7 +12,7 @@ from ssft_deploy.bundle import load_bundle
 from ssft_deploy.engines import BACKENDS, available_backends, backend_status, open_engine
 from ssft_deploy.engines.base import TensorSpec
 from ssft_deploy.errors import BundleError, EngineError, InputError
-from tests.test_bundle_factory import (
+from tests.bundle_factory import (
     DP,
     DS,
     DT,

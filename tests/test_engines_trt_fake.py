@@ -18,7 +18,7 @@ import pytest
 from ssft_deploy.bundle import load_bundle, write_manifest
 from ssft_deploy.engines import open_engine
 from ssft_deploy.errors import InputError
-from tests.test_bundle_factory import DP, DS, make_bundle, reference_extract
+from tests.bundle_factory import DP, DS, make_bundle, reference_extract
 
 GPU, CC, VERSION = "Fake GPU 9000", (9, 0), "10.99.0"
 _MEMORY: dict[int, np.ndarray] = {}  # "device" address -> bytes

@@ -10,10 +10,11 @@ import pytest
 
 from ssft_deploy.errors import GalleryError, InputError
 from ssft_deploy.features import Features
+from ssft_deploy.gallery import MODES, SearchResult
 from ssft_deploy.preprocess import Preprocessor
-from ssft_deploy.runtime import ReIDRuntime, rank_identities
+from ssft_deploy.runtime import ReIDRuntime
 from ssft_deploy.transfer import SSTN
-from tests.test_bundle_factory import (
+from tests.bundle_factory import (
     DP,
     DS,
     DT,
@@ -27,10 +28,18 @@ SIZE = (16, 8)
 
 
 @pytest.fixture(scope="module")
-def rt(tmp_path_factory):
-    root = make_bundle(tmp_path_factory.mktemp("rt") / "b", input_size=SIZE)
-    runtime = ReIDRuntime.open(root, backend="ort-cpu", affinity="dense", max_batch=3,
-                               intra_op_threads=1, gallery=None)
+def bundle(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("rt") / "b", input_size=SIZE)
+
+
+def _open(bundle):
+    return ReIDRuntime.open(bundle, backend="ort-cpu", affinity="dense", max_batch=3,
+                            intra_op_threads=1, gallery=None)
+
+
+@pytest.fixture(scope="module")
+def rt(bundle):
+    runtime = _open(bundle)
     yield runtime
     runtime.close()
 
@@ -103,7 +112,10 @@ def test_transfer_fn_and_distance_modes_match_numpy_reference(rt):
                                ref.auxiliary_distances(query, gallery), atol=1e-4)
     np.testing.assert_allclose(rt.distances(query, gallery, "single-query"),
                                ref.single_query_distances(query, gallery), atol=1e-4)
-    assert rt.distances(query, gallery, "shared-only").shape == (4, 6)
+    shared = rt.distances(query, gallery, "shared")
+    np.testing.assert_allclose(shared[1, 2], np.linalg.norm(
+        query.shared[1] / np.linalg.norm(query.shared[1])
+        - gallery.shared[2] / np.linalg.norm(gallery.shared[2])), atol=1e-5)
     with pytest.raises(InputError, match="unknown search mode"):
         rt.distances(query, gallery, "magic")
 
@@ -120,25 +132,50 @@ def test_rolling_mode_uses_recent_queries(rt):
     assert len(rt.rolling) == 4
 
 
-def test_search_ranks_identities(rt):
+def _best_per_pid(dist, pids, top):
+    """Reference ranking: each identity at its closest row, closest first."""
+    best = {}
+    for j in np.argsort(dist, kind="stable"):
+        best.setdefault(int(pids[j]), (float(dist[j]), int(j)))
+    return sorted(best.items(), key=lambda kv: kv[1])[:top]
+
+
+def test_search_uses_the_runtimes_own_gallery_in_every_mode(bundle):
+    pids, camids = np.array([5, 5, 7, 8, 7, 9]), np.arange(6)
     gallery = _feats(6, "rgb", 30)
-    pids = np.array([5, 5, 7, 8, 7, 9])
-    camids = np.arange(6)
-    query = gallery.take([2, 3])  # queries equal to gallery rows 2 and 3
-    hits = rt.search(query, top=3, mode="shared-only", gallery=(gallery, pids, camids))
-    assert hits[0][0].pid == 7 and hits[0][0].index == 2
-    assert hits[0][0].distance == pytest.approx(0.0, abs=1e-3)
-    assert hits[1][0].pid == 8 and len(hits[1]) == 3
-    assert len({h.pid for h in hits[0]}) == 3  # identities, not samples
-    empty = (Features.empty(DS, DP), np.zeros(0), np.zeros(0))
-    with pytest.raises(GalleryError, match="empty"):
-        rt.search(query, gallery=empty)
-
-
-def test_rank_identities_takes_best_sample_per_pid():
-    dist = np.array([[0.5, 0.1, 0.3, 0.2]])
-    hits = rank_identities(dist, np.array([1, 2, 1, 3]), np.array([0, 1, 2, 3]), top=10)
-    assert [(h.pid, h.index) for h in hits[0]] == [(2, 1), (3, 3), (1, 2)]
+    # IR queries carrying the features of gallery rows 2 and 3 (a query searches the RGB side)
+    query = Features(gallery.shared[[2, 3]], gallery.specific[[2, 3]], np.ones(2, np.int64))
+    ref = SSTN(reference_transfer, k=K, affinity="dense")
+    with _open(bundle) as rt:
+        with pytest.raises(GalleryError, match="empty"):
+            rt.search(query)
+        ids = rt.gallery.add(gallery, pids, camids)
+        expected = {"shared": rt.distances(query, gallery, "shared"),
+                    "single-query": ref.single_query_distances(query, gallery),
+                    "all-queries": ref.auxiliary_distances(query, gallery),
+                    "rolling": ref.auxiliary_distances(query, gallery)}  # rolling set empty yet
+        for mode in MODES:
+            hits = rt.search(query, top=3, mode=mode)
+            assert len(hits) == 2 and all(isinstance(h, SearchResult) for h in hits)
+            for h, dist in zip(hits, expected[mode]):
+                want = _best_per_pid(dist, pids, 3)
+                assert h.pids.tolist() == [pid for pid, _ in want], mode
+                assert h.entry_ids.tolist() == [ids[j] for _, (_, j) in want], mode
+                assert h.camids.tolist() == [camids[j] for _, (_, j) in want], mode
+                np.testing.assert_allclose(h.distances, [d for _, (d, _) in want], atol=1e-4)
+        assert [h.pids[0] for h in rt.search(query, top=1, mode="shared")] == [7, 8]
+        assert len(rt.rolling) == 2  # "rolling" added its queries to the auxiliary set
+        rolled = rt.search(query, top=3, mode="rolling")
+        want = _best_per_pid(ref.auxiliary_distances(query, gallery, query)[0], pids, 3)
+        np.testing.assert_allclose(rolled[0].distances, [d for _, (d, _) in want], atol=1e-4)
+        assert rt.search(query.take(slice(0, 0))) == []
+        with pytest.raises(InputError, match="unknown search mode"):
+            rt.search(query, mode="shared-only")
+        with pytest.raises(InputError, match="Gallery"):
+            rt.search(query, gallery=(gallery, pids, camids))
+        rt.gallery.remove(pids=pids)
+        with pytest.raises(GalleryError, match="empty"):
+            rt.search(query, mode="single-query")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ssft_deploy.serving.pytriton_server import (
     load_gallery,
     save_gallery,
 )
-from tests.test_bundle_factory import make_bundle, reference_extract
+from tests.bundle_factory import make_bundle, reference_extract
 
 httpclient = pytest.importorskip("tritonclient.http")
 
@@ -50,16 +50,18 @@ def gallery_file(runtime, tmp_path_factory):
 
 
 def test_gallery_file_forms_load_alike(gallery_file, tmp_path):
-    from ssft_deploy.gallery import Gallery
-
-    feats, pids, camids = load_gallery(gallery_file)
-    g = Gallery(feats.shared.shape[1], feats.specific.shape[1])
-    g.add(feats, pids, camids)
+    g = load_gallery(gallery_file)
+    feats, cols = g.entries()
+    with np.load(gallery_file) as z:
+        np.testing.assert_array_equal(feats.shared, z["shared"])
+        np.testing.assert_array_equal(cols["pids"], z["pids"])
+        np.testing.assert_array_equal(cols["ids"], np.arange(len(z["pids"])))  # ids = rows
     g.save(tmp_path / "g.bin")
-    feats2, pids2, camids2 = load_gallery(tmp_path / "g.bin")
+    feats2, cols2 = load_gallery(tmp_path / "g.bin").entries()
     np.testing.assert_array_equal(feats2.shared, feats.shared)
-    np.testing.assert_array_equal(pids2, pids)
-    np.testing.assert_array_equal(camids2, camids)
+    np.testing.assert_array_equal(feats2.modality, feats.modality)
+    for k in ("pids", "camids", "ids"):
+        np.testing.assert_array_equal(cols2[k], cols[k])
     (tmp_path / "bad.npz").write_bytes(b"not a gallery")
     with pytest.raises(GalleryError):
         load_gallery(tmp_path / "bad.npz")
@@ -151,9 +153,9 @@ def test_served_search_equals_in_process_search(server, runtime, gallery_file):
             specific=query.specific[i:i + 1], modality=np.array([[1]], np.int64))))
     for part, out in asked:
         want = runtime.search(query.take(part), top=3, mode="single-query", gallery=gallery)
-        assert out["pids"].tolist() == [[m.pid for m in hits] for hits in want]
-        assert out["rows"].tolist() == [[m.index for m in hits] for hits in want]
-        np.testing.assert_allclose(out["distances"], [[m.distance for m in h] for h in want],
+        assert out["pids"].tolist() == [r.pids.tolist() for r in want]
+        assert out["entry_ids"].tolist() == [r.entry_ids.tolist() for r in want]
+        np.testing.assert_allclose(out["distances"], [r.distances for r in want],
                                    rtol=1e-4, atol=1e-5)
 
 

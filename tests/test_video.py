@@ -14,7 +14,7 @@ from examples.make_video import make_videos
 from examples.video_reid import extract_tracks, main, read_mot, run_video_reid
 from ssft_deploy.errors import InputError
 from ssft_deploy.runtime import ReIDRuntime
-from tests.test_bundle_factory import make_bundle
+from tests.bundle_factory import make_bundle
 
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "runs" / "demo" / "bundle"
 EVERY, FRAMES, PEOPLE = 4, 14, 3

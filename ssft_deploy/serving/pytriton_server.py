@@ -6,9 +6,10 @@ any environment. Models, one per modality so Triton batches each modality on its
 - ``ssft_extract_rgb`` / ``ssft_extract_ir``: ``images`` float32 ``[3,H,W]`` (the normalised model
   input, ``ssft_deploy.preprocess``) -> ``shared`` float32 ``[Ds]``, ``specific`` float32 ``[Dp]``.
 - ``ssft_search`` (with ``--gallery``): a query's ``shared`` ``[Ds]``, ``specific`` ``[Dp]`` and
-  ``modality`` ``[1]`` int64 -> the ``top`` best gallery identities: ``pids`` ``[top]`` int64,
-  ``distances`` ``[top]`` float32, ``rows`` ``[top]`` int64 (padded with -1 / inf). Searched in
-  ``single-query`` mode (Eq. 22), so an answer does not depend on which requests share a batch.
+  ``modality`` ``[1]`` int64 -> the ``top`` best gallery identities of the other modality:
+  ``pids`` ``[top]`` int64, ``distances`` ``[top]`` float32, ``entry_ids`` ``[top]`` int64 (the
+  gallery entries that gave them; padded with -1 / inf). Searched in ``single-query`` mode
+  (Eq. 22), so an answer does not depend on which requests share a batch.
 
 Triton's dynamic batcher stacks concurrent requests into one engine call of up to ``max_batch``.
 """
@@ -21,11 +22,15 @@ import signal
 import sys
 import sysconfig
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
 from ssft_deploy.errors import GalleryError, SSFTError
+
+if TYPE_CHECKING:
+    from ssft_deploy.gallery import Gallery
 
 MODEL_NAMES = {"rgb": "ssft_extract_rgb", "ir": "ssft_extract_ir"}
 SEARCH_MODEL = "ssft_search"
@@ -87,17 +92,15 @@ def save_gallery(path: str | os.PathLike, feats, pids: np.ndarray, camids: np.nd
              pids=np.asarray(pids, np.int64), camids=np.asarray(camids, np.int64))
 
 
-def load_gallery(path: str | os.PathLike) -> tuple:
-    """A ``Gallery.save`` file or a ``save_gallery`` ``.npz`` -> ``(Features, pids, camids)``,
-    the gallery form ``ReIDRuntime.search`` takes."""
+def load_gallery(path: str | os.PathLike) -> Gallery:
+    """A ``Gallery.save`` file or a ``save_gallery`` ``.npz`` (entry ids = its rows) -> Gallery."""
     from ssft_deploy.features import Features
     from ssft_deploy.gallery import MAGIC, Gallery
 
     with open(path, "rb") as fh:
         is_gallery = fh.read(len(MAGIC)) == MAGIC
     if is_gallery:
-        feats, cols = Gallery.load(path).entries()
-        return feats, cols["pids"], cols["camids"]
+        return Gallery.load(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in GALLERY_KEYS if k not in z.files]
@@ -108,10 +111,12 @@ def load_gallery(path: str | os.PathLike) -> tuple:
     except (OSError, ValueError) as exc:
         raise GalleryError(f"cannot read gallery file {path}: {exc}") from exc
     feats = Features(arrays["shared"], arrays["specific"], arrays["modality"])
-    return feats, arrays["pids"], arrays["camids"]
+    gallery = Gallery(*feats.dims)
+    gallery.add(feats, arrays["pids"], arrays["camids"])
+    return gallery
 
 
-def make_search_fn(runtime, gallery: tuple, top: int) -> Callable:
+def make_search_fn(runtime, gallery: Gallery, top: int) -> Callable:
     """A PyTriton ``@batch`` function over ``runtime.search`` in single-query mode."""
     from pytriton.decorators import batch
 
@@ -123,17 +128,17 @@ def make_search_fn(runtime, gallery: tuple, top: int) -> Callable:
         query = Features(shared, specific, modality.reshape(-1).astype(np.int64))
         hits = runtime.search(query, top=top, mode="single-query", gallery=gallery)
         n = len(hits)
-        pids, rows = np.full((n, top), -1, np.int64), np.full((n, top), -1, np.int64)
+        pids, ids = np.full((n, top), -1, np.int64), np.full((n, top), -1, np.int64)
         dist = np.full((n, top), np.inf, np.float32)
-        for i, row in enumerate(hits):
-            for j, m in enumerate(row):
-                pids[i, j], dist[i, j], rows[i, j] = m.pid, m.distance, m.index
-        return {"pids": pids, "distances": dist, "rows": rows}
+        for i, r in enumerate(hits):
+            got = len(r.pids)
+            pids[i, :got], dist[i, :got], ids[i, :got] = r.pids, r.distances, r.entry_ids
+        return {"pids": pids, "distances": dist, "entry_ids": ids}
 
     return infer
 
 
-def bind_search(triton, runtime, gallery: tuple, top: int, max_batch: int,
+def bind_search(triton, runtime, gallery: Gallery, top: int, max_batch: int,
                 queue_delay_us: int) -> None:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
@@ -146,7 +151,7 @@ def bind_search(triton, runtime, gallery: tuple, top: int, max_batch: int,
                 Tensor(name="modality", dtype=np.int64, shape=(1,))],
         outputs=[Tensor(name="pids", dtype=np.int64, shape=(top,)),
                  Tensor(name="distances", dtype=np.float32, shape=(top,)),
-                 Tensor(name="rows", dtype=np.int64, shape=(top,))],
+                 Tensor(name="entry_ids", dtype=np.int64, shape=(top,))],
         config=ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(
             max_queue_delay_microseconds=queue_delay_us)),
         strict=True,
