@@ -38,7 +38,18 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BundleError", "CheckpointError", "DatasetError", "EngineError", "GalleryError",
-    "InputError", "QueueFullError", "SSFTError", "RGB", "IR", "MODALITIES", "__version__",
-    "ReIDRuntime", "FrameBatcher",
+    "IR",
+    "MODALITIES",
+    "RGB",
+    "BundleError",
+    "CheckpointError",
+    "DatasetError",
+    "EngineError",
+    "FrameBatcher",
+    "GalleryError",
+    "InputError",
+    "QueueFullError",
+    "ReIDRuntime",
+    "SSFTError",
+    "__version__",
 ]
