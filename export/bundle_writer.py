@@ -25,6 +25,7 @@ class ExportOptions:
     int8: bool = False
     calib: str | None = None
     calib_images: int = 128
+    int8_activations: str = "s8"
     trt: bool = False
     workspace: int = 4 << 30
     max_batch: int = 64
@@ -67,8 +68,10 @@ def export_onnx_variants(model: Any, out: Path, info: dict, opts: ExportOptions,
             g = f"extractor_{modality}"
             images = calibration_images(opts.calib, modality, prep, opts.calib_images)
             say(f"int8: calibrating {g} on {len(images)} training-split images")
-            quantize_int8(out / onnx_name(g, "fp32"), out / onnx_name(g, "int8"), images)
-        variants["int8"] = {g: mf.file_entry(out, onnx_name(g, "int8"), calibration="train split")
+            quantize_int8(out / onnx_name(g, "fp32"), out / onnx_name(g, "int8"), images,
+                          activations=opts.int8_activations)
+        variants["int8"] = {g: mf.file_entry(out, onnx_name(g, "int8"), calibration="train split",
+                                             activations=opts.int8_activations)
                             for g in GRAPHS[:2]}
         variants["int8"]["transfer"] = dict(variants["fp32"]["transfer"])  # fp32 (see quantize)
     return variants

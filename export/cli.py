@@ -28,6 +28,10 @@ def _say(msg: str) -> None:
               help="SYSU-style dataset root; int8 calibrates on its TRAINING split only.")
 @click.option("--calib-images", type=click.IntRange(8, 100000), default=128, show_default=True,
               help="Calibration images per modality.")
+@click.option("--int8-activations", type=click.Choice(["s8", "u8"]), default="s8",
+              show_default=True,
+              help="s8: symmetric (TensorRT-readable); u8: asymmetric, ~3x faster on ORT CPU "
+                   "but not usable by TensorRT.")
 @click.option("--trt", is_flag=True, help="Build TensorRT engines (needs tensorrt and a GPU).")
 @click.option("--workspace", type=click.IntRange(1 << 20), default=4 << 30, show_default=True,
               help="TensorRT workspace limit in bytes.")
@@ -46,9 +50,9 @@ def _say(msg: str) -> None:
 @click.option("--triton-variant", default=None,
               help="Bundle variant served by Triton [default: trt-fp16 if built, else fp32].")
 def main(model_path: str, out: str | None, fp16: bool, int8: bool, calib: str | None,
-         calib_images: int, trt: bool, workspace: int, max_batch: int, max_n: int,
-         exporter: str, no_verify: bool, verify_data: str | None, triton_repo: str | None,
-         triton_variant: str | None) -> None:
+         calib_images: int, int8_activations: str, trt: bool, workspace: int, max_batch: int,
+         max_n: int, exporter: str, no_verify: bool, verify_data: str | None,
+         triton_repo: str | None, triton_variant: str | None) -> None:
     """Export the cm-SSFT checkpoint MODEL_PATH to a bundle the ssft_deploy runtime loads."""
     try:
         if int8 and not calib:
@@ -59,6 +63,7 @@ def main(model_path: str, out: str | None, fp16: bool, int8: bool, calib: str | 
         _say(f"loading {model_path}")
         model = load_model(model_path)
         opts = ExportOptions(fp16=fp16, int8=int8, calib=calib, calib_images=calib_images,
+                             int8_activations=int8_activations,
                              trt=trt, workspace=workspace, max_batch=max_batch, max_n=max_n,
                              exporter=exporter, verify=not no_verify, verify_data=verify_data)
         manifest = write_bundle(model, out_dir, opts, _say)

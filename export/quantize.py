@@ -44,11 +44,14 @@ class ImageBatches:
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndarray,
-                  method: str = "minmax", batch: int = 16) -> Path:
+                  method: str = "minmax", batch: int = 16, activations: str = "s8") -> Path:
     """Write a QDQ int8 copy of the extractor graph ``src``, calibrated on ``images``.
 
     ``images`` must come from the training split (see ``export.images.calibration_images``).
-    ``method``: ``minmax`` (default) | ``entropy`` | ``percentile``.
+    ``method``: ``minmax`` (default) | ``entropy`` | ``percentile``. ``activations``: ``s8``
+    (symmetric int8, zero point 0: what TensorRT's explicit quantisation requires; the default)
+    or ``u8`` (asymmetric uint8: ONNX Runtime CPU's fast VNNI path, ~3x faster there, but not
+    readable by TensorRT).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -61,6 +64,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, images: np.nda
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
+    if activations not in ("s8", "u8"):
+        raise ValueError(f"activations must be 's8' or 'u8', got {activations!r}")
     if method not in methods:
         raise ValueError(f"unknown calibration method {method!r}; choose from {sorted(methods)}")
 
@@ -75,8 +80,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, images: np.nda
         quantize_static(
             str(pre), str(dst), Reader(images, batch), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANT_OPS), per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method=methods[method],
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+            activation_type=QuantType.QInt8 if activations == "s8" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=methods[method],
+            extra_options={"ActivationSymmetric": activations == "s8", "WeightSymmetric": True})
     onnx.checker.check_model(str(dst), full_check=True)
     return dst

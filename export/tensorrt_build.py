@@ -57,6 +57,10 @@ def build_trt_variants(bundle_dir: str | os.PathLike, variants: dict[str, dict[s
     built: dict[str, dict[str, Any]] = {}
     result: dict[str, dict[str, dict]] = {}
     for variant in (v for v in ONNX_VARIANTS if v in variants):
+        if any(e.get("activations") == "u8" for e in variants[variant].values()):
+            say(f"TensorRT: skipping the {variant} variant (asymmetric u8 activations are not "
+                "readable by TensorRT; export with --int8-activations s8)")
+            continue
         result[f"trt-{variant}"] = {}
         for graph, entry in variants[variant].items():
             source = entry["file"]

@@ -14,7 +14,8 @@ from pathlib import Path
 from ssft_deploy.bundle import load_bundle
 from ssft_deploy.errors import BundleError
 
-PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"),
+             "tensorrt": ("tensorrt_plan", "model.plan")}
 
 
 def _tensor(name: str, dtype: str, dims: list[int]) -> str:

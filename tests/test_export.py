@@ -184,12 +184,35 @@ def test_int8_qdq_graph_runs_on_ort_cpu(setup):
     q = onnx.load(str(setup["bundle"] / "extractor_rgb.int8.onnx"))
     ops = op_counts(q)
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    zero_points = {n.input[2] for n in q.graph.node if n.op_type == "QuantizeLinear"}
+    for t in q.graph.initializer:  # symmetric int8 (zero point 0): TensorRT-readable
+        if t.name in zero_points:
+            assert t.data_type == onnx.TensorProto.INT8
+            assert not onnx.numpy_helper.to_array(t).any()
     prep = Preprocessor((H, W))
     images = held_out_images(prep, setup["data"], max_query=8, max_gallery=8).gallery
     got = _session(setup["bundle"] / "extractor_rgb.int8.onnx").run(None, {"images": images})
     for g, r in zip(got, _extract(setup["model"], images, "rgb")):
         assert np.isfinite(g).all()
         assert _cos(g, r) >= 0.99
+
+
+def test_int8_u8_activations_for_ort_cpu(setup, tmp_path):
+    from export.quantize import quantize_int8
+
+    prep = Preprocessor((H, W))
+    images = held_out_images(prep, setup["data"], max_query=8, max_gallery=8).gallery
+    dst = quantize_int8(setup["bundle"] / "extractor_rgb.onnx", tmp_path / "u8.onnx", images,
+                        activations="u8")
+    zero_points = {n.input[2] for n in onnx.load(str(dst)).graph.node
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    dtypes = {t.data_type for t in onnx.load(str(dst)).graph.initializer if t.name in zero_points}
+    assert dtypes == {onnx.TensorProto.UINT8}
+    got = _session(dst).run(None, {"images": images})
+    assert _cos(got[0], _extract(setup["model"], images, "rgb")[0]) >= 0.99
+    with pytest.raises(ValueError, match="activations"):
+        quantize_int8(setup["bundle"] / "extractor_rgb.onnx", tmp_path / "x.onnx", images,
+                      activations="fp8")
 
 
 def test_parity_gate_passes_good_variants_and_fails_a_wrong_one(setup, tmp_path):
