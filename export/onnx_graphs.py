@@ -7,6 +7,8 @@ are never called by these wrappers, so they do not appear in the graphs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from collections import Counter
@@ -79,8 +81,19 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str],
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
     module.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript exporter deprecation noise
+    try:
+        _run_exporter(module, args, path, inputs, outputs, dynamic, exporter)
+    except Exception as exc:  # exporter internals raise anything; say what to try
+        other = next(e for e in EXPORTERS if e != exporter)
+        raise ExportError(f"torch.onnx ({exporter}) could not export {path.name}: {exc}; "
+                          f"try --exporter {other}") from exc
+
+
+def _run_exporter(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str],
+                  outputs: list[str], dynamic: dict[str, str], exporter: str) -> None:
+    # The exporters' progress prints and deprecation warnings would drown the CLI's own output.
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
         if exporter == "dynamo":
             axes = {a: torch.export.Dim(a, min=1, max=1 << 20) for a in set(dynamic.values())}
             shapes = {n: ({0: axes[dynamic[n]]} if n in dynamic else None) for n in inputs}
