@@ -28,10 +28,10 @@ def _say(msg: str) -> None:
               help="SYSU-style dataset root; int8 calibrates on its TRAINING split only.")
 @click.option("--calib-images", type=click.IntRange(8, 100000), default=128, show_default=True,
               help="Calibration images per modality.")
-@click.option("--int8-activations", type=click.Choice(["s8", "u8"]), default="s8",
+@click.option("--int8-activations", type=click.Choice(["auto", "s8", "u8"]), default="auto",
               show_default=True,
               help="s8: symmetric (TensorRT-readable); u8: asymmetric, ~3x faster on ORT CPU "
-                   "but not usable by TensorRT.")
+                   "but not usable by TensorRT; auto: s8 with --trt, else u8.")
 @click.option("--trt", is_flag=True, help="Build TensorRT engines (needs tensorrt and a GPU).")
 @click.option("--workspace", type=click.IntRange(1 << 20), default=4 << 30, show_default=True,
               help="TensorRT workspace limit in bytes.")
@@ -58,6 +58,9 @@ def main(model_path: str, out: str | None, fp16: bool, int8: bool, calib: str | 
         if int8 and not calib:
             raise click.UsageError("--int8 needs --calib DATASET_ROOT (training split images)")
         from train.model import load_model
+
+        if int8_activations == "auto":  # the int8 graph serves the engine being built
+            int8_activations = "s8" if trt else "u8"
 
         out_dir = Path(out) if out else Path(model_path).resolve().parent / "bundle"
         _say(f"loading {model_path}")
