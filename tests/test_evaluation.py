@@ -71,7 +71,8 @@ def test_sysu_settings_trials_and_cache(sysu_root):
         r1 = [t["rank1"] for t in row["per_trial"]]
         assert row["rank1"]["mean"] == pytest.approx(np.mean(r1))
         assert row["rank1"]["std"] == pytest.approx(np.std(r1))
-        assert 0 < row["mINP"]["mean"] <= row["mAP"]["mean"] + 1e-9  # INP <= AP per query
+        # INP can exceed AP (positives at ranks 2 and 3: AP 0.58, INP 0.67): bounds only
+        assert 0 < row["mINP"]["mean"] <= 100 and 0 < row["mAP"]["mean"] <= 100
         assert row["rank20"]["mean"] == pytest.approx(100.0)  # 6 ids: rank 20 covers all
     # informative stand-in: far above chance (1/6) without transfer
     assert res["settings"]["shared-only"]["rank1"]["mean"] > 60

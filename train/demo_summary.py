@@ -47,7 +47,10 @@ def summarize(out: Path) -> dict[str, Any]:
             print("  targets: " + ", ".join(f"{k}={'met' if v else 'missed' if v is False else 'n/a'}"
                                             for k, v in met.items()))
     if video:
-        print(f"video example: {video.get('summary', video.get('rank1', ''))}")
+        right = video.get("rank1_correct")
+        print(f"video example: {len(video.get('matches', []))} IR tracks matched against "
+              f"{len(video.get('gallery_tracks', []))} RGB tracks"
+              + (f", {right} correct at rank 1" if right is not None else ""))
     return {"accuracy_torch": torch_eval, "accuracy_runtime": runtime_eval,
             "parity": {k: {m: v[m] for m in ("extractor_min_cos", "neighbour_overlap_mean",
                                               "rank1_diff", "mAP_diff", "status")}
