@@ -22,17 +22,18 @@ Candidates = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
 EPS = 1e-12  # same clamp as torch.nn.functional.normalize, so a zero vector maps to 0
 SLACK = 4    # extra candidates per half, re-ranked exactly by refine
-REFINE_ROWS = 512
+REFINE_ROWS = 64
 
 
-def unit(x: np.ndarray, dtype: type = np.float32, block: int = 4096) -> np.ndarray:
+def unit(x: np.ndarray, dtype: type = np.float32, block: int = 512) -> np.ndarray:
     """Rows scaled to unit L2 norm, computed in float64 row blocks (zero rows stay zero)."""
     x = np.asarray(x)
     out = np.empty(x.shape, dtype)
-    for s in range(0, x.shape[0], block):
+    for s in range(0, x.shape[0], block):  # blocks small enough to stay in cache
         xb = x[s:s + block].astype(np.float64)
         norm = np.sqrt(np.einsum("...d,...d->...", xb, xb))
-        out[s:s + block] = xb / np.maximum(norm, EPS)[..., None]
+        np.divide(xb, np.maximum(norm, EPS)[..., None], out=xb)
+        out[s:s + block] = xb
     return out
 
 
@@ -53,18 +54,12 @@ def check_inputs(shared: object, specific: object, modality: object, k: int) -> 
     return Features(shared, specific, modality)
 
 
-def _unit64(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    return x / np.maximum(np.sqrt(np.einsum("...d,...d->...", x, x)), EPS)[..., None]
-
-
 def refine(q: np.ndarray, base: np.ndarray, cand: np.ndarray, k: int
            ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k among candidate columns: d in float64, order (-d, index).
 
-    q [nq,D], base [nb,D] float32 unit vectors (re-normalised here in float64, so d(x, x) = 1
-    exactly); cand [nq,c] local base indices. Returns local indices [nq, min(k,c)] and d
-    (float64) of the same shape.
+    q [nq,D], base [nb,D] float64 unit vectors (``unit(x, np.float64)``); cand [nq,c] local base
+    indices. Returns local indices [nq, min(k,c)] and d (float64) of the same shape.
     """
     nq, c = cand.shape
     kk = min(k, c)
@@ -73,7 +68,9 @@ def refine(q: np.ndarray, base: np.ndarray, cand: np.ndarray, k: int
     for s in range(0, nq, REFINE_ROWS):
         e = min(s + REFINE_ROWS, nq)
         ci = cand[s:e]
-        d = d_from_cos(np.einsum("bd,bcd->bc", _unit64(q[s:e]), _unit64(base[ci])))
+        # einsum, not a batched matmul: BLAS may round the same pair differently at different
+        # positions, which would break exact ties between identical samples
+        d = d_from_cos(np.einsum("bd,bcd->bc", q[s:e], base[ci]))
         order = _order(d, ci)
         top = order[:, :kk]
         out_i[s:e] = np.take_along_axis(ci, top, axis=1)
@@ -98,11 +95,13 @@ def assemble(feats: Features, k: int, candidates: Candidates, slack: int = SLACK
     idx = np.repeat(np.arange(n, dtype=np.int64)[:, None], 2 * k, axis=1)
     w = np.zeros((n, 2 * k), np.float32)
     groups = {m: feats.of_modality(m) for m in (0, 1)}
-    units: dict[tuple[str, int], np.ndarray] = {}  # float32 unit vectors per (kind, modality)
+    # unit vectors per (kind, modality): float64 for refine, float32 for the candidate search
+    units: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
-    def get(kind: str, m: int) -> np.ndarray:
+    def get(kind: str, m: int) -> tuple[np.ndarray, np.ndarray]:
         if (kind, m) not in units:
-            units[kind, m] = unit(getattr(feats, kind)[groups[m]])
+            u64 = unit(getattr(feats, kind)[groups[m]], np.float64)
+            units[kind, m] = u64, u64.astype(np.float32)
         return units[kind, m]
 
     for m in (0, 1):
@@ -114,9 +113,9 @@ def assemble(feats: Features, k: int, candidates: Candidates, slack: int = SLACK
             if cols.size == 0:
                 continue
             c = min(cols.size, k + slack)
-            q, base = get(kind, m), get(kind, other)
+            (q64, q), (base64, base) = get(kind, m), get(kind, other)
             cand = np.asarray(candidates(q, base, c), dtype=np.int64)
-            loc, d = refine(q, base, cand, k)
+            loc, d = refine(q64, base64, cand, k)
             kk = loc.shape[1]
             idx[rows, half * k: half * k + kk] = cols[loc]
             w[rows, half * k: half * k + kk] = d.astype(np.float32)
