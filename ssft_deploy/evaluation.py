@@ -46,6 +46,28 @@ class FeatureSource(Protocol):
         ...
 
 
+def extract_records(records: Sequence[ImageRecord], preprocessor,
+                    extract_array: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+                    dims: dict, batch_size: int, progress: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(shared, specific) for ``records`` in order, batched per modality through ``extract_array``
+    (a normalised ``[B,3,H,W]`` batch and a modality code -> two arrays); any backend fits."""
+    n = len(records)
+    shared = np.zeros((n, dims["shared"]), np.float32)
+    specific = np.zeros((n, dims["specific"]), np.float32)
+    mods = np.array([int(r.modality) for r in records], np.int64)
+    with tqdm(total=n, desc="extract", unit="img", disable=not progress) as bar:
+        for code in (0, 1):
+            rows = np.flatnonzero(mods == code)
+            for s in range(0, len(rows), batch_size):
+                part = rows[s:s + batch_size]
+                batch = preprocessor.crops([records[i].path for i in part])
+                batch.raise_errors()
+                shared[part], specific[part] = extract_array(batch.array, code)
+                bar.update(len(part))
+    return shared, specific
+
+
 class FeatureCache:
     """Features of records, each image extracted once (keyed by path)."""
 

@@ -207,23 +207,11 @@ class BundleFeatureSource:
 
     def extract(self, records: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
         """Images of ``records`` (``.path``, ``.modality``), batched per modality, in order."""
-        from tqdm import tqdm
+        from ssft_deploy.evaluation import extract_records
 
-        rt, n = self.runtime, len(records)
-        dims = rt.bundle.dims
-        shared = np.zeros((n, dims["shared"]), np.float32)
-        specific = np.zeros((n, dims["specific"]), np.float32)
-        mods = np.array([modality_code(r.modality) for r in records], np.int64)
-        with tqdm(total=n, desc="extract", unit="img", disable=not self.progress) as bar:
-            for code in (0, 1):
-                rows = np.flatnonzero(mods == code)
-                for s in range(0, len(rows), rt.max_batch):
-                    part = rows[s:s + rt.max_batch]
-                    batch = rt.preprocessor.crops([records[i].path for i in part])
-                    batch.raise_errors()
-                    shared[part], specific[part] = rt.extract_array(batch.array, code)
-                    bar.update(len(part))
-        return shared, specific
+        rt = self.runtime
+        return extract_records(records, rt.preprocessor, rt.extract_array, rt.bundle.dims,
+                               rt.max_batch, self.progress)
 
     def transfer(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
         return self.runtime.transfer_fn(z, idx, w)

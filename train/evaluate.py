@@ -15,11 +15,16 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ssft_deploy.datasets.records import ImageRecord
 from ssft_deploy.errors import SSFTError
-from ssft_deploy.evaluation import SETTINGS, evaluate_regdb, evaluate_sysu, format_table
+from ssft_deploy.evaluation import (
+    SETTINGS,
+    evaluate_regdb,
+    evaluate_sysu,
+    extract_records,
+    format_table,
+)
 from ssft_deploy.features import Features
 from ssft_deploy.preprocess import Preprocessor
 from train.model import load_model
@@ -37,24 +42,15 @@ class TorchFeatureSource:
         self.has_transfer = self.model.dims.get("transfer") is not None
         self.batch_size, self.progress = int(batch_size), progress
 
-    @torch.no_grad()
     def extract(self, records: Sequence[ImageRecord]) -> Features:
-        dims = self.model.dims
-        n = len(records)
-        shared = np.zeros((n, dims["shared"]), np.float32)
-        specific = np.zeros((n, dims["specific"]), np.float32)
-        modality = np.array([r.modality for r in records], np.int64)
-        with tqdm(total=n, desc="extract", unit="img", disable=not self.progress) as bar:
-            for code in (0, 1):
-                rows = np.flatnonzero(modality == code)
-                for s in range(0, len(rows), self.batch_size):
-                    part = rows[s:s + self.batch_size]
-                    batch = self.preprocessor.crops([records[i].path for i in part])
-                    batch.raise_errors()
-                    h, p = self.model.extract(torch.from_numpy(batch.array), code)
-                    shared[part], specific[part] = h.numpy(), p.numpy()
-                    bar.update(len(part))
-        return Features(shared, specific, modality)
+        shared, specific = extract_records(records, self.preprocessor, self._extract_array,
+                                           self.model.dims, self.batch_size, self.progress)
+        return Features(shared, specific, np.array([r.modality for r in records], np.int64))
+
+    @torch.no_grad()
+    def _extract_array(self, images: np.ndarray, code: int) -> tuple[np.ndarray, np.ndarray]:
+        h, p = self.model.extract(torch.from_numpy(images), code)
+        return h.numpy(), p.numpy()
 
     @torch.no_grad()
     def transfer(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
