@@ -1,22 +1,26 @@
 """Dense method: blocked matmul of unit vectors + partial selection, numpy only.
 
-Memory is bounded by one ``row_block x col_block`` tile of scores plus the running candidates
-(never an N x N matrix). Selection in a tile costs about one pass over it: columns are dealt into
-``GROUP`` interleaved groups (group g = columns g, g + n_g, g + 2 n_g, ...), whose maxima come from
-contiguous, vectorised ``np.maximum`` passes. The c best scores of a row all lie in groups whose
-maximum reaches the row's c-th largest group maximum ``t`` (c groups reach ``t``, so at least c
-scores do), so only those groups' columns are ranked exactly, by (descending score, ascending
-column). Rows where more than c groups tie at ``t`` fall back to ranking the whole row, so the
-result is exact, ties included.
+Memory is bounded by one ``row_block x col_block`` tile of scores (``TILE_ELEMS`` by default) plus
+the running candidates, never an N x N matrix beyond that. Tiles are as large as that allows:
+with two BLAS threads on a busy machine, every sgemm call pays a thread hand-off, and 1k x 1k
+tiles ran at half the speed of one large product.
+
+Selection in a tile costs about two passes over it: columns are dealt into ``GROUP`` interleaved
+groups (group g = columns g, g + n_g, g + 2 n_g, ...) whose maxima come from contiguous, vectorised
+``np.maximum`` passes; ``t``, the c-th largest group maximum of a row, is reached by at least c
+scores (one per group), so every score among the row's c best is ``>= t``. Only the entries
+``>= t`` (typically a little over c) are then ranked exactly by (descending score, ascending
+column), so the result is exact, ties included.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-ROW_BLOCK = 1024
 COL_BLOCK = 8192
-GROUP = 16  # columns per interleaved group; sqrt(n / c) balances the two selection stages
+TILE_ELEMS = 1 << 24   # scores per tile (64 MiB): large sgemm calls, bounded memory
+SELECT_ROWS = 256      # rows per selection pass, so its passes over the tile stay in cache
+GROUP = 16             # columns per interleaved group; ~sqrt(n / c) balances the two stages
 
 
 def top_by_score(scores: np.ndarray, cols: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,48 +44,67 @@ def top_by_score(scores: np.ndarray, cols: np.ndarray, c: int) -> tuple[np.ndarr
 
 
 def tile_top(tile: np.ndarray, c: int, group: int = GROUP) -> tuple[np.ndarray, np.ndarray]:
-    """Best c (scores, local columns) of each row of a score tile, exact (see module docstring)."""
+    """Best c (scores, local columns) per row of a C-contiguous score tile, exact; see the module
+    docstring."""
     nr, nb = tile.shape
     ng = nb // group
     if ng <= 2 * c:  # narrow tile: grouping would not prune much
-        return top_by_score(tile, np.arange(nb, dtype=np.int64)[None, :], min(c, nb))
-    body = tile[:, :ng * group].reshape(nr, group, ng)
-    gmax = body.max(axis=1)                                        # [nr, ng]
-    top_g = np.argpartition(gmax, ng - c, axis=1)[:, -c:]          # c groups with the largest max
-    t = np.take_along_axis(gmax, top_g, axis=1).min(axis=1, keepdims=True)
-    cols = (top_g[:, :, None] + ng * np.arange(group, dtype=np.int64)).reshape(nr, c * group)
-    tail = np.arange(ng * group, nb, dtype=np.int64)               # columns outside every group
-    cols = np.concatenate([cols, np.broadcast_to(tail, (nr, tail.size))], axis=1)
-    s, i = top_by_score(np.take_along_axis(tile, cols, axis=1), cols, c)
-    tied = np.flatnonzero((gmax >= t).sum(axis=1) > c)            # rare: exact over the row
-    if tied.size:
-        s[tied], i[tied] = top_by_score(tile[tied], np.arange(nb, dtype=np.int64)[None, :], c)
-    return s, i
+        return top_by_score(tile, np.arange(nb, dtype=np.int64)[None], min(c, nb))
+    body = ng * group
+    gmax = tile[:, :body].reshape(nr, group, ng).max(axis=1)          # [nr, ng]
+    t = np.partition(gmax, ng - c, axis=1)[:, ng - c]
+    # the groups reaching t (c per row unless maxima tie), expanded to their columns
+    g_rows, g = np.nonzero(gmax >= t[:, None])
+    rows = np.repeat(g_rows, group)
+    cols = (g[:, None] + ng * np.arange(group)).reshape(-1)
+    if body < nb:  # columns outside every group
+        t_rows, t_cols = np.nonzero(tile[:, body:] >= t[:, None])
+        rows, cols = np.concatenate([rows, t_rows]), np.concatenate([cols, t_cols + body])
+    s = tile.reshape(-1)[rows * nb + cols]
+    keep = s >= t[rows]
+    rows, cols, s = rows[keep], cols[keep], s[keep]
+    order = np.lexsort((cols, -s, rows))                  # by row, then (-score, column)
+    counts = np.bincount(rows, minlength=nr)              # >= c per row, see above
+    pick = order[(np.cumsum(counts) - counts)[:, None] + np.arange(c)]
+    return s[pick], cols[pick].astype(np.int64, copy=False)
 
 
-def candidates(q: np.ndarray, base: np.ndarray, c: int, row_block: int = ROW_BLOCK,
+def _merge(parts: list[tuple[np.ndarray, np.ndarray]], c: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    s = np.concatenate([p[0] for p in parts], axis=1)
+    i = np.concatenate([p[1] for p in parts], axis=1)
+    return top_by_score(s, i, min(c, s.shape[1]))
+
+
+def candidates(q: np.ndarray, base: np.ndarray, c: int, row_block: int | None = None,
                col_block: int = COL_BLOCK) -> np.ndarray:
     """Indices [nq, c] of the c largest inner products q_i . base_j per row (unit vectors), in
-    (descending score, ascending index) order."""
-    nq, nb = q.shape[0], base.shape[0]
+    (descending score, ascending index) order. ``row_block`` defaults to as many rows as fit in
+    ``TILE_ELEMS`` scores next to ``col_block`` columns."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     base = np.ascontiguousarray(base, dtype=np.float32)
+    nq, nb = q.shape[0], base.shape[0]
+    col_block = min(col_block, nb)
+    if row_block is None:
+        row_block = max(SELECT_ROWS, TILE_ELEMS // col_block)
+    row_block = min(row_block, nq)
     out = np.empty((nq, c), np.int64)
-    buf = np.empty((min(row_block, nq), min(col_block, nb)), np.float32)  # reused tile memory
+    flat = np.empty(row_block * col_block, np.float32)  # reused tile memory
     for r0 in range(0, nq, row_block):
         qb = q[r0:r0 + row_block]
-        best_s = best_i = None
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
         for c0 in range(0, nb, col_block):
             bt = base[c0:c0 + col_block]
-            tile = buf[:qb.shape[0], :bt.shape[0]]
-            np.matmul(qb, bt.T, out=tile)
-            ts, ti = tile_top(tile, min(c, tile.shape[1]))
-            ti += c0
-            if best_s is None:
-                best_s, best_i = ts, ti
-            else:
-                best_s, best_i = top_by_score(np.concatenate([best_s, ts], axis=1),
-                                              np.concatenate([best_i, ti], axis=1),
-                                              min(c, c0 + tile.shape[1]))
-        out[r0:r0 + row_block] = best_i
+            tile = flat[:qb.shape[0] * bt.shape[0]].reshape(qb.shape[0], bt.shape[0])
+            np.matmul(qb, bt.T, out=tile)  # one large sgemm: small ones waste BLAS threads
+            cc = min(c, bt.shape[0])
+            # select in row slices that stay in cache
+            sel = [tile_top(tile[s0:s0 + SELECT_ROWS], cc)
+                   for s0 in range(0, qb.shape[0], SELECT_ROWS)]
+            parts.append((np.concatenate([p[0] for p in sel]),
+                          np.concatenate([p[1] for p in sel]) + c0))
+            if len(parts) > 1:  # running merge keeps memory at one tile plus [rows, 2c]
+                parts = [_merge(parts, c)]
+        out[r0:r0 + row_block] = parts[0][1]
     return out
