@@ -29,11 +29,17 @@ def unit(x: np.ndarray, dtype: type = np.float32, block: int = 512) -> np.ndarra
     """Rows scaled to unit L2 norm, computed in float64 row blocks (zero rows stay zero)."""
     x = np.asarray(x)
     out = np.empty(x.shape, dtype)
+    wide = out.dtype == np.float64
     for s in range(0, x.shape[0], block):  # blocks small enough to stay in cache
-        xb = x[s:s + block].astype(np.float64)
+        if wide:  # work in place in the output
+            xb = out[s:s + block]
+            xb[...] = x[s:s + block]
+        else:
+            xb = x[s:s + block].astype(np.float64)
         norm = np.sqrt(np.einsum("...d,...d->...", xb, xb))
         np.divide(xb, np.maximum(norm, EPS)[..., None], out=xb)
-        out[s:s + block] = xb
+        if not wide:
+            out[s:s + block] = xb
     return out
 
 
