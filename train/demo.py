@@ -67,9 +67,10 @@ def main(out_dir: str, config: str, force: bool, trials: int) -> None:
         times[name] = _run(name, args, logs / f"{name}.log")
 
     step("data", data / "exp" / "test_id.txt",
-         [PY, "-m", "ssft_deploy.datasets.synthetic", "--root", data, "--ids", "64,16,32"])
+         [PY, "-m", "ssft_deploy.datasets.synthetic", "--root", data, "--ids", "200,20,32",
+          "--per-cam", "2,4"])
     step("train", model,
-         [PY, "-m", "train.cli", "--config", config, "--data", data, "--out", out])
+         [PY, "-m", "train.cli", "--config", config, "--data", data, "--out", out, "--quiet"])
     click.secho(f"checkpoint: {model.resolve()}", fg="green")
     step("evaluate", out / "eval.json",
          [PY, "-m", "train.evaluate", model, "--data", data, "--dataset", "sysu", "--mode", "all",

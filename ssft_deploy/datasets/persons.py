@@ -80,9 +80,9 @@ def make_identity(seed: int, pid: int) -> Identity:
         shoulder=rng.uniform(0.2, 0.32), hip=rng.uniform(0.15, 0.24), leg=rng.uniform(0.055, 0.09),
         head=rng.uniform(0.04, 0.06), hair=rng.uniform(0.02, 0.09), top_len=rng.uniform(0.45, 0.72),
         accessory=int(rng.integers(len(ACCESSORIES))), top_pattern=int(rng.integers(len(PATTERNS))),
-        top_freq=rng.uniform(2.5, 8.0), top_phase=rng.uniform(0, 2 * np.pi),
-        contrast=rng.uniform(0.25, 0.5), bottom_pattern=int(rng.integers(3)),
-        bottom_freq=rng.uniform(2.0, 6.0), height=rng.uniform(0.8, 0.97),
+        top_freq=rng.uniform(2.0, 5.0), top_phase=rng.uniform(0, 2 * np.pi),
+        contrast=rng.uniform(0.35, 0.6), bottom_pattern=int(rng.integers(3)),
+        bottom_freq=rng.uniform(2.0, 4.0), height=rng.uniform(0.8, 0.97),
         colours=colours, heat=heat,
         hotspot=(rng.uniform(-0.08, 0.08), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.12),
                  rng.uniform(0.1, 0.3)),
@@ -214,7 +214,7 @@ def render(ident: Identity, cam: Camera, modality: int, rng: np.random.Generator
         _patches(bg, rng, int(rng.integers(0, 3)), 3, lambda: rng.uniform(0.2, 0.6))  # warm objects
         hu, hv, hr, ha = ident.hotspot
         spot = ha * np.exp(-((u - hu) ** 2 + (v - hv) ** 2) / (2 * hr * hr))
-        fg = (ident.heat[lab] * (1.0 + 0.6 * ident.contrast * tex) + spot) * (0.8 + 0.2 * shade)
+        fg = (ident.heat[lab] * (1.0 + ident.contrast * tex) + spot) * (0.8 + 0.2 * shade)
         grey = np.where(person, fg, bg) * 255.0 * rng.uniform(0.85, 1.15)
         img = np.repeat(grey[..., None], 3, axis=2)
     sigma = cam.blur + rng.uniform(0.3, 0.9)
