@@ -10,7 +10,11 @@ top-k neighbour below ``c`` candidates, which ``slack`` extra candidates guard a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +27,34 @@ Candidates = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 EPS = 1e-12  # same clamp as torch.nn.functional.normalize, so a zero vector maps to 0
 SLACK = 4    # extra candidates per half, re-ranked exactly by refine
 REFINE_ROWS = 64
+MAX_WORKERS = 8
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def workers() -> int:
+    """Threads for the numpy passes around the GEMMs: as many as BLAS is given (OMP_NUM_THREADS),
+    else the CPU count, at most MAX_WORKERS. numpy releases the GIL in these passes."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    n = int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+    return max(1, min(n, MAX_WORKERS))
+
+
+def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    """``[fn(x) for x in items]`` on a shared thread pool (in order; serial with one worker).
+    ``fn`` must not itself call parallel_map."""
+    items = list(items)
+    n = workers()
+    if n == 1 or len(items) < 2:
+        return [fn(x) for x in items]
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size != n:
+            _pool, _pool_size = ThreadPoolExecutor(n, thread_name_prefix="ssft-affinity"), n
+        pool = _pool
+    return list(pool.map(fn, items))
 
 
 def unit(x: np.ndarray, dtype: type = np.float32, block: int = 512) -> np.ndarray:
@@ -71,16 +103,17 @@ def refine(q: np.ndarray, base: np.ndarray, cand: np.ndarray, k: int
     kk = min(k, c)
     out_i = np.empty((nq, kk), np.int64)
     out_d = np.empty((nq, kk), np.float64)
-    for s in range(0, nq, REFINE_ROWS):
-        e = min(s + REFINE_ROWS, nq)
-        ci = cand[s:e]
+
+    def block(s: int) -> None:  # rows s..s+REFINE_ROWS, written in place
+        ci = cand[s:s + REFINE_ROWS]
         # einsum, not a batched matmul: BLAS may round the same pair differently at different
         # positions, which would break exact ties between identical samples
-        d = d_from_cos(np.einsum("bd,bcd->bc", q[s:e], base[ci]))
-        order = _order(d, ci)
-        top = order[:, :kk]
-        out_i[s:e] = np.take_along_axis(ci, top, axis=1)
-        out_d[s:e] = np.take_along_axis(d, top, axis=1)
+        d = d_from_cos(np.einsum("bd,bcd->bc", q[s:s + REFINE_ROWS], base[ci]))
+        top = _order(d, ci)[:, :kk]
+        out_i[s:s + REFINE_ROWS] = np.take_along_axis(ci, top, axis=1)
+        out_d[s:s + REFINE_ROWS] = np.take_along_axis(d, top, axis=1)
+
+    parallel_map(block, range(0, nq, REFINE_ROWS))
     return out_i, out_d
 
 

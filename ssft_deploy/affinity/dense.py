@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ssft_deploy.affinity.common import parallel_map
+
 COL_BLOCK = 8192
 TILE_ELEMS = 1 << 24   # scores per tile (64 MiB): large sgemm calls, bounded memory
 SELECT_ROWS = 256      # rows per selection pass, so its passes over the tile stay in cache
@@ -69,6 +71,13 @@ def tile_top(tile: np.ndarray, c: int, group: int = GROUP) -> tuple[np.ndarray, 
     return s[pick], cols[pick].astype(np.int64, copy=False)
 
 
+def select_rows(tile: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """``tile_top`` over row slices that stay in cache, on the worker threads."""
+    sel = parallel_map(lambda s0: tile_top(tile[s0:s0 + SELECT_ROWS], c),
+                       range(0, tile.shape[0], SELECT_ROWS))
+    return np.concatenate([p[0] for p in sel]), np.concatenate([p[1] for p in sel])
+
+
 def _merge(parts: list[tuple[np.ndarray, np.ndarray]], c: int) -> tuple[np.ndarray, np.ndarray]:
     if len(parts) == 1:
         return parts[0]
@@ -98,12 +107,8 @@ def candidates(q: np.ndarray, base: np.ndarray, c: int, row_block: int | None = 
             bt = base[c0:c0 + col_block]
             tile = flat[:qb.shape[0] * bt.shape[0]].reshape(qb.shape[0], bt.shape[0])
             np.matmul(qb, bt.T, out=tile)  # one large sgemm: small ones waste BLAS threads
-            cc = min(c, bt.shape[0])
-            # select in row slices that stay in cache
-            sel = [tile_top(tile[s0:s0 + SELECT_ROWS], cc)
-                   for s0 in range(0, qb.shape[0], SELECT_ROWS)]
-            parts.append((np.concatenate([p[0] for p in sel]),
-                          np.concatenate([p[1] for p in sel]) + c0))
+            s, i = select_rows(tile, min(c, bt.shape[0]))
+            parts.append((s, i + c0))
             if len(parts) > 1:  # running merge keeps memory at one tile plus [rows, 2c]
                 parts = [_merge(parts, c)]
         out[r0:r0 + row_block] = parts[0][1]
