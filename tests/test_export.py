@@ -23,7 +23,8 @@ from ssft_deploy.datasets import synthetic
 from ssft_deploy.engines import open_engine
 from ssft_deploy.errors import BundleError
 from ssft_deploy.preprocess import Preprocessor
-from tests.test_export_standin import tiny_model
+from tests.export_models import tiny_model
+from train.model import save_checkpoint
 
 H, W = 64, 32
 GRAPH_FILES = ["extractor_rgb", "extractor_ir", "transfer"]
@@ -47,23 +48,13 @@ def setup(tmp_path_factory):
     synthetic.generate_sysu(data, num_train=3, num_val=1, num_test=4, rgb_per_cam=2, size=(H, W))
     model = tiny_model(H, W, seed=0)
     ckpt = root / "model.pth"
-    try:
-        from train.model import save_checkpoint
-
-        save_checkpoint(model, ckpt)
-    except ImportError:  # stand-in model: the CLI cannot load it, build the bundle directly
-        ckpt = None
+    save_checkpoint(model, ckpt)
     bundle = root / "bundle"
-    if ckpt is not None:
-        res = CliRunner().invoke(cli_main, [str(ckpt), "--out", str(bundle), "--fp16", "--int8",
-                                            "--calib", str(data), "--calib-images", "16",
-                                            "--trt", "--no-verify"])
-        assert res.exit_code == 0, res.output
-        output = res.output
-    else:
-        write_bundle(model, bundle, ExportOptions(fp16=True, int8=True, calib=str(data),
-                                                  calib_images=16, trt=True, verify=False))
-        output = ""
+    res = CliRunner().invoke(cli_main, [str(ckpt), "--out", str(bundle), "--fp16", "--int8",
+                                        "--calib", str(data), "--calib-images", "16",
+                                        "--trt", "--no-verify"])
+    assert res.exit_code == 0, res.output
+    output = res.output
     return {"root": root, "data": data, "model": model, "bundle": bundle, "output": output}
 
 
