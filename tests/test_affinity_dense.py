@@ -39,3 +39,19 @@ def test_tile_top_returns_scores_in_order() -> None:
     s, i = dense.tile_top(tile, 5)
     np.testing.assert_array_equal(i, brute(tile, np.eye(700, dtype=np.float32), 5))
     np.testing.assert_array_equal(s, np.take_along_axis(tile, i, axis=1))
+
+
+def test_worker_threads_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ssft_deploy.affinity import common, topk_affinity
+
+    rng = np.random.default_rng(5)
+    shared = np.round(rng.standard_normal((700, 6))).astype(np.float32)  # ties everywhere
+    specific = np.round(rng.standard_normal((700, 5))).astype(np.float32)
+    modality = (rng.random(700) < 0.7).astype(np.int64)
+    out = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        assert common.workers() == int(threads)
+        out[threads] = topk_affinity(shared, specific, modality, k=4, method="dense")
+    np.testing.assert_array_equal(out["1"][0], out["3"][0])
+    np.testing.assert_array_equal(out["1"][1], out["3"][1])
