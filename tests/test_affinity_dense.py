@@ -19,7 +19,7 @@ def brute(q: np.ndarray, base: np.ndarray, c: int) -> np.ndarray:
 def test_grouped_selection_is_exact_with_ties(kind: str, c: int) -> None:
     rng = np.random.default_rng(c)
     q = rng.standard_normal((40, 6)).astype(np.float32)
-    # 901 columns: 56 groups of 16 plus 5 columns outside every group
+    # 901 columns: 56 groups of 16 (c=1) or 90 of 10 (c=8), plus columns outside every group
     base = rng.standard_normal((901, 6)).astype(np.float32)
     if kind == "rounded":   # many exactly equal scores, also at the top-c boundary
         base = np.round(base)

@@ -5,9 +5,9 @@ the running candidates, never an N x N matrix beyond that. Tiles are as large as
 with two BLAS threads on a busy machine, every sgemm call pays a thread hand-off, and 1k x 1k
 tiles ran at half the speed of one large product.
 
-Selection in a tile costs about two passes over it: columns are dealt into ``GROUP`` interleaved
-groups (group g = columns g, g + n_g, g + 2 n_g, ...) whose maxima come from contiguous, vectorised
-``np.maximum`` passes; ``t``, the c-th largest group maximum of a row, is reached by at least c
+Selection in a tile costs about two passes over it: columns are dealt into interleaved groups of up
+to ``GROUP`` columns (group g = columns g, g + n_g, g + 2 n_g, ...) whose maxima come from
+contiguous, vectorised ``np.maximum`` passes; ``t``, the c-th largest group maximum of a row, is reached by at least c
 scores (one per group), so every score among the row's c best is ``>= t``. Only the entries
 ``>= t`` (typically a little over c) are then ranked exactly by (descending score, ascending
 column), so the result is exact, ties included.
@@ -22,7 +22,7 @@ from ssft_deploy.affinity.common import parallel_map
 COL_BLOCK = 8192
 TILE_ELEMS = 1 << 24   # scores per tile (64 MiB): large sgemm calls, bounded memory
 SELECT_ROWS = 256      # rows per selection pass, so its passes over the tile stay in cache
-GROUP = 16             # columns per interleaved group; ~sqrt(n / c) balances the two stages
+GROUP = 16             # most columns per interleaved group (the wide tiles' best here)
 
 
 def top_by_score(scores: np.ndarray, cols: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,10 +45,13 @@ def top_by_score(scores: np.ndarray, cols: np.ndarray, c: int) -> tuple[np.ndarr
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(cols, order, axis=1)
 
 
-def tile_top(tile: np.ndarray, c: int, group: int = GROUP) -> tuple[np.ndarray, np.ndarray]:
+def tile_top(tile: np.ndarray, c: int, group: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Best c (scores, local columns) per row of a C-contiguous score tile, exact; see the module
-    docstring."""
+    docstring. ``group`` defaults to ~sqrt(columns / c), at most ``GROUP``."""
     nr, nb = tile.shape
+    if group is None:
+        group = int(min(GROUP, max(4, np.sqrt(nb / max(c, 1)))))
     ng = nb // group
     if ng <= 2 * c:  # narrow tile: grouping would not prune much
         return top_by_score(tile, np.arange(nb, dtype=np.int64)[None], min(c, nb))
