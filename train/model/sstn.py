@@ -95,4 +95,6 @@ class SSTN(nn.Module):
     def forward(self, z: torch.Tensor, idx: torch.Tensor, w: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (triplet feature, retrieval feature) of the transferred samples, ``[N, Dt]``."""
-        return self.feat(torch.relu(self.W(propagate(z, idx, w))))
+        # Eq. 10 as (D^-1/2 A D^-1/2)(Z W): both factors are linear, so this equals propagating Z
+        # first, and the neighbour gathers then move Dt-wide rows instead of (2 Dp + Ds)-wide ones.
+        return self.feat(torch.relu(propagate(self.W(z), idx, w)))
