@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
 from export.triton import write_repository
 from ssft_deploy.bundle import load_bundle, sha256_file, write_manifest
 from ssft_deploy.errors import BundleError
-
-model_config_pb2 = pytest.importorskip(
-    "tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc] (Triton's schema)")
-text_format = pytest.importorskip("google.protobuf.text_format")
 
 MODEL = {"arch": "resnet18", "input_size": [64, 32], "mean": [0.485, 0.456, 0.406],
          "std": [0.229, 0.224, 0.225], "shared_dim": 512, "specific_dim": 256,
