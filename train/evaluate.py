@@ -147,14 +147,14 @@ def main(checkpoint_or_bundle, data, dataset, mode, shots, trials, settings, aux
         if not getattr(source, "has_transfer", True):
             click.echo("note: this model has no SSTN; evaluating shared-only features")
             chosen = tuple(s for s in chosen if s == "shared-only") or ("shared-only",)
-        torch.set_grad_enabled(False)
-        if dataset == "sysu":
-            result = evaluate_sysu(source, data, mode=mode, shots=int(shots), trials=trials,
-                                   settings=chosen, aux_sizes=_sizes(aux_sizes), seed=seed,
-                                   affinity=affinity)
-        else:
-            result = evaluate_regdb(source, data, trials=trials, settings=chosen,
-                                    affinity=affinity)
+        with torch.no_grad():  # scoped: the CLI also runs in-process (tests, notebooks)
+            if dataset == "sysu":
+                result = evaluate_sysu(source, data, mode=mode, shots=int(shots), trials=trials,
+                                       settings=chosen, aux_sizes=_sizes(aux_sizes), seed=seed,
+                                       affinity=affinity)
+            else:
+                result = evaluate_regdb(source, data, trials=trials, settings=chosen,
+                                        affinity=affinity)
         result["model"] = str(checkpoint_or_bundle)
         click.echo(format_table(result))
         if out:
