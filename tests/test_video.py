@@ -16,7 +16,6 @@ from ssft_deploy.errors import InputError
 from ssft_deploy.runtime import ReIDRuntime
 from tests.bundle_factory import make_bundle
 
-DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "runs" / "demo" / "bundle"
 EVERY, FRAMES, PEOPLE = 4, 14, 3
 
 
@@ -138,11 +137,3 @@ def test_bad_detections_are_a_clear_error(tmp_path, data, runtime):
     with pytest.raises(InputError, match="cannot open video"):
         run_video_reid(runtime, {"rgb": (tmp_path / "none.avi", data / "rgb.txt"),
                                  "ir": (data / "ir.avi", data / "ir.txt")})
-
-
-@pytest.mark.skipif(not (DEMO_BUNDLE / "manifest.json").exists(),
-                    reason="no demo bundle (make demo writes runs/demo/bundle)")
-def test_demo_bundle_end_to_end(data):
-    with ReIDRuntime.open(DEMO_BUNDLE) as rt:
-        res = run_video_reid(rt, streams(data), every=EVERY, top=PEOPLE)
-    assert len(res["matches"]) == PEOPLE and res["failed_crops"] == 0
