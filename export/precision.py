@@ -40,27 +40,28 @@ def fp32_nodes(model: onnx.ModelProto, fp16_only: tuple[str, ...] | None = None)
             or (fp16_only is not None and n.op_type not in fp16_only)]
 
 
+def _float32_edge(graph: onnx.GraphProto, vi: onnx.ValueInfoProto, output: bool) -> onnx.NodeProto:
+    """Retype graph input/output ``vi`` to float32; the Cast that bridges it to the fp16 inside."""
+    vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    inner = f"{vi.name}__fp16"
+    for node in graph.node:
+        node.input[:] = [inner if n == vi.name else n for n in node.input]
+        if output:
+            node.output[:] = [inner if n == vi.name else n for n in node.output]
+    src, dst, to = (inner, vi.name, TensorProto.FLOAT) if output else \
+        (vi.name, inner, TensorProto.FLOAT16)
+    return helper.make_node("Cast", [src], [dst], to=to, name=f"io_cast_{vi.name}")
+
+
 def float32_io(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give fp16 graph inputs/outputs back their float32 type with a Cast beside each."""
     graph = model.graph
-    casts_in, casts_out = [], []
-    for vi in graph.input:
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
-            vi.type.tensor_type.elem_type = TensorProto.FLOAT
-            inner = f"{vi.name}__fp16"
-            for node in graph.node:
-                node.input[:] = [inner if n == vi.name else n for n in node.input]
-            casts_in.append(helper.make_node("Cast", [vi.name], [inner], to=TensorProto.FLOAT16,
-                                             name=f"io_cast_{vi.name}"))
-    for vi in graph.output:
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
-            vi.type.tensor_type.elem_type = TensorProto.FLOAT
-            inner = f"{vi.name}__fp16"
-            for node in graph.node:
-                node.output[:] = [inner if n == vi.name else n for n in node.output]
-                node.input[:] = [inner if n == vi.name else n for n in node.input]
-            casts_out.append(helper.make_node("Cast", [inner], [vi.name], to=TensorProto.FLOAT,
-                                              name=f"io_cast_{vi.name}"))
+
+    def fp16(vi: onnx.ValueInfoProto) -> bool:
+        return vi.type.tensor_type.elem_type == TensorProto.FLOAT16
+
+    casts_in = [_float32_edge(graph, vi, output=False) for vi in graph.input if fp16(vi)]
+    casts_out = [_float32_edge(graph, vi, output=True) for vi in graph.output if fp16(vi)]
     nodes = casts_in + list(graph.node) + casts_out
     del graph.node[:]
     graph.node.extend(nodes)

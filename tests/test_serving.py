@@ -13,7 +13,6 @@ import pytest
 import tritonclient.http as httpclient
 
 from ssft_deploy.errors import GalleryError
-from ssft_deploy.runtime import ReIDRuntime
 from ssft_deploy.serving.launch import TritonServerProcess, libdir_of, unavailable_reason
 from ssft_deploy.serving.pytriton_server import (
     MODEL_NAMES,
@@ -22,7 +21,7 @@ from ssft_deploy.serving.pytriton_server import (
     load_gallery,
     save_gallery,
 )
-from tests.bundle_factory import make_bundle, reference_extract
+from tests.bundle_factory import reference_extract
 
 REASON = unavailable_reason()
 # `make test` (and so CI) builds .venv-triton: there a missing environment is a failure, not a skip
@@ -31,20 +30,8 @@ needs_triton = pytest.mark.skipif(REASON is not None and not os.environ.get("CI"
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("serving") / "bundle", input_size=(16, 8))
-
-
-@pytest.fixture(scope="module")
-def runtime(bundle):
-    rt = ReIDRuntime.open(bundle, backend="ort-cpu")
-    yield rt
-    rt.close()
-
-
-@pytest.fixture(scope="module")
-def gallery_file(runtime, tmp_path_factory):
-    feats = runtime.extract(list(crops(10, 5)), modality="rgb")
+def gallery_file(tiny_runtime, tmp_path_factory):
+    feats = tiny_runtime.extract(list(crops(10, 5)), modality="rgb")
     path = tmp_path_factory.mktemp("gallery") / "gallery.npz"
     save_gallery(path, feats, pids=np.arange(10) % 5, camids=np.arange(10) % 2)
     return path
@@ -69,8 +56,8 @@ def test_gallery_file_forms_load_alike(gallery_file, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def server(bundle, gallery_file):
-    srv = TritonServerProcess(bundle, max_batch=8, queue_delay_us=20000, gallery=gallery_file,
+def server(tiny_bundle, gallery_file):
+    srv = TritonServerProcess(tiny_bundle, max_batch=8, queue_delay_us=20000, gallery=gallery_file,
                               top=3, start_timeout_s=180)
     with srv:
         yield srv
@@ -110,21 +97,21 @@ def test_ld_library_path_puts_this_python_first():
 
 
 @needs_triton
-def test_served_features_equal_in_process_runtime(server, runtime):
+def test_served_features_equal_in_process_runtime(server, tiny_runtime):
     for modality, seed in (("rgb", 1), ("ir", 2)):
         x = images(3, seed)
         got = infer(server.url, MODEL_NAMES[modality], images=x)
-        want_s, want_p = runtime.extract_array(x, modality)
+        want_s, want_p = tiny_runtime.extract_array(x, modality)
         np.testing.assert_allclose(got["shared"], want_s, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(got["specific"], want_p, rtol=1e-5, atol=1e-5)
         ref_s, _ = reference_extract(x, f"extractor_{modality}")
         np.testing.assert_allclose(got["shared"], ref_s, rtol=1e-4, atol=1e-4)
     # concurrent one-image requests go through Triton's dynamic batcher; rows stay their own
-    xs = np.stack([runtime.preprocess_fn(c) for c in crops(12, 3)])
+    xs = np.stack([tiny_runtime.preprocess_fn(c) for c in crops(12, 3)])
     with ThreadPoolExecutor(12) as pool:
         outs = list(pool.map(lambda i: infer(server.url, "ssft_extract_ir", images=xs[i:i + 1]),
                              range(12)))
-    want = runtime.extract(list(crops(12, 3)), modality="ir")
+    want = tiny_runtime.extract(list(crops(12, 3)), modality="ir")
     np.testing.assert_allclose(np.concatenate([o["shared"] for o in outs]), want.shared,
                                rtol=1e-5, atol=1e-5)
     from tritonclient.utils import InferenceServerException
@@ -141,8 +128,8 @@ def test_served_features_equal_in_process_runtime(server, runtime):
 
 
 @needs_triton
-def test_served_search_equals_in_process_search(server, runtime, gallery_file):
-    query = runtime.extract(list(crops(4, 9)), modality="ir")
+def test_served_search_equals_in_process_search(server, tiny_runtime, gallery_file):
+    query = tiny_runtime.extract(list(crops(4, 9)), modality="ir")
     gallery = load_gallery(gallery_file)
     # The tiny bundle's transfer graph reads idx values (absolute rows of one transfer call), so
     # compare calls of the same query sets: all four in one request, then each on its own.
@@ -153,7 +140,7 @@ def test_served_search_equals_in_process_search(server, runtime, gallery_file):
             server.url, SEARCH_MODEL, shared=query.shared[i:i + 1],
             specific=query.specific[i:i + 1], modality=np.array([[1]], np.int64))))
     for part, out in asked:
-        want = runtime.search(query.take(part), top=3, mode="single-query", gallery=gallery)
+        want = tiny_runtime.search(query.take(part), top=3, mode="single-query", gallery=gallery)
         assert out["pids"].tolist() == [r.pids.tolist() for r in want]
         assert out["entry_ids"].tolist() == [r.entry_ids.tolist() for r in want]
         np.testing.assert_allclose(out["distances"], [r.distances for r in want],
