@@ -6,7 +6,8 @@ Three settings (paper Tables 1, 2, 5):
 - ``"single-query"``: each query propagates with the gallery only (Eq. 22);
 - ``"shared-only"``: shared features, no transfer (the baseline of Table 3).
 
-Distances are Euclidean between L2-normalised features. Features are extracted once per image
+Distances are Euclidean between L2-normalised features, in float64 (float32 rounding creates
+exact ties that reorder rankings against the field's code). Features are extracted once per image
 (cached by path), so trials, settings and the auxiliary-set sweep (Fig. 4) only re-index them.
 """
 
@@ -99,13 +100,13 @@ def make_sstn(source: FeatureSource, affinity: str = "dense") -> SSTN:
 
 
 def distances(sstn: SSTN, setting: str, query: Features, gallery: Features) -> np.ndarray:
-    """Query x gallery distances ``[Q, G]`` in one setting (see the module docstring)."""
+    """Query x gallery float64 distances ``[Q, G]`` in one setting (module docstring)."""
     if setting == "transfer":
-        return sstn.auxiliary_distances(query, gallery)
+        return sstn.auxiliary_distances(query, gallery, dtype=np.float64)
     if setting == "single-query":
-        return sstn.single_query_distances(query, gallery)
+        return sstn.single_query_distances(query, gallery, dtype=np.float64)
     if setting == "shared-only":
-        return l2_distances(query.shared, gallery.shared)
+        return l2_distances(query.shared, gallery.shared, np.float64)
     raise InputError(f"unknown setting {setting!r}: choose from {SETTINGS}")
 
 
@@ -174,14 +175,14 @@ def auxiliary_sweep(sstn: SSTN, query: list[ImageRecord], gallery: list[ImageRec
         rows, cmcs = [], []
         for d in range(1 if n in (1, len(query)) else draws):
             if n == 1:
-                dist = sstn.single_query_distances(qf, gf)
+                dist = sstn.single_query_distances(qf, gf, dtype=np.float64)
             else:
-                dist = np.empty((len(query), len(gallery)), np.float32)
+                dist = np.empty((len(query), len(gallery)), np.float64)
                 perm = np.random.default_rng([seed, 4, n, d]).permutation(len(query))
                 for s in tqdm(range(0, len(perm), n), desc=f"aux n={n} draw {d + 1}",
                               disable=not progress, leave=False):
                     group = np.sort(perm[s:s + n])
-                    dist[group] = sstn.auxiliary_distances(qf.take(group), gf)
+                    dist[group] = sstn.auxiliary_distances(qf.take(group), gf, dtype=np.float64)
             cmc, mAP, mINP = scorer(dist, query, gallery)
             rows.append(_row(cmc, mAP, mINP))
             cmcs.append(cmc)
