@@ -73,6 +73,15 @@ def _run_pool(jobs: list[tuple[str, list[str], Path]], width: int, threads: int)
                        f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.2f})")
 
 
+def _commit() -> str | None:
+    """The git commit of the code that ran (a copy without .git: $SSFT_SOURCE_COMMIT)."""
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("SSFT_SOURCE_COMMIT")
+
+
 def _config(path: Path, overrides: tuple[str, ...], seed: int) -> dict[str, Any]:
     from train.config import load
 
@@ -211,6 +220,7 @@ def main(seeds, seed_list, config_path, overrides, work, out, jobs, threads, tri
     result = {
         **started,
         "command": " ".join(["python", "benchmarks/accuracy.py", *sys.argv[1:]]),
+        "commit": _commit(),
         "config_file": os.path.relpath(config_path, ROOT),
         "overrides": list(overrides),
         "config": {k: v for k, v in configs[seed_values[0]].items() if k != "seed"},
