@@ -209,6 +209,11 @@ def load(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str
                 data = json.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"--config {path} is a folder; give a JSON file "
+                              "(e.g. configs/demo.json)") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
