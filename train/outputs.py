@@ -17,7 +17,8 @@ def _creatable_dir(folder: Path, option: str, what: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise OutputPathError(f"{option} {what}: {folder} exists and is not a folder") from None
+        raise OutputPathError(f"{option} {what}: cannot create folder {folder} (a file of that "
+                              "name exists); choose another path") from None
     except OSError as exc:
         raise OutputPathError(f"{option} {what}: cannot create folder {folder} "
                               f"({exc.strerror or exc}); choose another path") from None
