@@ -10,7 +10,7 @@ threads each) and evaluates each model as ``make demo`` does (all-search, single
 trials). Per seed it keeps the mean over gallery trials; the summary is mean and sample std
 (ddof=1) OVER SEEDS of Rank-1 / mAP / mINP in the transfer, single-query and shared-only settings,
 and of the per-seed gains transfer - shared-only and single-query - shared-only. A finished seed
-(its eval.json exists for the same config) is reused, so an interrupted sweep resumes.
+(its model.pth / eval.json exist for the same config) is reused, so an interrupted sweep resumes.
 """
 
 from __future__ import annotations
@@ -196,15 +196,18 @@ def main(seeds, seed_list, config_path, overrides, work, out, jobs, threads, tri
     runs = {s: work / label / f"seed{s}" for s in seed_values}
     train_jobs, eval_jobs = [], []
     for s, run in runs.items():
-        done = (run / "eval.json").is_file() and _same_config(run, configs[s])
-        if done:
+        same = _same_config(run, configs[s])
+        if same and (run / "eval.json").is_file():
             click.echo(f"seed {s}: reusing {run / 'eval.json'}")
             continue
-        argv = [PY, "-m", "train.cli", "--config", config_path, "--data", data, "--out", run,
-                "--quiet", "--set", f"seed={s}"]
-        for o in overrides:
-            argv += ["--set", o]
-        train_jobs.append((f"train seed {s}", argv, run / "train.log"))
+        if same and (run / "model.pth").is_file():
+            click.echo(f"seed {s}: reusing {run / 'model.pth'}")
+        else:
+            argv = [PY, "-m", "train.cli", "--config", config_path, "--data", data, "--out", run,
+                    "--quiet", "--set", f"seed={s}"]
+            for o in overrides:
+                argv += ["--set", o]
+            train_jobs.append((f"train seed {s}", argv, run / "train.log"))
         eval_jobs.append((f"evaluate seed {s}",
                           [PY, "-m", "train.evaluate", run / "model.pth", "--data", data,
                            *EVAL_ARGS, "--trials", str(trials), "--out", run / "eval.json"],
