@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,8 @@ class Gallery:
         self._dims = None if shared_dim is None else (int(shared_dim), int(specific_dim or 0))
         self._stores: dict[int, _Store] = {}
         self._next_id = 0
+        self._uid = uuid.uuid4().hex  # cache keys of two galleries never collide
+        self._version = 0
 
     # -- contents -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -93,6 +96,12 @@ class Gallery:
     @property
     def dims(self) -> tuple[int, int] | None:
         return self._dims
+
+    @property
+    def version(self) -> int:
+        """Bumped by every add / remove that changes the contents (caches key on it)."""
+        with self._lock:
+            return self._version
 
     def add(self, features: Features, pids: Any, camids: Any, tracks: Any = None,
             meta: Sequence[Any] | None = None) -> np.ndarray:
@@ -126,6 +135,7 @@ class Gallery:
                               "pids": pids[rows], "camids": camids[rows],
                               "tracks": tracks[rows], "ids": ids[rows]},
                              [x for x, r in zip(meta, rows) if r])
+            self._version += 1
             return ids
 
     def remove(self, pids: Any = None, camids: Any = None, entry_ids: Any = None) -> int:
@@ -144,23 +154,31 @@ class Gallery:
                         drop |= np.isin(store.cols[name], values)
                 removed += int(drop.sum())
                 store.keep(~drop)
+            self._version += bool(removed)
         return removed
 
     def entries(self, modality: int | str | None = None) -> tuple[Features, dict[str, np.ndarray]]:
         """A consistent snapshot: Features and columns (pids, camids, tracks, ids) of one modality
         or of all (RGB entries first)."""
+        feats, cols, _ = self._snapshot(modality)
+        return feats, cols
+
+    def _snapshot(self, modality: int | str | None
+                  ) -> tuple[Features, dict[str, np.ndarray], tuple[str, int, int | None]]:
+        """entries() plus the cache key of that snapshot (gallery, version, modality)."""
         with self._lock:
+            key = (self._uid, self._version, None if modality is None else modality_code(modality))
             ms = (0, 1) if modality is None else (modality_code(modality),)
             stores = [(m, self._stores[m]) for m in ms if m in self._stores]
             if self._dims is None:
                 raise GalleryError("the gallery is empty")
             if not stores:
                 return Features.empty(*self._dims), {k: np.zeros(0, np.int64) for k in
-                                                     ("pids", "camids", "tracks", "ids")}
+                                                     ("pids", "camids", "tracks", "ids")}, key
             cat = {k: np.concatenate([s.cols[k] for _, s in stores]) for k in _COLUMNS}
             mod = np.concatenate([np.full(len(s), m, np.int64) for m, s in stores])
         feats = Features(cat.pop("shared"), cat.pop("specific"), mod)
-        return feats, cat
+        return feats, cat, key
 
     def meta(self, entry_ids: Any) -> list[Any]:
         """The meta values of the given entry ids (None where absent)."""
@@ -195,14 +213,14 @@ class Gallery:
         for m, rows in groups:
             if rows.size == 0:
                 continue
-            feats, cols = self.entries(None if m is None else 1 - m)
+            feats, cols, key = self._snapshot(None if m is None else 1 - m)
             q = query.take(rows)
             if len(feats) == 0:
                 dist = np.zeros((len(q), 0), np.float32)
             elif mode == "shared":
                 dist = l2_distances(q.shared, feats.shared)
             elif mode == "single-query":
-                dist = transfer.single_query_distances(q, feats)
+                dist = transfer.single_query_distances(q, feats, cache_key=key)
             else:
                 dist = transfer.auxiliary_distances(q, feats, aux)
             for r, d in zip(rows, dist):
@@ -230,14 +248,15 @@ class Gallery:
         digest = hashlib.sha256()
         head = len(header).to_bytes(8, "little") + header
         digest.update(head)
+        arrays = [a.reshape(-1).view(np.uint8) for a in arrays]  # flat bytes, empty ones too
         for a in arrays:
-            digest.update(memoryview(a).cast("B"))
+            digest.update(a)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC + digest.digest() + head)
                 for a in arrays:
-                    f.write(memoryview(a).cast("B"))
+                    f.write(a)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -7,9 +7,8 @@ all queries (Sec. 4.5, transductive), single query (Eq. 22) and a rolling auxili
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -136,7 +135,7 @@ class SSTN:
         self.transfer_fn, self.k, self.parts = transfer_fn, k, _parts(parts)
         self.affinity, self.affinity_options, self.max_rows = affinity, affinity_options, max_rows
         self._cache_lock = threading.Lock()
-        self._gallery_cache: tuple[bytes, SingleQueryGraph, np.ndarray] | None = None
+        self._gallery_cache: tuple[Hashable, SingleQueryGraph, np.ndarray] | None = None
 
     def neighbours(self, feats: Features) -> tuple[np.ndarray, np.ndarray]:
         """Eq. 6-8 neighbour lists of ``feats`` with this stage's k and method."""
@@ -169,13 +168,15 @@ class SSTN:
         t = self.all_queries(Features.concat(parts + [gallery]))
         return l2_distances(t[:len(query)], t[len(t) - len(gallery):])
 
-    def single_query_distances(self, query: Features, gallery: Features) -> np.ndarray:
+    def single_query_distances(self, query: Features, gallery: Features,
+                               cache_key: Hashable | None = None) -> np.ndarray:
         """Eq. 22: each query propagates with the gallery only -> distances [Q, G]. Queries are
         batched as independent blocks (up to ``max_rows`` rows per ``transfer_fn`` call); the
-        gallery's neighbour lists and padded features are computed once."""
+        gallery's neighbour lists and padded features are computed once per call, and kept for
+        the next call with the same ``cache_key`` (a live gallery passes its version)."""
         if len(gallery) == 0 or len(query) == 0:
             raise InputError("single-query transfer needs at least one query and one gallery sample")
-        graph, z_g = self._gallery_graph(gallery)
+        graph, z_g = self._gallery_graph(gallery, cache_key)
         z_q = self.pad(query)
         size = len(gallery) + 1
         chunk = max(1, self.max_rows // size)
@@ -191,18 +192,18 @@ class SSTN:
             dist[s:s + c] = np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
         return dist
 
-    def _gallery_graph(self, gallery: Features) -> tuple[SingleQueryGraph, np.ndarray]:
-        """Eq. 22's query-independent part, cached for the last gallery seen (by content), so a
-        live gallery that did not change is not re-ranked for every query batch."""
-        h = hashlib.blake2b(digest_size=16)
-        for a in (gallery.shared, gallery.specific, gallery.modality):
-            h.update(memoryview(a).cast("B"))
-        key = h.digest()
+    def _gallery_graph(self, gallery: Features, key: Hashable | None
+                       ) -> tuple[SingleQueryGraph, np.ndarray]:
+        """Eq. 22's query-independent part, cached for the last ``key`` seen (a gallery's
+        identity and version, bumped on every add / remove), so a live gallery that did not change
+        is not re-ranked for every query batch; no key, no cache."""
         with self._cache_lock:
-            if self._gallery_cache is not None and self._gallery_cache[0] == key:
+            if key is not None and self._gallery_cache is not None and \
+                    self._gallery_cache[0] == key:
                 return self._gallery_cache[1], self._gallery_cache[2]
         graph = SingleQueryGraph(gallery, *self.neighbours(gallery), self.k)
         z_g = self.pad(gallery)
-        with self._cache_lock:
-            self._gallery_cache = (key, graph, z_g)
+        if key is not None:
+            with self._cache_lock:
+                self._gallery_cache = (key, graph, z_g)
         return graph, z_g
