@@ -84,3 +84,49 @@ def test_writers_and_a_searcher_share_one_local_store(tmp_path):
     assert int(out) >= 5
     assert removes == 3 * 4 * 2
     assert len(open_gallery(path, DIMS)) == adds - removes
+
+
+KILLED = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    import numpy as np
+    from ssft_deploy.features import Features
+    from ssft_deploy.gallery import open_gallery
+    g = open_gallery(sys.argv[1], {dims!r})
+    rng = np.random.default_rng(1)
+    def fsync(fd):                       # stop for good inside the write, before the rename
+        print("in-write", flush=True)
+        time.sleep(60)
+    os.fsync = fsync
+    g.add(Features(rng.standard_normal((50, {ds})), rng.standard_normal((50, {dp})), 0),
+          pids=np.arange(50), camids=1)
+""")
+
+
+def test_a_writer_killed_mid_batch_leaves_none_of_it(tmp_path):
+    import os
+    import signal
+
+    import numpy as np
+
+    from ssft_deploy.features import Features
+
+    path = tmp_path / "g.gallery"
+    g = open_gallery(path, DIMS)
+    rng = np.random.default_rng(0)
+    g.add(Features(rng.standard_normal((5, 16)), rng.standard_normal((5, 8)), 1), pids=np.arange(5),
+          camids=1)
+    script = tmp_path / "k.py"
+    script.write_text(KILLED.format(root=str(ROOT), dims=DIMS, ds=DIMS[0], dp=DIMS[1]))
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "in-write"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    again = open_gallery(path, DIMS)                         # the lock died with the writer
+    assert len(again) == 5 and len(g) == 5
+    again.add(Features(rng.standard_normal((1, 16)), rng.standard_normal((1, 8)), 0), pids=[9],
+              camids=1)
+    assert len(g) == 6                                       # the other handle sees the write
