@@ -28,12 +28,20 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (SYSU_GALLERY, SYSU_QUERY, check_target,  # noqa: E402
-                               format_table, header, int_list, plot_series, write_json)
-from ssft_deploy.features import Features  # noqa: E402
-from ssft_deploy.gallery import Gallery, open_gallery, twostage  # noqa: E402
-from ssft_deploy.metrics.ranking import eval_sysu  # noqa: E402
-from ssft_deploy.transfer import SSTN, propagate  # noqa: E402
+from benchmarks.common import (
+    SYSU_GALLERY,
+    SYSU_QUERY,
+    check_target,
+    format_table,
+    header,
+    int_list,
+    plot_series,
+    write_json,
+)
+from ssft_deploy.features import Features
+from ssft_deploy.gallery import Gallery, open_gallery, twostage
+from ssft_deploy.metrics.ranking import eval_sysu
+from ssft_deploy.transfer import SSTN, propagate
 
 K, TOP = 4, 10
 
@@ -223,10 +231,11 @@ def main(out, trials, shortlists, sizes, milvus_sizes, dims, queries, milvus_que
              f"{v.get('d_mAP', 0):+.2f}"] for k, v in acc.items()]))
     points = [("local", n) for n in sizes] + [("milvus-lite", n) for n in milvus_sizes]
     for store, n in points:
-        cmd = [sys.executable, __file__, "--point", f"{'local' if store == 'local' else 'milvus'}"
-               f":{n}", "--dims", f"{ds},{dp}", "--shortlist", str(m),
+        kind = "local" if store == "local" else "milvus"
+        cmd = [sys.executable, __file__, "--point", f"{kind}:{n}", "--dims", f"{ds},{dp}",
+               "--shortlist", str(m),
                "--queries", str(queries if store == "local" else milvus_queries)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             res["scale"].append({"store": store, "n": n, "error": proc.stderr[-2000:]})
             click.echo(f"{store} {n}: failed: {proc.stderr[-500:]}", err=True)

@@ -11,6 +11,7 @@ a row is written whole, so a search never sees half an entry.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -48,7 +49,7 @@ def connect(uri: str, token: str | None, timeout_s: float) -> Any:
             client = MilvusClient(uri=uri, token=token or "", timeout=max(1.0, timeout_s / 4))
             client.list_collections()
             return client
-        except Exception as exc:  # noqa: BLE001 - pymilvus raises several unrelated types
+        except Exception as exc:
             left = timeout_s - (time.monotonic() - start)
             if left <= delay:
                 raise GalleryError(f"cannot reach Milvus at {uri} after {tries} tries in "
@@ -78,7 +79,7 @@ class MilvusGallery(GalleryStore):
         except GalleryError:
             self.close()
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.close()
             raise GalleryError(f"Milvus at {uri}: cannot open collection {collection}: {exc}"
                                ) from exc
@@ -124,7 +125,7 @@ class MilvusGallery(GalleryStore):
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise GalleryError(f"Milvus at {self.uri} failed to {what}: {exc}") from exc
 
     def _bump(self) -> None:
@@ -221,10 +222,8 @@ class MilvusGallery(GalleryStore):
     def close(self) -> None:
         client, self._client = getattr(self, "_client", None), None
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a dead connection is not an error
                 client.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection is not an error
-                pass
 
 
 _ALL = ["id", "shared", "specific", "modality", "pid", "camid", "track", "ts", "meta"]

@@ -17,6 +17,8 @@ index. Stage two runs the SSTN on a subgraph only:
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 from ssft_deploy.affinity.common import unit
@@ -137,6 +139,6 @@ def _run_blocks(transfer: SSTN, blocks: list) -> list[np.ndarray]:
         idx = np.concatenate([b[1] + o for b, o in zip(blocks[i:j], offs)])
         w = np.concatenate([b[2] for b in blocks[i:j]])
         t = transfer.run(z, idx, w)
-        out += [t[a:b] for a, b in zip(offs[:-1], offs[1:])]
+        out += [t[a:b] for a, b in pairwise(offs)]
         i = j
     return out
