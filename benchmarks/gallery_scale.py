@@ -188,14 +188,18 @@ def scale_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, seed
             "shortlist_recall": recall, "loadavg": os.getloadavg()}
 
 
-def shortlist_recall(g, q: Features, m: int) -> float:
-    """Stage one's shortlist against exact k-NN (brute force over all shared features)."""
+def shortlist_recall(g, q: Features, m: int, chunk: int = 16) -> float:
+    """Stage one's shortlist against exact k-NN (brute force over all shared features, in query
+    chunks so 1M entries stay within memory)."""
     feats, cols = g.entries("rgb")
     base = _unit(feats.shared)
-    qs = _unit(q.shared)
-    exact = np.argsort(-(qs @ base.T), axis=1)[:, :m]
+    del feats
     got = g.knn(q.shared, "shared", "rgb", m)
-    hits = sum(len(np.intersect1d(cols["ids"][e], s)) for e, s in zip(exact, got))
+    hits = 0
+    for s in range(0, len(q), chunk):
+        sim = _unit(q.shared[s:s + chunk]) @ base.T
+        exact = np.argpartition(-sim, m - 1, axis=1)[:, :m]
+        hits += sum(len(np.intersect1d(cols["ids"][e], f)) for e, f in zip(exact, got[s:]))
     return hits / (m * len(q))
 
 
@@ -213,9 +217,10 @@ def shortlist_recall(g, q: Features, m: int) -> float:
               help="single queries per Milvus Lite point (its searches take seconds here)")
 @click.option("--shortlist", "m", default=100, show_default=True)
 @click.option("--skip-accuracy", is_flag=True)
+@click.option("--no-milvus", is_flag=True, help="local store only")
 @click.option("--point", default=None, hidden=True, help="STORE:N (internal: one scale point)")
 def main(out, trials, shortlists, sizes, milvus_sizes, dims, queries, milvus_queries, m,
-         skip_accuracy, point):
+         skip_accuracy, no_milvus, point):
     """Two-stage gallery search: accuracy vs full SSTN, and scale (JSON + plot)."""
     ds, dp = dims
     if point:
@@ -229,7 +234,8 @@ def main(out, trials, shortlists, sizes, milvus_sizes, dims, queries, milvus_que
         click.echo(format_table(["search", "Rank-1", "mAP", "dRank-1", "dmAP"], [
             [k, f"{v['rank1']:.2f}", f"{v['mAP']:.2f}", f"{v.get('d_rank1', 0):+.2f}",
              f"{v.get('d_mAP', 0):+.2f}"] for k, v in acc.items()]))
-    points = [("local", n) for n in sizes] + [("milvus-lite", n) for n in milvus_sizes]
+    points = [("local", n) for n in sizes] + [("milvus-lite", n) for n in
+                                              ([] if no_milvus else milvus_sizes)]
     for store, n in points:
         kind = "local" if store == "local" else "milvus"
         cmd = [sys.executable, __file__, "--point", f"{kind}:{n}", "--dims", f"{ds},{dp}",
