@@ -99,7 +99,7 @@ def gate_variants(bundle: Bundle, reference: Reference, data: HeldOut,
         ref = run_stages(reference.extract, reference.transfer, data, bundle.k,
                          bundle.transfer_parts)
         r_ref = ranking(ref, data)
-    except Exception as exc:  # noqa: BLE001  (any failure of the reference stops the gate)
+    except Exception as exc:
         raise GateError(f"the parity gate's reference ({reference.name}) failed on the held-out "
                         f"images: {exc}; nothing was recorded") from exc
     common = {"reference": {"name": reference.name, **_finite(r_ref)},
@@ -113,7 +113,7 @@ def gate_variants(bundle: Bundle, reference: Reference, data: HeldOut,
             judged = _judge_variant(bundle, v, ref, reference, data)
         except GateError:
             raise
-        except Exception as exc:  # noqa: BLE001  (a gate that breaks midway records nothing)
+        except Exception as exc:
             raise GateError(f"the parity gate stopped while checking variant {v!r}: {exc!r}; "
                             "nothing was recorded and no bundle was published") from exc
         records[v] = {**judged, "precision": reg.spec(v).precision,

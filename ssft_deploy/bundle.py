@@ -13,7 +13,6 @@ fix it (re-export, re-verify).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -22,16 +21,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ssft_deploy.bundle_io import durable_rename, durable_unlink, durable_write, inside
+from ssft_deploy.bundle_io import (  # noqa: F401  (the manifest writers are part of this API)
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    STAGING_NAME,
+    inside,
+    publish_manifest,
+    unpublish_manifest,
+    write_manifest,
+)
 from ssft_deploy.bundle_io import read_manifest as _read_manifest
 from ssft_deploy.errors import BundleError
 from ssft_deploy.verdicts import gate_record, reverify_hint, ungated_reason
 
 log = logging.getLogger("ssft_deploy.bundle")
 
-MANIFEST_FORMAT = "ssft-bundle/1"
-MANIFEST_NAME = "manifest.json"
-STAGING_NAME = "manifest.staging.json"  # written before the gate has run: never loaded
 GRAPHS = ("extractor_rgb", "extractor_ir", "transfer")
 REEXPORT = "re-export with ssft-export"
 REBUILD_TRT = "rebuild with ssft-export --trt on this machine"
@@ -44,37 +48,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_manifest(bundle_dir: str | os.PathLike, manifest: Mapping[str, Any], *,
-                   staging: bool = False) -> Path:
-    """Write ``manifest.json`` (or, with ``staging``, ``manifest.staging.json``) durably: temporary
-    file, fsync, rename, fsync of the folder. Returns its path.
-
-    A missing ``format`` is filled in; another format string is refused.
-    """
-    root = Path(bundle_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    data = dict(manifest)
-    data.setdefault("format", MANIFEST_FORMAT)
-    if data["format"] != MANIFEST_FORMAT:
-        raise BundleError(f"manifest format {data['format']!r} is not {MANIFEST_FORMAT!r}")
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    return durable_write(root / (STAGING_NAME if staging else MANIFEST_NAME),
-                         text.encode("utf-8"))
-
-
-def publish_manifest(bundle_dir: str | os.PathLike) -> Path:
-    """Rename the staged manifest to ``manifest.json`` (durably): the bundle's last write."""
-    root = Path(bundle_dir)
-    if not (root / STAGING_NAME).is_file():
-        raise BundleError(f"no staged manifest in {root} to publish")
-    return durable_rename(root / STAGING_NAME, root / MANIFEST_NAME)
-
-
-def unpublish_manifest(bundle_dir: str | os.PathLike) -> None:
-    """Remove ``manifest.json`` (durably) before a bundle's files are rewritten in place."""
-    durable_unlink(Path(bundle_dir) / MANIFEST_NAME)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ import numpy as np
 
 from ssft_deploy.errors import BundleError
 
+MANIFEST_FORMAT = "ssft-bundle/1"
+MANIFEST_NAME = "manifest.json"
+STAGING_NAME = "manifest.staging.json"  # written before the gate has run: never loaded
 MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is ~10-30 KB
 MAX_MANIFEST_DEPTH = 32       # a real manifest nests 6 levels
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -116,3 +120,34 @@ def read_manifest(path: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"{path} is not readable JSON ({exc}); re-export with "
                           "ssft-export") from exc
+
+
+def write_manifest(bundle_dir: str | os.PathLike, manifest: Mapping[str, Any], *,
+                   staging: bool = False) -> Path:
+    """Write ``manifest.json`` (or, with ``staging``, ``manifest.staging.json``) durably: temporary
+    file, fsync, rename, fsync of the folder. Returns its path.
+
+    A missing ``format`` is filled in; another format string is refused.
+    """
+    root = Path(bundle_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    data = dict(manifest)
+    data.setdefault("format", MANIFEST_FORMAT)
+    if data["format"] != MANIFEST_FORMAT:
+        raise BundleError(f"manifest format {data['format']!r} is not {MANIFEST_FORMAT!r}")
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return durable_write(root / (STAGING_NAME if staging else MANIFEST_NAME),
+                         text.encode("utf-8"))
+
+
+def publish_manifest(bundle_dir: str | os.PathLike) -> Path:
+    """Rename the staged manifest to ``manifest.json`` (durably): the bundle's last write."""
+    root = Path(bundle_dir)
+    if not (root / STAGING_NAME).is_file():
+        raise BundleError(f"no staged manifest in {root} to publish")
+    return durable_rename(root / STAGING_NAME, root / MANIFEST_NAME)
+
+
+def unpublish_manifest(bundle_dir: str | os.PathLike) -> None:
+    """Remove ``manifest.json`` (durably) before a bundle's files are rewritten in place."""
+    durable_unlink(Path(bundle_dir) / MANIFEST_NAME)

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from export import parity
 from export.cli import main as cli_main
 from export.errors import ExportError
-from export.thresholds import THRESHOLDS
 from export.images import held_out_images
 from export.onnx_graphs import export_extractor, op_counts
+from export.thresholds import THRESHOLDS
 from ssft_deploy.bundle import load_bundle, sha256_file
 from ssft_deploy.engines import open_engine
 from ssft_deploy.errors import BundleError

@@ -80,9 +80,9 @@ def test_ungated_bundle_is_refused_until_verified(tmp_path, caplog):
         ReIDRuntime.open(root, backend="ort-cpu")
     with pytest.raises(BundleError, match="not been through the parity gate"):
         open_engine(root, "transfer", backend="ort-cpu")
-    with caplog.at_level(logging.WARNING, logger="ssft_deploy.bundle"):
-        with ReIDRuntime.open(root, backend="ort-cpu", allow_ungated=True) as rt:
-            assert rt.extract_array(np.zeros((2, 3, 16, 8), np.float32), "ir")[0].shape[0] == 2
+    with (caplog.at_level(logging.WARNING, logger="ssft_deploy.bundle"),
+          ReIDRuntime.open(root, backend="ort-cpu", allow_ungated=True) as rt):
+        assert rt.extract_array(np.zeros((2, 3, 16, 8), np.float32), "ir")[0].shape[0] == 2
     assert any("no pass verdict" in r.getMessage() for r in caplog.records)
     assert gate(root)["fp32"]["verdict"] == "pass"
     assert load_bundle(root).passed_variants() == ["fp32"]
