@@ -24,8 +24,7 @@ GRAPHS = reg.GRAPHS
 
 @dataclass
 class ExportOptions:
-    """What ``ssft-export`` builds (see its --help). ``also``: registry variants that reuse graph
-    files the export writes anyway (e.g. an OpenVINO ``bf16`` variant on the fp32 graphs)."""
+    """What ``ssft-export`` builds (see its --help)."""
 
     fp16: bool = False
     int8: bool = False
@@ -39,7 +38,6 @@ class ExportOptions:
     exporter: str = DEFAULT_EXPORTER
     verify: bool = True
     verify_data: str | None = None
-    also: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
 
 
@@ -97,12 +95,6 @@ def export_onnx_variants(model: Any, out: Path, info: dict, opts: ExportOptions,
         for g in reg.EXTRACTORS:
             variants["int8"][g].update(calibration="train split",
                                        activations=opts.int8_activations)
-    for name in opts.also:
-        missing = [f for f in reg.spec(name).files.values() if not (out / f).is_file()]
-        if missing:
-            raise ExportError(f"variant {name!r} reuses {missing}, which this export did not "
-                              "write; add the option that writes them")
-        variants[name] = reg.manifest_entries(out, name)
     return variants
 
 
