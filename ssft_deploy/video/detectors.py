@@ -53,7 +53,8 @@ class MotionDetector:
     flatter than that (people side by side) is split into ``round(w * person_aspect / h)`` equal
     columns (flat blobs under ``2 * min_height`` are dropped as fragments). The score is the
     blob's foreground fill ratio. The first ``warmup`` frames only
-    train the background model (no detections)."""
+    train the background model (no detections) at MOG2's automatic rate; after them it learns
+    at ``1 / history`` per frame, so people who stand still stay foreground for a while."""
 
     def __init__(self, history: int = 300, var_threshold: float = 16.0, min_area: int = 400,
                  min_height: int = 24, aspect: tuple[float, float] = (1.0, 5.0),
@@ -62,11 +63,14 @@ class MotionDetector:
                                                              detectShadows=False)
         self.min_area, self.min_height = int(min_area), int(min_height)
         self.aspect, self.person_aspect = aspect, float(person_aspect)
-        self.warmup, self.seen = int(warmup), 0
+        self.warmup, self.seen, self.history = int(warmup), 0, int(history)
         self.kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel, kernel))
 
     def __call__(self, frame: np.ndarray, index: int = 0) -> Detections:
-        mask = self.subtractor.apply(frame)
+        # MOG2's automatic rate is 1/n for the first n < history frames: that would absorb a
+        # person standing still within a few frames; after the warm-up, learn at 1/history.
+        rate = -1.0 if self.seen < self.warmup else 1.0 / self.history
+        mask = self.subtractor.apply(frame, learningRate=rate)
         self.seen += 1
         if self.seen <= self.warmup:
             return Detections.empty()

@@ -135,7 +135,7 @@ class VideoPipeline:
                                   self.cfg.max_frames, self.cfg.loop)
             gallery = self.associator.is_gallery(Tracklet(spec.name, i, spec.modality, 0, 0, 0))
             book = TrackletBook(spec.name, i, spec.modality, self._submit, self.ledger,
-                                self.cfg.sampling, self.cfg.lost_frames,
+                                self.cfg.sampling, self.cfg.every, self.cfg.lost_frames,
                                 self.associator.new_identity if gallery else None)
             self.cameras.append(_Camera(spec, i, reader, detectors[spec.name], book,
                                         ByteTracker(lost_frames=self.cfg.lost_frames)))

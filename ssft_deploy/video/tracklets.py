@@ -29,9 +29,8 @@ from ssft_deploy.features import Features, modality_code
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Sampling and quality filters (pixels; ``aspect`` is height / width)."""
+    """Quality filters and picture size (pixels; ``aspect`` is height / width)."""
 
-    every: int = 5
     min_height: int = 32
     aspect: tuple[float, float] = (1.0, 5.0)
     border: int = 2
@@ -166,11 +165,12 @@ class TrackletBook:
     and hand out tracklets whose track was lost for more than ``lost_frames``."""
 
     def __init__(self, camera: str, camera_index: int, modality: str, submit: Submit,
-                 ledger: Ledger, cfg: SamplingConfig = SamplingConfig(), lost_frames: int = 30,
-                 new_identity: Callable[[], int] | None = None) -> None:
+                 ledger: Ledger, cfg: SamplingConfig = SamplingConfig(), every: int = 5,
+                 lost_frames: int = 30, new_identity: Callable[[], int] | None = None) -> None:
         self.camera, self.camera_index, self.modality = camera, camera_index, modality
         self.submit, self.ledger, self.cfg = submit, ledger, cfg
-        self.lost_frames, self.new_identity = int(lost_frames), new_identity
+        self.every, self.lost_frames = max(1, int(every)), int(lost_frames)
+        self.new_identity = new_identity
         self.live: dict[int, Tracklet] = {}
         self._last_try: dict[int, int] = {}
         self._lock = threading.Lock()
@@ -190,7 +190,7 @@ class TrackletBook:
                     t.identity = self.new_identity()
             t.last_frame, t.last_time, t.boxes = index, time_s, t.boxes + 1
             last = self._last_try.get(tid)
-            if last is not None and index - last < self.cfg.every:
+            if last is not None and index - last < self.every:
                 continue
             self._last_try[tid] = index
             self.ledger.add("sampled")
