@@ -10,6 +10,7 @@ stops the cameras, ends the open tracks, and flushes everything before exiting.
 
 from __future__ import annotations
 
+import glob
 import json
 import signal
 import sys
@@ -83,6 +84,9 @@ def main(bundle, cameras, out, detector, stretch, live, every, gallery_modality,
                 raise InputError(f"--live {name!r}: not one of the cameras {names}")
         specs = [CameraSpec.parse(c, stretches.get(s.name), True if s.name in live else None)
                  for c, s in zip(cameras, specs)]
+        for s in specs:
+            if "://" not in s.source and not glob.glob(s.source):
+                raise InputError(f"camera {s.name}: {s.source} does not exist")
         cfg = PipelineConfig(every=every, gallery_modality=gallery_modality, mode=mode,
                              top=top, max_distance=max_distance, lost_frames=lost_frames,
                              reid=reid, max_frames=max_frames)

@@ -57,7 +57,7 @@ class MotionDetector:
     at ``1 / history`` per frame, so people who stand still stay foreground for a while."""
 
     def __init__(self, history: int = 300, var_threshold: float = 16.0, min_area: int = 400,
-                 min_height: int = 24, aspect: tuple[float, float] = (1.0, 5.0),
+                 min_height: int = 24, aspect: tuple[float, float] = (1.2, 5.0),
                  person_aspect: float = 2.0, warmup: int = 5, kernel: int = 3) -> None:
         self.subtractor = cv2.createBackgroundSubtractorMOG2(history, var_threshold,
                                                              detectShadows=False)

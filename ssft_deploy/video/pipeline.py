@@ -327,6 +327,8 @@ class VideoPipeline:
                 bar.close()
         for cam in self.cameras:
             cam.reader.thread.join(5)
+        for cam in self.cameras:
+            self.clock.add("read", cam.reader.read_seconds)
         summary = self.summary(time.perf_counter() - t_start, interrupted)
         if self.output is not None:
             self.output.tracks(summary)
