@@ -95,6 +95,21 @@ def pick_queries(dist: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, n: in
     return ranked[::-1][:n], ranked[:n]
 
 
+def eval_rankings(source, root: str | Path, n: int, out_dir: str | Path, dataset: str = "sysu",
+                  setting: str = "transfer", mode: str = "all", shots: int = 1, seed: int = 0,
+                  affinity: str = "dense") -> list[Path]:
+    """``ssft-eval --visrank N``: trial 0 of the protocol (SYSU-MM01, or RegDB visible to
+    thermal, trial 1) in ``setting``, then :func:`eval_pictures` of its N worst and N best."""
+    from ssft_deploy.datasets import regdb, sysu
+    from ssft_deploy.evaluation import FeatureCache, distances, make_sstn
+
+    query, gallery = (sysu.test_trial(root, mode, shots, 0, seed) if dataset == "sysu"
+                      else regdb.test_trial(root, 1, "v2t"))
+    feats = FeatureCache(source)
+    dist = distances(make_sstn(source, affinity), setting, feats(query), feats(gallery))
+    return eval_pictures(dist, query, gallery, n, out_dir)
+
+
 def eval_pictures(dist: np.ndarray, query: Sequence, gallery: Sequence, n: int,
                   out_dir: str | Path, top: int = 10) -> list[Path]:
     """Pictures of the ``n`` worst and ``n`` best queries of an evaluation (``query`` /
