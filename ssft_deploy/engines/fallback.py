@@ -53,11 +53,11 @@ def unlimited_fallback(bundle: Bundle, graph: str, precision: str, primary: Engi
     if primary.max_batch is None:
         return None
     reasons = []
+    opts = {"intra_op_threads": intra_op_threads, "device_id": device_id}
     for cls in (OrtCudaEngine, OrtCpuEngine):
         for prec in dict.fromkeys((precision, "fp32")):
             reason = _usable(bundle, graph, cls, prec)
             if reason is None:
-                opts = {"intra_op_threads": intra_op_threads, "device_id": device_id}
                 return LazyEngine(lambda c=cls, p=prec: open_engine(bundle, graph, p, c.name,
                                                                     **opts),
                                   f"{cls.name} {graph} {prec} ({os.fspath(bundle.root)})")
