@@ -144,7 +144,7 @@ def add_trt_variant(bundle_dir: str | os.PathLike, precision: str = "fp16", *,
     b = load_bundle(bundle_dir)
     for graph in b.variants.get(precision, {}):
         b.file(graph, precision)  # hash-check every source graph before building
-    built = build_variants(b.root, b.variants, max_batch=max_batch, max_n=max_n,
+    built = build_variants(b.root, b.manifest["variants"], max_batch=max_batch, max_n=max_n,
                            workspace_bytes=workspace_bytes, only=(precision,))
     if not built.get(f"trt-{precision}"):
         raise EngineError(f"bundle {b.root} has no {precision!r} graphs TensorRT can build from")
