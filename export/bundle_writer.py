@@ -17,6 +17,7 @@ from export.onnx_graphs import DEFAULT_EXPORTER, export_extractor, export_transf
 from export.precision import TRANSFER_FP16_OPS, convert_fp16
 from ssft_deploy.bundle import STAGING_NAME, unpublish_manifest, write_manifest
 from ssft_deploy.bundle_io import durable_unlink
+from ssft_deploy.engines.trt_build import TRANSFER_MAX_ROWS
 from ssft_deploy.preprocess import Preprocessor
 
 GRAPHS = reg.GRAPHS
@@ -34,7 +35,7 @@ class ExportOptions:
     trt: bool = False
     workspace: int = 4 << 30
     max_batch: int = 64
-    max_n: int = 4096
+    max_n: int = TRANSFER_MAX_ROWS
     exporter: str = DEFAULT_EXPORTER
     verify: bool = True
     verify_data: str | None = None
