@@ -283,6 +283,8 @@ def main(bundle: str, host: str, allow_remote: bool, http_port: int, grpc_port: 
         click.echo(f"error: {exc}; run the server in the PyTriton environment "
                    "(make triton-setup, then .venv-triton/bin/python)", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:      # SIGINT / SIGTERM before serving began: nothing to keep
+        pass
 
 
 if __name__ == "__main__":
