@@ -7,8 +7,9 @@ the matching libpython; ``PYTHONPATH`` gets this checkout so the server imports 
 
 The server runs in its own session: ``stop`` (also on SIGTERM / SIGINT / SIGHUP of ``ssft-serve``)
 ends all of it (tritonserver, its Python backend stubs) and removes the private folder holding
-the admin token (mode 0600, see ``security``). If the launcher itself is killed, the kernel
-sends the server SIGTERM (``PR_SET_PDEATHSIG``), which stops it cleanly.
+the admin token (mode 0600, see ``security``). With ``stop_with_parent`` (``ssft-serve`` sets it)
+the kernel sends the server SIGTERM when the thread that started it dies (``PR_SET_PDEATHSIG``),
+so even a killed launcher leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class TritonServerProcess:
                  ports: tuple[int, int, int] | None = None, python: Path | None = None,
                  max_batch: int = 32, queue_delay_us: int = 2000, precision: str = "fp32",
                  backend: str = "auto", gallery: str | os.PathLike | None = None,
-                 top: int = 10, start_timeout_s: float = 120.0, allow_remote: bool = False):
+                 top: int = 10, start_timeout_s: float = 120.0, allow_remote: bool = False,
+                 stop_with_parent: bool = False):
         check_host(host, allow_remote)
         self.bundle, self.host = str(bundle), host
         self.http_port, self.grpc_port, self.metrics_port = ports or free_ports(3, host)
@@ -119,6 +121,7 @@ class TritonServerProcess:
             self.args.append("--allow-remote")
         self.models = [*MODELS, *(["ssft_search"] if gallery is not None else [])]
         self.start_timeout_s = start_timeout_s
+        self.stop_with_parent = stop_with_parent
         # for the restricted endpoints (statistics, ...): headers={TOKEN_HEADER: token}; the
         # token lives in a 0600 file in a 0700 folder of our own, removed by stop()
         self.private_dir = Path(tempfile.mkdtemp(prefix="ssft-serve-"))
@@ -138,7 +141,9 @@ class TritonServerProcess:
         ld = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
         env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir_of(self.python), *ld])
         env[TOKEN_FILE_ENV] = str(self.token_file)     # a path: the token itself stays off argv
-        env[PARENT_ENV] = str(os.getpid())            # the server stops when we die
+        env.pop(PARENT_ENV, None)
+        if self.stop_with_parent:
+            env[PARENT_ENV] = str(os.getpid())        # the server stops when we die
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
         return env
@@ -272,7 +277,8 @@ def main(bundle: str, host: str, allow_remote: bool, http_port: int, grpc_port: 
     try:
         srv = TritonServerProcess(bundle, host=host, ports=(http_port, grpc_port, metrics_port),
                                   max_batch=max_batch, queue_delay_us=queue_delay_us,
-                                  precision=precision, gallery=gallery, allow_remote=allow_remote)
+                                  precision=precision, gallery=gallery, allow_remote=allow_remote,
+                                  stop_with_parent=True)
         srv.start()
         click.echo(json.dumps({"http": f"http://{srv.url}", "grpc": srv.grpc_port,
                                "models": srv.models, "log": srv.log.name,
