@@ -51,9 +51,9 @@ def header_size(data: bytes | np.ndarray, name: str, limit: int) -> tuple[int, i
                 else "a limit this high also needs PIL.Image.MAX_IMAGE_PIXELS raised")
         raise InputError(f"image {name} has more than {pil_limit} pixels, over the limit of "
                          f"{min(limit, pil_limit)} ({hint})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"cannot read the header of image {name}: not a readable image file "
-                         f"(corrupt, empty or an unsupported format: {exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InputError(f"cannot decode image {name}: not a readable image file (corrupt, "
+                         "truncated or of an unsupported format)") from None
 
 
 def decode_image(data: bytes | np.ndarray, name: str, max_pixels: int | None = None
