@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ssft_deploy.errors import ConfigError, EngineError, InputError, QueueFullError, SSFTError
+from ssft_deploy.frames import Stretch, to_uint8
+from ssft_deploy.preprocess import clip_box
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -92,21 +94,9 @@ def _modality_name(modality: str | int) -> str:
 
 
 def crop_box(frame: np.ndarray, box: Sequence[float]) -> np.ndarray:
-    """Crop an ``(x, y, w, h)`` box from an HxWxC frame, clipped to the frame; InputError if empty."""
-    if frame.ndim != 3:
-        raise InputError(f"a frame must be HxWxC, got shape {list(frame.shape)}")
-    try:
-        x, y, w, h = (float(v) for v in box)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"a box must be 4 numbers (x, y, w, h), got {box!r}") from exc
-    if not all(np.isfinite([x, y, w, h])):
-        raise InputError(f"box {box!r} has a non-finite value")
-    x0, y0 = max(round(x), 0), max(round(y), 0)
-    x1 = min(round(x + w), frame.shape[1])
-    y1 = min(round(y + h), frame.shape[0])
-    if x1 - x0 < 2 or y1 - y0 < 2:
-        raise InputError(f"box {box!r} is degenerate or outside the {frame.shape[1]}x"
-                         f"{frame.shape[0]} frame")
+    """Crop an ``(x, y, w, h)`` box from an 8-bit frame (``ssft_deploy.frames``), clipped to
+    the frame; InputError if empty."""
+    x0, y0, x1, y1 = clip_box(box, frame.shape[1], frame.shape[0])
     return frame[y0:y1, x0:x1]
 
 
@@ -283,16 +273,24 @@ class FrameBatcher:
 
     def submit_boxes(self, frame: np.ndarray, boxes: Sequence[Sequence[float]],
                      camera_id: Hashable = None, modality: str | int = "rgb",
-                     tags: Sequence[Any] | None = None) -> list[Future]:
-        """Queue every ``(x, y, w, h)`` box of a frame; one future per box, in order."""
-        frame = np.asarray(frame)
+                     tags: Sequence[Any] | None = None,
+                     stretch: Stretch | str | None = None) -> list[Future]:
+        """Queue every ``(x, y, w, h)`` box of a frame; one future per box, in order. Frames
+        follow ``ssft_deploy.frames`` (BGR, grey, or 16-bit / float mapped by ``stretch``); a
+        bad frame fails every box's future."""
         tags = list(tags) if tags is not None else [None] * len(boxes)
         if len(tags) != len(boxes):
             raise InputError(f"{len(boxes)} boxes but {len(tags)} tags")
+        try:
+            frame8: np.ndarray | InputError = to_uint8(np.asarray(frame), stretch)
+        except InputError as exc:
+            frame8 = exc
         crops: list[Any] = []
         for box in boxes:
             try:
-                crops.append(crop_box(frame, box))
+                if isinstance(frame8, InputError):
+                    raise frame8
+                crops.append(crop_box(frame8, box))
             except InputError as exc:
                 crops.append(exc)
         return self._submit_many(crops, camera_id, modality, tags)
