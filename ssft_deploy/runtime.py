@@ -74,12 +74,13 @@ class ReIDRuntime:
     def open(cls, bundle: str | os.PathLike | Bundle, precision: str = "fp32",
              backend: str = "auto", affinity: str = "auto", *, max_batch: int = 32,
              intra_op_threads: int | None = None, device_id: int = 0, rolling_size: int = 300,
-             gallery: Gallery | None = None) -> ReIDRuntime:
+             gallery: Gallery | None = None, allow_ungated: bool = False) -> ReIDRuntime:
         """Load and verify ``bundle``, open both extractors and the transfer graph.
 
         The transfer graph falls back to fp32 when the bundle has none at ``precision``.
+        Variants without a pass verdict of the parity gate are refused unless ``allow_ungated``.
         """
-        b = load_bundle(bundle)
+        b = load_bundle(bundle, allow_ungated=allow_ungated)
         opts = {"intra_op_threads": intra_op_threads, "device_id": device_id}
         extractors = {m: open_engine(b, g, precision, backend, **opts)
                       for m, g in _EXTRACTORS.items()}
