@@ -52,11 +52,11 @@ def test_small_transfer_calls_pack_whole_blocks(gallery):
 
     q = people([3, 7, 11], "ir", seed=2, noise=0.5)
     big = SSTN(stand_in_transfer, k=3)
-    small = SSTN(fn, k=3, max_rows=40)
+    small = SSTN(fn, k=3, max_rows=60)
     a = gallery.search(q, top=10, transfer=big, mode="single-query", shortlist=10)
     b = gallery.search(q, top=10, transfer=small, mode="single-query", shortlist=10)
     assert [r.pids.tolist() for r in a] == [r.pids.tolist() for r in b]
-    assert len(calls) >= 2                                 # split into several calls
+    assert len(calls) >= 2 and max(calls) <= 60            # split to fit the engine's limit
 
 
 def test_neighbour_lists_cached_per_version(gallery, monkeypatch):

@@ -27,7 +27,7 @@ from ssft_deploy.affinity.single_query import query_gallery_affinity
 from ssft_deploy.features import Features
 from ssft_deploy.gallery.base import GalleryStore, Window, fetch_ordered
 from ssft_deploy.gallery.table import Entries
-from ssft_deploy.transfer import SSTN, l2_distances
+from ssft_deploy.transfer import SINGLE_QUERY_ROWS, SSTN, l2_distances
 
 
 def shortlists(store: GalleryStore, q: Features, mods: tuple[int, ...], window: Window,
@@ -125,8 +125,9 @@ def _block(q: Features, z_q: np.ndarray, s: np.ndarray, e: Entries, z_all: np.nd
 
 
 def _run_blocks(transfer: SSTN, blocks: list) -> list[np.ndarray]:
-    """Transfer independent blocks, packed block-diagonally into calls of at most max_rows."""
-    limit = max(1, int(getattr(transfer, "max_rows", 8192)))
+    """Transfer independent blocks, packed block-diagonally into calls within the engine's row
+    limit; a single block beyond it goes to the SSTN's fallback (or EngineLimitError)."""
+    limit = min(transfer.max_rows or SINGLE_QUERY_ROWS, SINGLE_QUERY_ROWS)
     out: list[np.ndarray] = []
     i = 0
     while i < len(blocks):
@@ -138,7 +139,9 @@ def _run_blocks(transfer: SSTN, blocks: list) -> list[np.ndarray]:
         z = np.concatenate([b[0] for b in blocks[i:j]])
         idx = np.concatenate([b[1] + o for b, o in zip(blocks[i:j], offs)])
         w = np.concatenate([b[2] for b in blocks[i:j]])
-        t = transfer.run(z, idx, w)
+        fn = transfer._transfer_for(rows, "two-stage single-query transfer") \
+            if rows > limit else None
+        t = transfer.run(z, idx, w, fn)
         out += [t[a:b] for a, b in pairwise(offs)]
         i = j
     return out
