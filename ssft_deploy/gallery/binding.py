@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from ssft_deploy.bundle import EXTRACTORS
 from ssft_deploy.errors import GalleryError
 
 log = logging.getLogger("ssft_deploy.gallery")
@@ -83,7 +84,7 @@ def bundle_binding(bundle: Any) -> GalleryBinding:
     """The binding of a loaded Bundle: its dims and a hash of its fp32 extractor graphs (the
     features' source; other precisions of the same bundle pass its parity gate)."""
     digest = hashlib.sha256(b"ssft-model/1")
-    for graph in ("extractor_rgb", "extractor_ir"):
+    for graph in EXTRACTORS:
         digest.update(f"|{graph}:{bundle.entry(graph, 'fp32').sha256}".encode())
     return GalleryBinding(int(bundle.dims["shared"]), int(bundle.dims["specific"]),
                           digest.hexdigest())

@@ -13,13 +13,13 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ssft_deploy.errors import GalleryError
+from ssft_deploy.fileio import durable_write
 
 MAGIC = b"SSFTGAL\x01"
 
@@ -55,29 +55,18 @@ def write(path: str | os.PathLike, header: dict[str, Any], arrays: list[np.ndarr
     digest = hashlib.sha256(head)
     for a in flat:
         digest.update(a)
-    tmp = None
+
+    def body(f) -> None:
+        f.write(MAGIC + digest.digest() + head)
+        for a in flat:
+            f.write(a)
+
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + digest.digest() + head)
-            for a in flat:
-                f.write(a)
-            f.flush()
-            os.fsync(f.fileno())
-        check_target(path)  # the target may have been swapped for a non-file meanwhile
-        os.replace(tmp, path)
-        tmp = None
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        # check_target again before the rename: the target may have become a non-file meanwhile
+        durable_write(path, body, before_replace=check_target)
     except OSError as exc:
         raise GalleryError(f"cannot save the gallery to {path}: {exc.strerror or exc} "
                            "(check the folder exists, is writable and has space)") from exc
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, os.stat_result]:
