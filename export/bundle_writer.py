@@ -16,10 +16,9 @@ from export.errors import ExportError, ParityError
 from export.onnx_graphs import DEFAULT_EXPORTER, export_extractor, export_transfer
 from export.precision import TRANSFER_FP16_OPS, convert_fp16
 from ssft_deploy.bundle import EXTRACTORS, GRAPHS, STAGING_NAME, unpublish_manifest, write_manifest
-from ssft_deploy.fileio import durable_unlink
 from ssft_deploy.engines.trt_build import TRANSFER_MAX_ROWS
+from ssft_deploy.fileio import durable_unlink
 from ssft_deploy.preprocess import Preprocessor
-
 
 
 @dataclass
