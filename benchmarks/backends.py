@@ -48,6 +48,7 @@ def random_images(batch: int, input_size: tuple[int, int], mean, std, seed: int 
 def torch_runner(checkpoint: Path, modality: str = "rgb") -> Runner:
     """The eager PyTorch model from ``checkpoint`` (CPU, eval, inference mode)."""
     import torch
+
     from train.model import load_model
 
     model = load_model(str(checkpoint))

@@ -31,28 +31,22 @@ SETTINGS = ("transfer", "shared-only")
 def engine_fns(bundle, backend: str, precision: str):
     """extract / transfer of one (backend, precision); the transfer graph falls back to fp32 on
     the same backend, then ORT CPU, when the variant has none (as ``ReIDRuntime`` does)."""
+    from export.variants import engine_pair
+    from ssft_deploy.bundle import EXTRACTORS
     from ssft_deploy.engines import open_engine
     from ssft_deploy.errors import SSFTError
 
-    ext = {m: open_engine(bundle, f"extractor_{m}", precision, backend) for m in ("rgb", "ir")}
+    engines = {g: open_engine(bundle, g, precision, backend) for g in EXTRACTORS}
     tried = [(backend, precision), (backend, "fp32"), ("ort-cpu", "fp32")]
     for b, p in tried:
         try:
-            tr = open_engine(bundle, "transfer", p, b)
+            engines["transfer"] = open_engine(bundle, "transfer", p, b)
             break
         except SSFTError:
             continue
     else:
         raise BenchError(f"no transfer graph can run for {backend}/{precision}")
-
-    def extract(images, modality):
-        out = ext[modality].run({"images": images})
-        return out["shared"], out["specific"]
-
-    def transfer(z, idx, w):
-        return tr.run({"z": z, "idx": idx, "w": w})["transferred"]
-
-    return extract, transfer, f"{b}/{p}"
+    return (*engine_pair(engines), f"{b}/{p}")
 
 
 def gate_rows(model, info, data_root: Path, variants) -> tuple[dict, list[dict]]:
@@ -166,7 +160,7 @@ def main(bundle: str, checkpoint: str, data: str | None, trials: int, backends: 
 
     head = settings[0]
     rows = [[name, 1.0 - g["extractor_min_cos"], 1.0 - g["transfer_graph_min_cos"],
-             g["neighbour_overlap_mean"], g["status"], acc["variants"][name][head]["rank1"],
+             g["neighbour_overlap_mean"], g["verdict"], acc["variants"][name][head]["rank1"],
              acc["variants"][name][head]["mAP"], acc["variants"][name][head]["d_rank1"],
              acc["variants"][name][head]["d_mAP"]] for name, g in gate["variants"].items()]
     ref = acc["reference"][head]
@@ -189,7 +183,7 @@ def main(bundle: str, checkpoint: str, data: str | None, trials: int, backends: 
               "config": {"bundle": bundle, "checkpoint": checkpoint, "data": source,
                          "trials": trials, "settings": list(settings), "quick": quick},
               "gate": gate, "accuracy": acc, "skipped": skipped, "targets": tgt,
-              "summary": {name: {"gate": g["status"],
+              "summary": {name: {"gate": g["verdict"],
                                  "rank1": acc["variants"][name][head]["rank1"],
                                  "mAP": acc["variants"][name][head]["mAP"],
                                  "d_rank1": acc["variants"][name][head]["d_rank1"],

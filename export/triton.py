@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ssft_deploy.bundle import load_bundle
+from ssft_deploy.bundle import GRAPHS, load_bundle
 from ssft_deploy.errors import BundleError
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"),
@@ -41,17 +41,20 @@ def model_config(name: str, platform: str, inputs: list[str], outputs: list[str]
 
 def write_repository(bundle_dir: str | os.PathLike, repo_dir: str | os.PathLike,
                      variant: str = "fp32", max_batch: int = 64,
-                     preferred: tuple[int, ...] = (8, 16, 32), delay_us: int = 2000) -> Path:
-    """Write ``repo_dir/<graph>/{config.pbtxt, 1/model.onnx|model.plan}`` for a bundle variant."""
-    bundle = load_bundle(bundle_dir, verify=True)
+                     preferred: tuple[int, ...] = (8, 16, 32), delay_us: int = 2000, *,
+                     allow_ungated: bool = False) -> Path:
+    """Write ``repo_dir/<graph>/{config.pbtxt, 1/model.onnx|model.plan}`` for a bundle variant
+    (one that passed the parity gate, unless ``allow_ungated``)."""
+    bundle = load_bundle(bundle_dir, verify=True, allow_ungated=allow_ungated)
     if variant not in bundle.variants:
         raise BundleError(f"bundle has no {variant!r} variant for the Triton repository "
                           f"(it has {sorted(bundle.variants)})")
+    bundle.check_gate(variant)
     m = bundle.model
     h, w = m.input_size
     ds, dp, dt, k2 = m.shared_dim, m.specific_dim, m.transfer_dim, 2 * m.k
     repo = Path(repo_dir)
-    for graph in ("extractor_rgb", "extractor_ir", "transfer"):
+    for graph in GRAPHS:
         entry = bundle.entry(graph, variant)
         platform, filename = PLATFORMS[entry.format]
         target = repo / graph / "1"

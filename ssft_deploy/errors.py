@@ -27,9 +27,21 @@ class EngineError(SSFTError):
     """An inference backend that is unavailable here or failed to run."""
 
 
+class EngineLimitError(EngineError):
+    """More rows than an engine accepts (a TensorRT profile's max), and no engine that can."""
+
+
 class QueueFullError(SSFTError):
     """The frame batcher's bounded queue is full (the submission was not accepted)."""
 
 
 class GalleryError(SSFTError):
     """A gallery file that is corrupt, foreign, or an invalid gallery operation."""
+
+
+class ConfigError(SSFTError):
+    """An option or argument outside its allowed values (the message names the allowed ones)."""
+
+
+class ServingError(SSFTError):
+    """The server cannot start or serve as asked (port in use, exposed host, server exited)."""

@@ -22,9 +22,11 @@ import numpy as np
 
 from ssft_deploy.bundle import Bundle, load_bundle
 from ssft_deploy.engines import Engine, open_engine
+from ssft_deploy.engines.fallback import LazyEngine, unlimited_fallback
 from ssft_deploy.errors import BundleError, EngineError, GalleryError, InputError
 from ssft_deploy.features import Features, modality_code
-from ssft_deploy.gallery import MODES, Gallery, SearchResult
+from ssft_deploy.frames import Stretch, to_uint8
+from ssft_deploy.gallery import MODES, Gallery, GalleryStore, SearchResult, bundle_binding
 from ssft_deploy.preprocess import Batch, Preprocessor, raise_item_errors
 from ssft_deploy.transfer import SSTN, RollingAuxiliary, l2_distances
 
@@ -50,7 +52,8 @@ class ReIDRuntime:
 
     def __init__(self, bundle: Bundle, extractors: dict[int, Engine], transfer: Engine | None,
                  *, affinity: str = "auto", max_batch: int = 32, rolling_size: int = 300,
-                 gallery: Gallery | None = None) -> None:
+                 gallery: GalleryStore | None = None,
+                 transfer_fallback: LazyEngine | None = None) -> None:
         if max_batch < 1:
             raise InputError(f"max_batch must be >= 1, got {max_batch}")
         self.bundle = bundle
@@ -58,36 +61,46 @@ class ReIDRuntime:
         self.transfer_engine = transfer
         self.preprocessor = Preprocessor.from_bundle(bundle)
         self.max_batch = int(max_batch)
+        # Graphs beyond the transfer engine's rows (a TensorRT profile) run on the fallback.
+        self.transfer_fallback = transfer_fallback
         self.sstn = SSTN(self.transfer_fn, k=bundle.k, parts=bundle.transfer_parts,
-                         affinity=affinity)
+                         affinity=affinity, max_rows=transfer.max_batch if transfer else None,
+                         fallback=self.fallback_transfer_fn if transfer_fallback else None)
         self.rolling = RollingAuxiliary(rolling_size)
-        self.gallery = gallery if gallery is not None else Gallery(bundle.dims["shared"],
-                                                                   bundle.dims["specific"])
+        self.binding = bundle_binding(bundle)
+        self.gallery = gallery if gallery is not None else Gallery(*self.binding.dims,
+                                                                   self.binding.model_hash)
+        self.gallery.bind(self.binding)  # GalleryError for another bundle's gallery
 
     @classmethod
     def open(cls, bundle: str | os.PathLike | Bundle, precision: str = "fp32",
              backend: str = "auto", affinity: str = "auto", *, max_batch: int = 32,
              intra_op_threads: int | None = None, device_id: int = 0, rolling_size: int = 300,
-             gallery: Gallery | None = None) -> ReIDRuntime:
+             gallery: GalleryStore | None = None, allow_ungated: bool = False) -> ReIDRuntime:
         """Load and verify ``bundle``, open both extractors and the transfer graph.
 
         The transfer graph falls back to fp32 when the bundle has none at ``precision``.
+        Variants without a pass verdict of the parity gate are refused unless ``allow_ungated``.
         """
-        b = load_bundle(bundle)
+        b = load_bundle(bundle, allow_ungated=allow_ungated)
         opts = {"intra_op_threads": intra_op_threads, "device_id": device_id}
         extractors = {m: open_engine(b, g, precision, backend, **opts)
                       for m, g in _EXTRACTORS.items()}
+        t_precision = precision
         try:
             transfer = open_engine(b, "transfer", precision, backend, **opts)
         except (BundleError, EngineError) as exc:
             if precision == "fp32":
                 raise
             log.info("transfer graph at %s unavailable (%s); using fp32", precision, exc)
-            transfer = open_engine(b, "transfer", "fp32", backend, **opts)
+            t_precision = "fp32"
+            transfer = open_engine(b, "transfer", t_precision, backend, **opts)
         log.info("runtime: %s %s, extractors on %s, transfer on %s", b.root, precision,
                  extractors[0].name, transfer.name)
         return cls(b, extractors, transfer, affinity=affinity, max_batch=max_batch,
-                   rolling_size=rolling_size, gallery=gallery)
+                   rolling_size=rolling_size, gallery=gallery,
+                   transfer_fallback=unlimited_fallback(b, "transfer", t_precision, transfer,
+                                                        **opts))
 
     # -- extraction ---------------------------------------------------------------------------
     def extract_array(self, images: np.ndarray, modality: str | int) -> tuple[np.ndarray,
@@ -128,25 +141,37 @@ class ReIDRuntime:
         return ex.features
 
     def extract_boxes_batch(self, frame: np.ndarray, boxes: Sequence[Sequence[float]],
-                            modality: str | int) -> Extraction:
-        """A BGR frame + ``(x, y, w, h)`` boxes -> Extraction (bad boxes reported)."""
-        return self._extraction(self.preprocessor.boxes(frame, boxes), modality)
+                            modality: str | int, stretch: Stretch | str | None = None
+                            ) -> Extraction:
+        """A frame + ``(x, y, w, h)`` boxes -> Extraction (bad boxes reported). Frames follow
+        ``ssft_deploy.frames``: BGR, grey, or 16-bit / float mapped to 8-bit by ``stretch``."""
+        return self._extraction(self.preprocessor.boxes(to_uint8(frame, stretch), boxes),
+                                modality)
 
     def extract_boxes(self, frame: np.ndarray, boxes: Sequence[Sequence[float]],
-                      modality: str | int) -> Features:
-        """A BGR frame + ``(x, y, w, h)`` boxes -> Features; InputError if any box is bad."""
-        ex = self.extract_boxes_batch(frame, boxes, modality)
+                      modality: str | int, stretch: Stretch | str | None = None) -> Features:
+        """A frame + ``(x, y, w, h)`` boxes -> Features; InputError if any box is bad."""
+        ex = self.extract_boxes_batch(frame, boxes, modality, stretch)
         ex.raise_errors()
         return ex.features
 
     # -- transfer and search ------------------------------------------------------------------
-    def transfer_fn(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """``transferred = transfer(z, idx, w)`` through the bundle's transfer engine (Eq. 10-11)."""
-        if self.transfer_engine is None:
+    def transfer_fn(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray,
+                    engine: Engine | None = None) -> np.ndarray:
+        """``transferred = transfer(z, idx, w)`` through the bundle's transfer engine (Eq. 10-11)
+        or the given ``engine``."""
+        engine = engine or self.transfer_engine
+        if engine is None:
             raise EngineError("this runtime was opened without a transfer engine")
         feeds = {"z": np.asarray(z, np.float32), "idx": np.asarray(idx, np.int64),
                  "w": np.asarray(w, np.float32)}
-        return self.transfer_engine.run(feeds)["transferred"]
+        return engine.run(feeds)["transferred"]
+
+    def fallback_transfer_fn(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """``transfer_fn`` on the unlimited fallback engine (opened at the first call)."""
+        if self.transfer_fallback is None:
+            raise EngineError("this runtime has no fallback transfer engine")
+        return self.transfer_fn(z, idx, w, self.transfer_fallback.get())
 
     def distances(self, query: Features, gallery: Features, mode: str = "all-queries"
                   ) -> np.ndarray:
@@ -165,21 +190,24 @@ class ReIDRuntime:
         return l2_distances(query.shared, gallery.shared)  # "shared"
 
     def search(self, query: Features, top: int = 10, mode: str = "all-queries",
-               gallery: Gallery | None = None, cross_modality: bool = True
-               ) -> list[SearchResult]:
+               gallery: GalleryStore | None = None, cross_modality: bool = True,
+               **options: object) -> list[SearchResult]:
         """The ``top`` identities of ``gallery`` (default: :attr:`gallery`) for each query, best
-        first, through :meth:`Gallery.search` with this runtime's SSTN (and, for "rolling", its
-        rolling auxiliary set). With ``cross_modality`` a query searches the other modality."""
+        first, through :meth:`GalleryStore.search` with this runtime's SSTN (and, for "rolling",
+        its rolling auxiliary set). With ``cross_modality`` a query searches the other modality;
+        ``options``: ``shortlist`` (two-stage search), ``since`` / ``until`` (time window)."""
         _check_mode(mode)
         gallery = self.gallery if gallery is None else gallery
-        if not isinstance(gallery, Gallery):
-            raise InputError(f"gallery must be a ssft_deploy.gallery.Gallery, got "
-                             f"{type(gallery).__name__}")
+        if not isinstance(gallery, GalleryStore):
+            raise InputError(f"gallery must be a ssft_deploy.gallery store (Gallery, "
+                             f"open_gallery(...)), got {type(gallery).__name__}")
+        if gallery is not self.gallery:
+            gallery.bind(self.binding)
         if len(gallery) == 0:
             raise GalleryError("the gallery is empty: add features before searching")
         return gallery.search(query, top, transfer=self.sstn, mode=mode,
                               auxiliary=self.rolling if mode == "rolling" else None,
-                              cross_modality=cross_modality)
+                              cross_modality=cross_modality, **options)
 
     # -- evaluation ---------------------------------------------------------------------------
     def as_feature_source(self, progress: bool = True) -> BundleFeatureSource:
@@ -187,7 +215,7 @@ class ReIDRuntime:
         return BundleFeatureSource(self, progress=progress)
 
     def close(self) -> None:
-        for eng in (*self.extractors.values(), self.transfer_engine):
+        for eng in (*self.extractors.values(), self.transfer_engine, self.transfer_fallback):
             if eng is not None:
                 eng.close()
 
@@ -204,6 +232,8 @@ class BundleFeatureSource:
     def __init__(self, runtime: ReIDRuntime, progress: bool = True) -> None:
         self.runtime, self.progress = runtime, progress
         self.k, self.parts = runtime.bundle.k, runtime.bundle.transfer_parts
+        self.max_rows = runtime.sstn.max_rows
+        self.transfer_fallback = runtime.sstn.fallback
 
     def extract(self, records: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
         """Images of ``records`` (``.path``, ``.modality``), batched per modality, in order."""

@@ -159,8 +159,12 @@ def _shared_only_note(source, chosen: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--backend", default="auto", show_default=True, help="bundle backend")
 @click.option("--affinity", default="dense", show_default=True, help="dense | knn | cuda | auto")
 @click.option("--seed", default=0, show_default=True, type=int, help="SYSU gallery draws")
+@click.option("--visrank", default=0, show_default=True, type=click.IntRange(0),
+              help="ranking pictures of the N worst and N best queries of trial 0")
+@click.option("--visrank-dir", default="visrank", show_default=True,
+              type=click.Path(file_okay=False), help="folder for the --visrank pictures")
 def main(checkpoint_or_bundle, data, dataset, mode, shots, trials, settings, aux_sizes, out, plot,
-         batch_size, precision, backend, affinity, seed) -> None:
+         batch_size, precision, backend, affinity, seed, visrank, visrank_dir) -> None:
     """Evaluate CHECKPOINT_OR_BUNDLE (a checkpoint, a bundle folder, or for RegDB a folder of
     per-trial checkpoints) on the SYSU-MM01 or RegDB protocol."""
     try:
@@ -181,12 +185,16 @@ def main(checkpoint_or_bundle, data, dataset, mode, shots, trials, settings, aux
                                        aux_sizes=_sizes(aux_sizes), seed=seed, affinity=affinity)
             else:
                 models = regdb_models(target, trials)
+                if visrank and 1 not in models:   # the pictures show RegDB trial 1
+                    raise SSFTError(f"--visrank draws RegDB trial 1, but the model(s) given are "
+                                    f"scored on trial(s) {sorted(models)}: pass trial 1's model")
                 opened = {p: _open_checked(str(p), batch_size, precision, backend)
                           for p in dict.fromkeys(models.values())}
                 chosen = _shared_only_note(next(iter(opened.values())), chosen)
                 result = evaluate_regdb({t: opened[p] for t, p in models.items()}, data,
                                         settings=chosen, affinity=affinity)
                 result["trial_models"] = {str(t): str(p) for t, p in models.items()}
+                source = opened[models[min(models)]]   # trial 1's model when --visrank
                 result["trained_on"] = trained_on(next(iter(models.values())))[0]
         result["model"] = str(checkpoint_or_bundle)
         click.echo(format_table(result))
@@ -196,6 +204,13 @@ def main(checkpoint_or_bundle, data, dataset, mode, shots, trials, settings, aux
         if plot:
             plot_cmc(result, plot)
             click.echo(f"CMC plot: {plot}")
+        if visrank:
+            from ssft_deploy.visrank import eval_rankings
+
+            with torch.no_grad():
+                pics = eval_rankings(source, data, visrank, visrank_dir, dataset, chosen[0], mode,
+                                     int(shots), seed, affinity)
+            click.echo(f"ranking pictures: {len(pics)} in {visrank_dir}")
     except SSFTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
