@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import BenchError, header, write_json  # noqa: E402
-from train.demo import DATA_ARGS, EVAL_ARGS  # noqa: E402
+from benchmarks.common import BenchError, header, write_json
+from train.demo import DATA_ARGS, EVAL_ARGS
 
 SETTINGS = ("transfer", "single-query", "shared-only")
 METRICS = ("rank1", "mAP", "mINP")
@@ -52,7 +52,7 @@ def _run_pool(jobs: list[tuple[str, list[str], Path]], width: int, threads: int)
         while pending and len(running) < width:
             name, argv, log = pending.pop(0)
             log.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(log, "w")
+            fh = open(log, "w")  # noqa: SIM115 - closed when the job ends
             click.echo(f"[{time.strftime('%H:%M:%S')}] start {name}: {' '.join(map(str, argv))}")
             proc = subprocess.Popen([str(a) for a in argv], stdout=fh, stderr=subprocess.STDOUT,
                                     env=_env(threads), cwd=ROOT)

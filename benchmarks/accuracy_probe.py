@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.accuracy import seed_row  # noqa: E402
-from benchmarks.common import header, write_json  # noqa: E402
+from benchmarks.accuracy import seed_row
+from benchmarks.common import header, write_json
 
 
 class WithK:

@@ -10,6 +10,7 @@ import pytest
 
 from ssft_deploy.datasets import regdb, synthetic, sysu
 from ssft_deploy.datasets.records import ImageRecord
+from ssft_deploy.errors import InputError
 from ssft_deploy.evaluation import (
     FeatureCache,
     FeatureSource,
@@ -19,7 +20,6 @@ from ssft_deploy.evaluation import (
     format_table,
     make_sstn,
 )
-from ssft_deploy.errors import InputError
 from ssft_deploy.metrics import eval_sysu
 
 

@@ -22,10 +22,10 @@ def records(tmp_path_factory):
 
 
 def _train(records, out, **changes) -> dict[str, torch.Tensor]:
-    cfg = SSFTConfig(**{**dict(arch="resnet18", height=32, width=16, ids_per_batch=3,
-                               rgb_per_id=2, ir_per_id=2, epochs=1, batches_per_epoch=3,
-                               num_workers=0, disc_hidden=16, decoder_channels=8, seed=0),
-                        **changes})
+    base = {"arch": "resnet18", "height": 32, "width": 16, "ids_per_batch": 3, "rgb_per_id": 2,
+            "ir_per_id": 2, "epochs": 1, "batches_per_epoch": 3, "num_workers": 0,
+            "disc_hidden": 16, "decoder_channels": 8, "seed": 0}
+    cfg = SSFTConfig(**{**base, **changes})
     trainer = Trainer(cfg, records, out, progress=False)
     trainer.run()
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}

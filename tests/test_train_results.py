@@ -17,7 +17,7 @@ RESULTS = ROOT / "docs" / "results"
 
 
 def _eval(t: float, s: float) -> dict:
-    row = lambda r1: {m: {"mean": r1 + d} for m, d in (("rank1", 0), ("mAP", 5), ("mINP", 2))}  # noqa: E731
+    row = lambda r1: {m: {"mean": r1 + d} for m, d in (("rank1", 0), ("mAP", 5), ("mINP", 2))}
     return {"settings": {"transfer": row(t), "single-query": row(t - 1), "shared-only": row(s)}}
 
 
