@@ -29,6 +29,10 @@ def model_section(model: Any) -> dict[str, Any]:
             "transfer_dim": int(dims["transfer"]),
             "k": int(cfg.k),
             "transfer_parts": list(cfg.transfer_parts),
+            # which split the weights saw: RegDB models are scored on their own trial only
+            "trained_on": {"dataset": str(getattr(cfg, "dataset", "")),
+                           "regdb_trial": (int(cfg.regdb_trial)
+                                           if getattr(cfg, "dataset", "") == "regdb" else None)},
         }
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"the model's config lacks what a bundle needs ({exc!r}): "

@@ -6,7 +6,8 @@ Three settings (paper Tables 1, 2, 5):
 - ``"single-query"``: each query propagates with the gallery only (Eq. 22);
 - ``"shared-only"``: shared features, no transfer (the baseline of Table 3).
 
-Distances are Euclidean between L2-normalised features. Features are extracted once per image
+Distances are Euclidean between L2-normalised features, in float64 (float32 rounding creates
+exact ties that reorder rankings against the field's code). Features are extracted once per image
 (cached by path), so trials, settings and the auxiliary-set sweep (Fig. 4) only re-index them.
 """
 
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from tqdm import tqdm
@@ -101,13 +102,13 @@ def make_sstn(source: FeatureSource, affinity: str = "dense") -> SSTN:
 
 
 def distances(sstn: SSTN, setting: str, query: Features, gallery: Features) -> np.ndarray:
-    """Query x gallery distances ``[Q, G]`` in one setting (see the module docstring)."""
+    """Query x gallery float64 distances ``[Q, G]`` in one setting (module docstring)."""
     if setting == "transfer":
-        return sstn.auxiliary_distances(query, gallery)
+        return sstn.auxiliary_distances(query, gallery, dtype=np.float64)
     if setting == "single-query":
-        return sstn.single_query_distances(query, gallery)
+        return sstn.single_query_distances(query, gallery, dtype=np.float64)
     if setting == "shared-only":
-        return l2_distances(query.shared, gallery.shared)
+        return l2_distances(query.shared, gallery.shared, np.float64)
     raise InputError(f"unknown setting {setting!r}: choose from {SETTINGS}")
 
 
@@ -138,18 +139,29 @@ def _scorer_regdb(dist, query, gallery):
     return eval_regdb(dist, [r.pid for r in query], [r.pid for r in gallery], max_rank=20)
 
 
-def _run_trials(trials: list[tuple[list[ImageRecord], list[ImageRecord]]], feats: FeatureCache,
-                sstn: SSTN, settings: Sequence[str], scorer: Scorer, progress: bool) -> dict:
+class Trial(NamedTuple):
+    """One scored split: its label (SYSU gallery draw, RegDB trial number), records, and the
+    features and SSTN of the model that scores it (RegDB: that trial's own model)."""
+
+    label: int
+    query: list[ImageRecord]
+    gallery: list[ImageRecord]
+    feats: FeatureCache
+    sstn: SSTN
+
+
+def _run_trials(trials: list[Trial], settings: Sequence[str], scorer: Scorer,
+                progress: bool) -> dict:
     for s in settings:
         if s not in SETTINGS:
             raise InputError(f"unknown setting {s!r}: choose from {SETTINGS}")
     out = {}
     for setting in settings:
         rows, cmcs, t0 = [], [], time.perf_counter()
-        for query, gallery in tqdm(trials, desc=setting, disable=not progress, unit="trial"):
-            cmc, mAP, mINP = scorer(distances(sstn, setting, feats(query), feats(gallery)),
-                                    query, gallery)
-            rows.append(_row(cmc, mAP, mINP))
+        for t in tqdm(trials, desc=setting, disable=not progress, unit="trial"):
+            cmc, mAP, mINP = scorer(distances(t.sstn, setting, t.feats(t.query),
+                                              t.feats(t.gallery)), t.query, t.gallery)
+            rows.append({"trial": t.label, **_row(cmc, mAP, mINP)})
             cmcs.append(cmc)
         out[setting] = summarise(rows, cmcs)
         out[setting]["seconds"] = time.perf_counter() - t0
@@ -176,14 +188,14 @@ def auxiliary_sweep(sstn: SSTN, query: list[ImageRecord], gallery: list[ImageRec
         rows, cmcs = [], []
         for d in range(1 if n in (1, len(query)) else draws):
             if n == 1:
-                dist = sstn.single_query_distances(qf, gf)
+                dist = sstn.single_query_distances(qf, gf, dtype=np.float64)
             else:
-                dist = np.empty((len(query), len(gallery)), np.float32)
+                dist = np.empty((len(query), len(gallery)), np.float64)
                 perm = np.random.default_rng([seed, 4, n, d]).permutation(len(query))
                 for s in tqdm(range(0, len(perm), n), desc=f"aux n={n} draw {d + 1}",
                               disable=not progress, leave=False):
                     group = np.sort(perm[s:s + n])
-                    dist[group] = sstn.auxiliary_distances(qf.take(group), gf)
+                    dist[group] = sstn.auxiliary_distances(qf.take(group), gf, dtype=np.float64)
             cmc, mAP, mINP = scorer(dist, query, gallery)
             rows.append(_row(cmc, mAP, mINP))
             cmcs.append(cmc)
@@ -207,7 +219,9 @@ def evaluate_sysu(source: FeatureSource, root: str | os.PathLike, mode: str = "a
               "queries": len(trial_sets[0][0]),
               "gallery": float(np.mean([len(g) for _, g in trial_sets])),
               "extract_seconds": time.perf_counter() - t0,
-              "settings": _run_trials(trial_sets, feats, sstn, settings, _scorer_sysu, progress)}
+              "settings": _run_trials([Trial(t, q, g, feats, sstn)
+                                       for t, (q, g) in enumerate(trial_sets)],
+                                      settings, _scorer_sysu, progress)}
     if aux_sizes:
         q, g = trial_sets[0]
         result["aux_sweep"] = auxiliary_sweep(sstn, q, g, feats, aux_sizes, seed=seed,
@@ -215,18 +229,55 @@ def evaluate_sysu(source: FeatureSource, root: str | os.PathLike, mode: str = "a
     return result
 
 
-def evaluate_regdb(source: FeatureSource, root: str | os.PathLike, trials: int = 10,
+def evaluate_regdb(source: FeatureSource | Mapping[int, FeatureSource],
+                   root: str | os.PathLike, trials: int | Sequence[int] | None = None,
                    directions: Sequence[str] = ("v2t", "t2v"), settings: Sequence[str] = SETTINGS,
                    affinity: str = "dense", progress: bool = True) -> dict:
-    """RegDB protocol: per direction (visible->thermal, thermal->visible) the test split of trials
-    1..``trials``, each setting's metrics (percent) mean and std over trials."""
-    feats, sstn = FeatureCache(source), make_sstn(source, affinity)
-    result = {"dataset": "regdb", "trials": trials, "units": "percent", "directions": {}}
+    """RegDB protocol: per direction (visible->thermal, thermal->visible) each setting's metrics
+    (percent), mean and std over trials; every ``per_trial`` row names its trial.
+
+    RegDB's trials are different train / test identity splits, so a model is scored on the test
+    split of the trial it was trained on only: pass ``{trial: source}`` (one model per trial).
+    A single ``source`` with ``trials`` (a count, 1..N, or trial numbers) is for a model that never
+    saw RegDB's training splits (another dataset's model, a stand-in)."""
+    if isinstance(source, Mapping):
+        if trials is not None:
+            raise InputError("pass either {trial: source} or one source with trials, not both")
+        models = dict(source)
+    else:
+        numbers = range(1, 11 if trials is None else trials + 1) if isinstance(trials, int) \
+            or trials is None else trials
+        models = {int(t): source for t in numbers}
+    if not models:
+        raise InputError("no RegDB trial to evaluate")
+    bad = [t for t in models if t not in regdb.TRIALS]
+    if bad:
+        raise InputError(f"RegDB trials are 1..10, got {bad}")
+    stages: dict[int, tuple[FeatureCache, SSTN]] = {}   # one cache per model object
+    for src in models.values():
+        if id(src) not in stages:
+            stages[id(src)] = (FeatureCache(src), make_sstn(src, affinity))
+    order = sorted(models)
+    result = {"dataset": "regdb", "trials": len(order), "trial_numbers": order,
+              "units": "percent", "directions": {}}
     for direction in directions:
-        trial_sets = [regdb.test_trial(root, t, direction) for t in range(1, trials + 1)]
-        result["directions"][direction] = _run_trials(trial_sets, feats, sstn, settings,
-                                                      _scorer_regdb, progress)
+        sets = [Trial(t, *regdb.test_trial(root, t, direction), *stages[id(models[t])])
+                for t in order]
+        result["directions"][direction] = _run_trials(sets, settings, _scorer_regdb, progress)
     return result
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    """[1, 2, 3, 5] -> "1-3, 5"."""
+    out, run = [], [numbers[0]]
+    for n in list(numbers[1:]) + [None]:
+        if n is not None and n == run[-1] + 1:
+            run.append(n)
+            continue
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        if n is not None:
+            run = [n]
+    return ", ".join(out)
 
 
 def format_table(result: dict) -> str:
@@ -238,8 +289,10 @@ def format_table(result: dict) -> str:
                   f"{result['trials']} trials": result["settings"]}
     else:
         names = {"v2t": "Visible to Thermal", "t2v": "Thermal to Visible"}
-        blocks = {f"RegDB {names.get(d, d)}, {result['trials']} trials": s
-                  for d, s in result["directions"].items()}
+        which = result.get("trial_numbers")
+        label = (f"trial {which[0]}" if which and len(which) == 1 else
+                 f"{result['trials']} trials" + (f" ({_ranges(which)})" if which else ""))
+        blocks = {f"RegDB {names.get(d, d)}, {label}": s for d, s in result["directions"].items()}
     lines = []
     for title, settings in blocks.items():
         lines += [title, head]

@@ -87,10 +87,11 @@ def propagate(z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
-def l2_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Euclidean distances between L2-normalised rows of a [Q,D] and b [G,D] -> float32 [Q,G]."""
+def l2_distances(a: np.ndarray, b: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Euclidean distances between L2-normalised rows of a [Q,D] and b [G,D] -> [Q,G] (float32;
+    evaluation asks for float64, where float32 rounding would create exact ties)."""
     ua, ub = unit(a, np.float64), unit(b, np.float64)
-    return np.sqrt(np.maximum(2.0 - 2.0 * (ua @ ub.T), 0.0)).astype(np.float32)
+    return np.sqrt(np.maximum(2.0 - 2.0 * (ua @ ub.T), 0.0)).astype(dtype, copy=False)
 
 
 class RollingAuxiliary:
@@ -190,15 +191,16 @@ class SSTN:
         return self.run(self.pad(feats), idx, w, fn)
 
     def auxiliary_distances(self, query: Features, gallery: Features,
-                            auxiliary: Features | None = None) -> np.ndarray:
+                            auxiliary: Features | None = None, dtype=np.float32) -> np.ndarray:
         """Distances [Q, G] after one transfer over ``[query; auxiliary; gallery]``: the queries
         (plus an optional auxiliary set, e.g. a RollingAuxiliary snapshot) act as auxiliary set."""
         parts = [query] + ([auxiliary] if auxiliary is not None and len(auxiliary) else [])
         t = self.all_queries(Features.concat(parts + [gallery]))
-        return l2_distances(t[:len(query)], t[len(t) - len(gallery):])
+        return l2_distances(t[:len(query)], t[len(t) - len(gallery):], dtype)
 
     def single_query_distances(self, query: Features, gallery: Features,
-                               cache_key: Hashable | None = None) -> np.ndarray:
+                               cache_key: Hashable | None = None, dtype=np.float32
+                               ) -> np.ndarray:
         """Eq. 22: each query propagates with the gallery only -> distances [Q, G]. Queries are
         batched as independent blocks of ``G + 1`` rows, as many per ``transfer_fn`` call as
         ``max_rows`` (and SINGLE_QUERY_ROWS) allow; the gallery's neighbour lists and padded
@@ -214,7 +216,7 @@ class SSTN:
         chunk = max(1, rows // size)
         graph, z_g = self._gallery_graph(gallery, cache_key)
         z_q = self.pad(query)
-        dist = np.empty((len(query), len(gallery)), np.float32)
+        dist = np.empty((len(query), len(gallery)), dtype)
         for s in range(0, len(query), chunk):
             q = query.take(slice(s, s + chunk))
             c = len(q)

@@ -74,13 +74,37 @@ def test_sysu_protocol_single_multi_indoor(small):
 
 
 def test_sysu_of_real_test_size_is_generated_fast(tmp_path):
-    # SYSU-MM01's test split: 96 ids, 3803 IR queries, 301 / 3010 gallery (tiny images here)
+    # SYSU-MM01's test split: 96 ids, 3803 IR queries, 301 / 3010 gallery, 112 indoor pairs of
+    # 56 ids, 13-42 images per (id, RGB camera) pair (tiny images here)
     synthetic.generate_sysu(tmp_path, num_train=1, num_val=1, size=(16, 8),
                             **synthetic.SYSU_TEST_SCALE)
     q, g = sysu.test_trial(tmp_path, "all", shots=1, trial=0)
     _, g10 = sysu.test_trial(tmp_path, "all", shots=10, trial=0)
     assert (len(q), len(g), len(g10)) == (3803, 301, 3010)
     assert len({r.pid for r in q}) == 96
+    cells = collections.Counter((r.pid, r.camid) for r in sysu.test_records(tmp_path)
+                                if r.modality == 0)
+    assert min(cells.values()) >= 13 and max(cells.values()) <= 42
+    assert len(set(cells.values())) > 10           # varying, so multi-shot's pick is random
+    _, gi = sysu.test_trial(tmp_path, "indoor", shots=1, trial=0)
+    assert len(gi) == 112 and len({r.pid for r in gi}) == 56
+    # all-search: every query has a match once camera 3 drops camera 2
+    for r in q:
+        assert any(x.pid == r.pid and not (r.camid == 3 and x.camid == 2) for x in g)
+    # multi-shot draws differ between trials (cells hold more than 10 images)
+    assert sysu.test_trial(tmp_path, "all", 10, trial=1)[1] != g10
+
+
+def test_every_all_search_query_has_a_match(small, tmp_path):
+    # random presence too: an id seen by RGB camera 2 only would leave its camera-3 queries
+    # without a match; the generator always adds one of cameras 1, 4, 5
+    for seed in range(4):
+        root = tmp_path / str(seed)
+        synthetic.generate_sysu(root, num_train=1, num_val=1, num_test=12, rgb_per_cam=1,
+                                rgb_presence=0.2, size=(16, 8), seed=seed)
+        recs = sysu.test_records(root)
+        for pid in {r.pid for r in recs}:
+            assert {r.camid for r in recs if r.pid == pid} & {1, 4, 5}
 
 
 def test_sysu_errors(tmp_path, small):

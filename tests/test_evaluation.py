@@ -10,6 +10,7 @@ import pytest
 
 from ssft_deploy.datasets import regdb, synthetic, sysu
 from ssft_deploy.datasets.records import ImageRecord
+from ssft_deploy.errors import InputError
 from ssft_deploy.evaluation import (
     FeatureCache,
     FeatureSource,
@@ -145,3 +146,51 @@ def test_transductive_sysu_scale_random_features():
     elapsed = time.perf_counter() - t
     print(f"transductive SYSU-scale evaluation: {elapsed:.2f} s")
     assert d.shape == (3803, 301) and cmc[0] < 0.2 and mAP < 0.3  # random: near chance
+
+
+def _float32_tie(seed: int):
+    """Query q and gallery rows (g0, g1) whose float32 distances to q are exactly equal while the
+    float64 ones differ, with g1 (the higher index) the closer one; None when this draw has none."""
+    from ssft_deploy.transfer import l2_distances
+
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((1, 64)).astype(np.float32)
+    g0 = rng.standard_normal(64).astype(np.float32)
+    for i in range(64):
+        g1 = g0.copy()
+        g1[i] = np.nextafter(g1[i], np.float32(np.inf) if q[0, i] > g1[i] else np.float32(-np.inf))
+        g = np.stack([g0, g1])
+        d32, d64 = l2_distances(q, g, np.float32), l2_distances(q, g, np.float64)
+        if d32[0, 0] == d32[0, 1] and d64[0, 1] < d64[0, 0]:
+            return q, g
+    return None
+
+
+def test_final_distances_are_float64_so_float32_ties_do_not_reorder():
+    from ssft_deploy.features import Features
+
+    q, g = next(c for c in map(_float32_tie, range(50)) if c is not None)
+    query = Features(q, q, np.ones(1, np.int64))
+    gallery = Features(g, g, np.zeros(2, np.int64))
+    dist = distances(make_sstn(PidSource()), "shared-only", query, gallery)
+    assert dist.dtype == np.float64 and dist[0, 1] < dist[0, 0]
+    # g1 is the match: float64 ranks it first; a float32 tie would put g0 (lower index) first
+    cmc, _, _ = eval_sysu(dist, [7], [3, 7], [3], [1, 1], max_rank=1)
+    assert cmc[0] == 1.0
+
+
+def test_regdb_one_model_per_trial(tmp_path):
+    synthetic.generate_regdb(tmp_path, num_ids=8, images_per_id=2, size=(32, 16), seed=2)
+    models = {2: PidSource(), 5: PidSource()}
+    res = evaluate_regdb(models, tmp_path, settings=("shared-only",), progress=False)
+    assert res["trial_numbers"] == [2, 5] and res["trials"] == 2
+    for t, src in models.items():   # each model saw exactly its own trial's test images
+        test = {r.path for r in regdb.load_split(tmp_path, "test", t)}
+        assert set(src.seen) == test
+    rows = res["directions"]["v2t"]["shared-only"]["per_trial"]
+    assert [r["trial"] for r in rows] == [2, 5]
+    assert "RegDB Visible to Thermal, 2 trials (2, 5)" in format_table(res)
+    with pytest.raises(InputError, match="not both"):
+        evaluate_regdb(models, tmp_path, trials=2, progress=False)
+    with pytest.raises(InputError, match="1..10"):
+        evaluate_regdb({11: PidSource()}, tmp_path, progress=False)

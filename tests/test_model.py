@@ -11,7 +11,7 @@ from ssft_deploy.errors import CheckpointError, InputError
 from ssft_deploy.transfer import pad as np_pad
 from ssft_deploy.transfer import propagate as np_propagate
 from train.config import SSFTConfig
-from train.model import SSFTModel, affinity, pad, propagate
+from train.model import SSFTModel, affinity, neighbour_weights, neighbours, pad, propagate
 
 torch.set_num_threads(2)
 H, W = 64, 32
@@ -187,3 +187,32 @@ def test_pretrained_weights_from_local_file(tmp_path) -> None:
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):
         SSFTModel(tiny(pretrained=str(tmp_path / "junk.pth")))
+
+
+def test_neighbour_weights_equal_affinity_and_carry_gradient() -> None:
+    shared, specific, modality = _features(5, 2, seed=3)   # IR rows need padding at k = 4
+    h = torch.from_numpy(shared).double().requires_grad_()
+    p = torch.from_numpy(specific).double().requires_grad_()
+    mod = torch.from_numpy(modality)
+    idx, w, valid = neighbours(h, p, mod, k=4)
+    got = neighbour_weights(h, p, mod, idx, valid)
+    torch.testing.assert_close(got, w, rtol=0, atol=1e-6)
+    assert not valid.all() and (got[~valid] == 0).all()
+    got.sum().backward()
+    assert h.grad.abs().sum() > 0 and p.grad.abs().sum() > 0
+    # Eq. 7 by hand for one kept entry
+    i, j = 0, int(idx[0, 1])
+    ui, uj = (x / x.norm() for x in (p[i].detach(), p[j].detach()))
+    assert float(got.detach()[0, 1]) == pytest.approx(float(1 - 0.5 * (ui - uj).norm()), abs=1e-6)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_gradient_reaches_specific_stream_through_affinity_only_when_on(grad: bool) -> None:
+    # Z without the specific parts (SpT off): the specific stream can only influence T through
+    # the intra-modality weights of A (Eq. 6), so it gets a gradient from T only with affinity_grad.
+    torch.manual_seed(0)
+    m = SSFTModel(tiny(specific_transfer=False, affinity_grad=grad)).train()
+    out = m.forward_train(torch.randn(4, 3, H, W), torch.randn(4, 3, H, W))
+    out["t"].square().sum().backward()
+    g = m.backbone.specific["rgb"].layer4[1].conv2.weight.grad
+    assert (g is not None and g.abs().sum() > 0) == grad

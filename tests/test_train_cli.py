@@ -66,6 +66,31 @@ def test_user_errors_exit_2_with_a_message(data, tmp_path, extra, match) -> None
     assert res.exit_code == 2 and match in res.output and "Traceback" not in res.output
 
 
+def test_bad_output_and_config_paths_fail_before_any_work(data, tmp_path) -> None:
+    # issue 15 item 7: a folder as --config, an existing file as --out, an --out that cannot be
+    # created: exit 2 with a message, no traceback, nothing trained
+    existing = tmp_path / "model.pth"
+    existing.write_bytes(b"keep me")
+    cases = [(["--config", str(tmp_path)], tmp_path / "a", "is a folder"),
+             ([], existing, "existing file, not a folder"),
+             ([], existing / "sub", "cannot create folder")]
+    for extra, out, match in cases:
+        args = ["--data", str(data), "--out", str(out), "--quiet", *extra]
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2 and match in res.output, res.output
+        assert "Traceback" not in res.output and not isinstance(res.exception, Exception) or \
+            isinstance(res.exception, SystemExit)
+    assert existing.read_bytes() == b"keep me"
+    assert not (tmp_path / "a" / "model.pth").exists()
+
+
+@pytest.mark.parametrize("text,match", [("0-3", "1..10"), ("2-x", "range like 1-10"),
+                                        ("", "1..10")])
+def test_bad_regdb_trials(data, tmp_path, text, match) -> None:
+    res = _train(data, tmp_path, "--regdb-trials", text)
+    assert res.exit_code == 2 and match in res.output
+
+
 def test_missing_dataset_is_a_clear_error(tmp_path) -> None:
     res = CliRunner().invoke(main, ["--data", str(tmp_path / "none"), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "does not exist" in res.output

@@ -24,6 +24,10 @@ def test_defaults_are_the_paper_settings() -> None:
     assert (cfg.epochs, cfg.milestones) == (120, (40, 70))
     assert (cfg.ids_per_batch, cfg.rgb_per_id, cfg.ir_per_id) == (8, 4, 4)
     assert cfg.transfer_parts == ("shared", "specific")
+    # BoT's average pooling, end to end through the affinity weights (Eq. 6-10), seeded
+    assert cfg.pool == "avg" and cfg.affinity_grad and cfg.deterministic
+    assert cfg.adversarial == "bounded" and load(None, ['adversarial="unbounded"']).adversarial \
+        == "unbounded"
 
 
 def test_round_trip_and_overrides(tmp_path) -> None:
@@ -48,6 +52,8 @@ def test_round_trip_and_overrides(tmp_path) -> None:
     ("arch=vgg16", "arch must be one of"),
     ("height=100", "multiples of 16"),
     ("lambdas=[1, 2]", "3 values"),
+    ("adversarial=\"huge\"", "adversarial must be one of"),
+    ("regdb_trial=11", "regdb_trial must be 1..10"),
     ("no-equals-sign", "key=value"),
 ])
 def test_bad_values_are_clear_errors(override: str, match: str) -> None:
@@ -58,6 +64,8 @@ def test_bad_values_are_clear_errors(override: str, match: str) -> None:
 def test_bad_files(tmp_path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load(tmp_path / "nope.json")
+    with pytest.raises(ConfigError, match="is a folder"):
+        load(tmp_path)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load(tmp_path / "bad.json")

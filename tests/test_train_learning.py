@@ -1,5 +1,7 @@
 """A short training on synthetic cross-modality data learns: the identity loss falls and
-cross-modality retrieval (IR query -> RGB gallery) rises far above chance."""
+cross-modality retrieval (IR query -> RGB gallery) of identities never seen in training rises
+clearly above chance and above the untrained model (100 steps from scratch: 0.26 Rank-1 against
+0.12 by chance and 0.11 untrained; mAP 0.31 against 0.18 untrained, when this test was written)."""
 
 from __future__ import annotations
 
@@ -8,17 +10,18 @@ import pytest
 import torch
 
 from ssft_deploy.datasets import synthetic, sysu
+from ssft_deploy.metrics import eval_regdb
 from train.config import SSFTConfig
 from train.data import ReIDDataset
 from train.trainer import Trainer
 
-torch.set_num_threads(2)
-STEPS = 40
+torch.set_num_threads(1)   # figures below: 1 thread (training is reproducible per thread count)
+STEPS = 100
 
 
-def rank1(model, dataset: ReIDDataset) -> tuple[float, float]:
-    """Rank-1 of IR queries against all RGB images (shared features, L2-normalised) and the
-    chance rate of a random ranking."""
+def retrieval(model, dataset: ReIDDataset) -> dict[str, float]:
+    """IR queries against all RGB images of ``dataset`` (shared features, L2-normalised):
+    Rank-1 and mAP (``eval_regdb``), and the Rank-1 of a random ranking."""
     model.eval()
     x = torch.stack([dataset[i][0] for i in range(len(dataset))])
     mod = np.array(dataset.modalities)
@@ -27,26 +30,28 @@ def rank1(model, dataset: ReIDDataset) -> tuple[float, float]:
     with torch.no_grad():
         fq = torch.nn.functional.normalize(model.extract(x[q], "ir")[0], dim=1)
         fg = torch.nn.functional.normalize(model.extract(x[g], "rgb")[0], dim=1)
-    best = torch.cdist(fq, fg).argmin(1).numpy()
-    hit = float((pid[g][best] == pid[q]).mean())
+    cmc, mAP, _ = eval_regdb(torch.cdist(fq, fg).double().numpy(), pid[q], pid[g], max_rank=1)
     chance = float(np.mean([(pid[g] == p).mean() for p in pid[q]]))
-    return hit, chance
+    return {"rank1": float(cmc[0]), "mAP": mAP, "chance": chance}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("sysu")
-    synthetic.generate_sysu(root, num_train=5, num_val=1, num_test=1, rgb_per_cam=2,
+    synthetic.generate_sysu(root, num_train=14, num_val=2, num_test=8, rgb_per_cam=(2, 4),
                             size=(64, 32), seed=3)
-    records = sysu.load_split(root, "train")
-    cfg = SSFTConfig(arch="resnet18", height=32, width=16, ids_per_batch=6, rgb_per_id=2,
+    train, test = sysu.load_split(root, "train"), sysu.load_split(root, "test")
+    assert not {r.pid for r in train} & {r.pid for r in test}   # held-out identities
+    cfg = SSFTConfig(arch="resnet18", height=32, width=16, ids_per_batch=8, rgb_per_id=2,
                      ir_per_id=2, epochs=1, batches_per_epoch=STEPS, num_workers=0,
-                     disc_hidden=32, decoder_channels=16, random_erasing=False, seed=0)
-    trainer = Trainer(cfg, records, tmp_path_factory.mktemp("run"), progress=False)
-    plain = ReIDDataset(records, trainer.cfg, train=False)
-    before = rank1(trainer.model, plain)
+                     disc_hidden=32, decoder_channels=16, random_erasing=False, seed=0,
+                     lr=1e-3)   # from scratch, a few steps: a larger step than the paper's
+    trainer = Trainer(cfg, train, tmp_path_factory.mktemp("run"), progress=False)
+    held_out = ReIDDataset(test, trainer.cfg, train=False, labels={p: 0 for p in
+                                                                  {r.pid for r in test}})
+    before = retrieval(trainer.model, held_out)
     trainer.run()
-    return trainer, plain, before
+    return trainer, held_out, before
 
 
 def test_identity_loss_falls(trained) -> None:
@@ -56,10 +61,12 @@ def test_identity_loss_falls(trained) -> None:
     for key in ("id_shared", "id_transfer"):
         first = np.mean([s[key] for s in steps[:5]])
         last = np.mean([s[key] for s in steps[-5:]])
-        assert last < 0.7 * first, (key, first, last)
+        assert last < 0.8 * first, (key, first, last)
 
 
-def test_cross_modality_rank1_far_above_chance(trained) -> None:
-    trainer, plain, (before, chance) = trained
-    after, _ = rank1(trainer.model, plain)
-    assert after >= 3 * chance and after > before + 0.25, (before, after, chance)
+def test_held_out_cross_modality_retrieval_above_chance(trained) -> None:
+    trainer, held_out, before = trained
+    after = retrieval(trainer.model, held_out)
+    print(f"held-out identities: untrained {before}, trained {after}")
+    assert after["rank1"] >= 1.7 * after["chance"] and after["rank1"] > before["rank1"] + 0.1
+    assert after["mAP"] > before["mAP"] + 0.07

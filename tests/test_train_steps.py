@@ -133,3 +133,30 @@ def test_table3_rows_build_and_step(switches) -> None:
     assert ("id_specific" in logs) == cfg.specific_loss
     assert ("adversary" in opts) == (cfg.modality_adaptation or cfg.project_adversarial)
     assert all(torch.isfinite(torch.tensor(v)) for v in itertools.chain(logs.values()))
+
+
+def test_unbounded_switch_uses_the_papers_terms(setup) -> None:
+    cfg, model, _ = setup
+    rgb, ir, y = _batch()
+    out = model.forward_train(rgb, ir)
+    paper = cfg.replace(adversarial="unbounded")
+    with torch.no_grad():   # the same blown-up adversaries as above
+        for p in model.discriminator.parameters():
+            p.mul_(50)
+        saved = [p.clone() for p in model.projections.parameters()]
+        for p in model.projections.parameters():
+            p.mul_(1e4)
+    _, bounded = min_loss(model, out, y, torch.cat([rgb, ir]), cfg)
+    _, logs = min_loss(model, out, y, torch.cat([rgb, ir]), paper)
+    h, sp, mod = out["h"].detach(), out["p"].detach(), out["modality"]
+    with torch.no_grad():   # absolute projection error (Eq. 15), not relative to ||H||
+        proj = torch.where(mod.unsqueeze(1) == 0, model.projections["rgb"](sp),
+                           model.projections["ir"](sp))
+        expected = float((proj - h).norm(dim=1).mean())
+        for p in model.discriminator.parameters():
+            p.div_(50)
+        for p, s in zip(model.projections.parameters(), saved):
+            p.copy_(s)
+    assert logs["ma_min"] > LN2 and logs["pa_min"] > 1.0   # Eq. 14 / 15 as written: unclamped
+    assert logs["min"] < bounded["min"]
+    assert logs["pa_min"] == pytest.approx(expected, rel=1e-5)

@@ -22,7 +22,8 @@ class ConfigError(SSFTError):
 
 
 ARCHS = ("resnet50", "resnet18")
-POOLS = ("gem", "avg")
+POOLS = ("avg", "gem")
+ADVERSARIAL = ("bounded", "unbounded")
 NECKS = ("bnneck", "fc")
 DATASETS = ("sysu", "regdb")
 
@@ -36,9 +37,10 @@ class SSFTConfig:
     pretrained: str | None = None          # local ImageNet state dict of torchvision's ResNet
     height: int = 288
     width: int = 144
-    pool: str = "gem"
+    pool: str = "avg"                      # BoT's global average pooling (Sec. 4.1); "gem" optional
     neck: str = "bnneck"                   # "fc" = the plain FC feature block of Table 4
     k: int = 4                             # top-k of Eq. 8
+    affinity_grad: bool = True             # gradient through the affinity weights (Eq. 6-10)
     transfer_dim: int | None = None        # Dt; None = the backbone's channel count
     num_classes: int | None = None         # None = number of training identities
     disc_hidden: int = 512                 # width of the 3-FC modality discriminator (Eq. 14)
@@ -47,6 +49,7 @@ class SSFTConfig:
     rho1: float = 0.3                      # cm-triplet margin (Eq. 4, 13); not given in the paper
     rho2: float = 0.3                      # sm-triplet margin (Eq. 3, 13); not given in the paper
     lambdas: tuple[float, float, float] = (1.0, 0.2, 0.2)   # lambda_1 (RE), _2 (MoA), _3 (PA)
+    adversarial: str = "bounded"           # L_min's L_ma / L_pa: "bounded" or the paper's "unbounded"
     # Table 3 switches
     shared_loss: bool = True               # ShL
     specific_loss: bool = True             # SpL
@@ -69,7 +72,8 @@ class SSFTConfig:
     rgb_per_id: int = 4
     ir_per_id: int = 4
     batches_per_epoch: int | None = None   # None = enough batches to show every RGB image once
-    seed: int = 0
+    seed: int = 0                          # model init, sampler, augmentation, data order
+    deterministic: bool = True             # torch.use_deterministic_algorithms during training
     num_workers: int = 2
     checkpoint_every: int = 10
     extra: dict[str, Any] = field(default_factory=dict)   # free-form notes (not read by code)
@@ -113,7 +117,8 @@ class SSFTConfig:
 
     def validate(self) -> None:
         """Raise ConfigError on values no model or trainer can use."""
-        choices = {"arch": ARCHS, "pool": POOLS, "neck": NECKS, "dataset": DATASETS}
+        choices = {"arch": ARCHS, "pool": POOLS, "neck": NECKS, "dataset": DATASETS,
+                   "adversarial": ADVERSARIAL}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
@@ -131,6 +136,8 @@ class SSFTConfig:
             raise ConfigError("nothing to learn: enable shared_loss, specific_loss or a transfer")
         if self.ids_per_batch < 2:
             raise ConfigError("ids_per_batch must be >= 2 (triplets need negatives)")
+        if not 1 <= self.regdb_trial <= 10:
+            raise ConfigError(f"regdb_trial must be 1..10, got {self.regdb_trial}")
         if list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"milestones must be increasing, got {self.milestones}")
 
@@ -202,6 +209,11 @@ def load(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str
                 data = json.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"--config {path} is a folder; give a JSON file "
+                              "(e.g. configs/demo.json)") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
         if not isinstance(data, dict):

@@ -54,14 +54,24 @@ class ReIDDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        """``key`` = index, or (index, augmentation seed): with a seed the flip and erasing are
+        a pure function of it, whatever process or worker loads the sample."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         rec = self.records[i]
         x = torch.from_numpy(np.ascontiguousarray(self.pre.one(rec.path)))
+        if seed is None:
+            return self._augment(x), self.labels[rec.pid], rec.modality
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._augment(x), self.labels[rec.pid], rec.modality
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         if self.erase is not None:
             x = self.erase(x)
-        return x, self.labels[rec.pid], rec.modality
+        return x
 
     @property
     def pids(self) -> list[int]:

@@ -18,6 +18,11 @@ from pathlib import Path
 import click
 
 PY = sys.executable
+# The demo's synthetic SYSU-MM01 tree (benchmarks/accuracy.py trains on the same one, so its band
+# applies to the demo): 200 train + 20 val + 64 test ids, 2-4 images per id per camera, and a test
+# split whose RGB cells hold 13-42 images as on the real split.
+DATA_ARGS = ["--ids", "200,20,64", "--per-cam", "2,4", "--test-per-cam", "13,42"]
+EVAL_ARGS = ["--dataset", "sysu", "--mode", "all", "--shots", "1"]
 
 
 def _run(title: str, args: list[str], log: Path) -> float:
@@ -67,21 +72,20 @@ def main(out_dir: str, config: str, force: bool, trials: int) -> None:
         times[name] = _run(name, args, logs / f"{name}.log")
 
     step("data", data / "exp" / "test_id.txt",
-         [PY, "-m", "ssft_deploy.datasets.synthetic", "--root", data, "--ids", "200,20,32",
-          "--per-cam", "2,4"])
+         [PY, "-m", "ssft_deploy.datasets.synthetic", "--root", data, *DATA_ARGS])
     step("train", model,
          [PY, "-m", "train.cli", "--config", config, "--data", data, "--out", out, "--quiet"])
     click.secho(f"checkpoint: {model.resolve()}", fg="green")
     step("evaluate", out / "eval.json",
-         [PY, "-m", "train.evaluate", model, "--data", data, "--dataset", "sysu", "--mode", "all",
-          "--shots", "1", "--trials", str(trials), "--out", out / "eval.json",
+         [PY, "-m", "train.evaluate", model, "--data", data, *EVAL_ARGS,
+          "--trials", str(trials), "--out", out / "eval.json",
           "--plot", out / "cmc.png"])
     step("export", bundle / "manifest.json",
          [PY, "-m", "export.cli", model, "--out", bundle, "--fp16", "--int8", "--calib", data,
           "--verify-data", data, "--triton-repo", out / "triton_repo"])
     step("runtime-eval", out / "eval_runtime.json",
-         [PY, "-m", "train.evaluate", bundle, "--data", data, "--dataset", "sysu", "--mode", "all",
-          "--shots", "1", "--trials", str(trials), "--out", out / "eval_runtime.json"])
+         [PY, "-m", "train.evaluate", bundle, "--data", data, *EVAL_ARGS,
+          "--trials", str(trials), "--out", out / "eval_runtime.json"])
     step("benchmark", out / "bench" / "latency.json",
          [PY, "benchmarks/latency.py", "--bundle", bundle, "--checkpoint", model, "--quick",
           "--out", out / "bench"])
@@ -90,7 +94,7 @@ def main(out_dir: str, config: str, force: bool, trials: int) -> None:
 
     from train.demo_summary import summarize
 
-    summary = summarize(out)
+    summary = summarize(out, config)
     (out / "results.json").write_text(json.dumps({**summary, "step_seconds": times}, indent=2))
     click.secho(f"\nresults: {(out / 'results.json').resolve()}", fg="green")
 

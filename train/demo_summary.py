@@ -17,7 +17,47 @@ def _accuracy(ev: dict[str, Any]) -> dict[str, dict[str, float]]:
             for name, s in settings.items()}
 
 
-def summarize(out: Path) -> dict[str, Any]:
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "accuracy_demo.json"
+
+
+def band(torch_eval: dict[str, dict[str, float]], config: str | Path | None,
+         results: Path = RESULTS) -> dict[str, Any]:
+    """The band this run should fall in: mean +- 2 std over seeds of ``benchmarks/accuracy.py``
+    for the same config (empty when there is no sweep of that config); prints it."""
+    sweep = _read(results)
+    if not sweep or config is None:
+        return {}
+    from train.config import load
+
+    try:
+        same = {k: v for k, v in load(config).to_dict().items() if k not in ("seed", "extra")} \
+            == {k: v for k, v in sweep["config"].items() if k not in ("seed", "extra")}
+    except Exception:  # noqa: BLE001 - a config the demo could not use has no band
+        same = False
+    if not same:
+        print(f"(no accuracy band: {results.name} was measured with another config)")
+        return {}
+    n = len(sweep["seeds"])
+    print(f"expected band (benchmarks/accuracy.py, {n} seeds on {sweep['machine']['cpu']}: "
+          f"mean +- 2 std over seeds) and this run:")
+    out = {}
+    for name, row in torch_eval.items():
+        ref = sweep["summary"].get(name)
+        if not ref:
+            continue
+        cells = []
+        for m in ("rank1", "mAP"):
+            lo = ref[m]["mean"] - 2 * ref[m]["std"]
+            hi = ref[m]["mean"] + 2 * ref[m]["std"]
+            inside = lo <= row.get(m, float("nan")) <= hi
+            out[f"{name}/{m}"] = {"low": round(lo, 2), "high": round(hi, 2), "inside": inside}
+            cells.append(f"{m} {lo:6.2f} .. {hi:6.2f}: {row.get(m, float('nan')):6.2f} "
+                         f"{'inside' if inside else 'OUTSIDE'}")
+        print(f"  {name:<14}" + "   ".join(cells))
+    return out
+
+
+def summarize(out: Path, config: str | Path | None = None) -> dict[str, Any]:
     """Collect the demo's JSON outputs under ``out``, print the summary and return it."""
     torch_eval = _accuracy(_read(out / "eval.json"))
     runtime_eval = _accuracy(_read(out / "eval_runtime.json"))
@@ -34,6 +74,7 @@ def summarize(out: Path) -> dict[str, Any]:
         rt = runtime_eval.get(name, {})
         print(f"  {name:<14}{row.get('rank1', float('nan')):>10.2f}{row.get('mAP', float('nan')):>11.2f}"
               f"{rt.get('rank1', float('nan')):>12.2f}{rt.get('mAP', float('nan')):>13.2f}")
+    expected = band(torch_eval, config)
     print("parity of each exported variant against PyTorch fp32 (held-out synthetic images):")
     for name, r in parity.items():
         print(f"  {name:<8} extractor min cos {r.get('extractor_min_cos') or 0:.6f}  "
@@ -53,7 +94,7 @@ def summarize(out: Path) -> dict[str, Any]:
         print(f"video example: {len(video.get('matches', []))} IR tracks matched against "
               f"{len(video.get('gallery_tracks', []))} RGB tracks"
               + (f", {right} correct at rank 1" if right is not None else ""))
-    return {"accuracy_torch": torch_eval, "accuracy_runtime": runtime_eval,
+    return {"accuracy_torch": torch_eval, "accuracy_runtime": runtime_eval, "band": expected,
             "parity": {k: {m: v.get(m) for m in ("extractor_min_cos", "neighbour_overlap_mean",
                                                   "d_rank1", "d_mAP", "verdict")}
                        for k, v in parity.items()},

@@ -28,6 +28,8 @@ from ssft_deploy.evaluation import (
 from ssft_deploy.features import Features
 from ssft_deploy.preprocess import Preprocessor
 from train.model import load_model
+from train.outputs import check_output_file
+from train.regdb_models import is_bundle, regdb_models, trained_on
 
 
 class TorchFeatureSource:
@@ -120,6 +122,22 @@ def _sizes(text: str | None) -> list[int | str] | None:
     return out
 
 
+def _open_checked(path: str, batch_size: int, precision: str, backend: str):
+    """``open_source`` with the bundle-only options refused for a checkpoint."""
+    if not is_bundle(path) and (precision != "fp32" or backend != "auto"):
+        raise SSFTError(f"--precision {precision} / --backend {backend} select a variant of an "
+                        f"exported bundle; {path} is a checkpoint, which runs in PyTorch fp32: "
+                        f"export it (ssft-export {path} --int8 ...) and evaluate the bundle")
+    return open_source(path, batch_size, precision, backend)
+
+
+def _shared_only_note(source, chosen: tuple[str, ...]) -> tuple[str, ...]:
+    if getattr(source, "has_transfer", True):
+        return chosen
+    click.echo("note: this model has no SSTN; evaluating shared-only features")
+    return tuple(s for s in chosen if s == "shared-only") or ("shared-only",)
+
+
 @click.command()
 @click.argument("checkpoint_or_bundle", type=click.Path(exists=True))
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
@@ -127,12 +145,15 @@ def _sizes(text: str | None) -> list[int | str] | None:
 @click.option("--dataset", type=click.Choice(["sysu", "regdb"]), default="sysu", show_default=True)
 @click.option("--mode", type=click.Choice(["all", "indoor"]), default="all", show_default=True)
 @click.option("--shots", type=click.Choice(["1", "10"]), default="1", show_default=True)
-@click.option("--trials", default=10, show_default=True, type=click.IntRange(1, 10))
+@click.option("--trials", default=None, type=click.IntRange(1, 10),
+              help="SYSU: gallery draws (default 10). RegDB: a model trained on RegDB is scored "
+                   "on its own trial only (pass a folder of per-trial checkpoints for several); "
+                   "this only sets how many trials score a model trained on other data")
 @click.option("--settings", default=",".join(SETTINGS), show_default=True,
               help="comma-separated subset of transfer,single-query,shared-only")
 @click.option("--aux-sizes", default=None, help="Fig. 4 sweep, e.g. 1,10,100,300,all (SYSU)")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="results JSON")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="CMC plot PNG")
+@click.option("--out", type=click.Path(), default=None, help="results JSON")
+@click.option("--plot", type=click.Path(), default=None, help="CMC plot PNG")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--precision", default="fp32", show_default=True, help="bundle variant")
 @click.option("--backend", default="auto", show_default=True, help="bundle backend")
@@ -144,29 +165,43 @@ def _sizes(text: str | None) -> list[int | str] | None:
               type=click.Path(file_okay=False), help="folder for the --visrank pictures")
 def main(checkpoint_or_bundle, data, dataset, mode, shots, trials, settings, aux_sizes, out, plot,
          batch_size, precision, backend, affinity, seed, visrank, visrank_dir) -> None:
-    """Evaluate CHECKPOINT_OR_BUNDLE on the SYSU-MM01 or RegDB protocol."""
+    """Evaluate CHECKPOINT_OR_BUNDLE (a checkpoint, a bundle folder, or for RegDB a folder of
+    per-trial checkpoints) on the SYSU-MM01 or RegDB protocol."""
     try:
+        for path, option in ((out, "--out"), (plot, "--plot")):   # before any work
+            if path:
+                check_output_file(path, option)
         chosen = tuple(s.strip() for s in settings.split(",") if s.strip())
-        source = open_source(checkpoint_or_bundle, batch_size, precision, backend)
-        if not getattr(source, "has_transfer", True):
-            click.echo("note: this model has no SSTN; evaluating shared-only features")
-            chosen = tuple(s for s in chosen if s == "shared-only") or ("shared-only",)
+        target = checkpoint_or_bundle
         with torch.no_grad():  # scoped: the CLI also runs in-process (tests, notebooks)
             if dataset == "sysu":
-                result = evaluate_sysu(source, data, mode=mode, shots=int(shots), trials=trials,
-                                       settings=chosen, aux_sizes=_sizes(aux_sizes), seed=seed,
-                                       affinity=affinity)
+                if Path(target).is_dir() and not is_bundle(target):
+                    raise SSFTError(f"{target} is not a bundle (no manifest.json); a folder of "
+                                    "per-trial checkpoints is for --dataset regdb")
+                source = _open_checked(target, batch_size, precision, backend)
+                chosen = _shared_only_note(source, chosen)
+                result = evaluate_sysu(source, data, mode=mode, shots=int(shots),
+                                       trials=trials or 10, settings=chosen,
+                                       aux_sizes=_sizes(aux_sizes), seed=seed, affinity=affinity)
             else:
-                result = evaluate_regdb(source, data, trials=trials, settings=chosen,
-                                        affinity=affinity)
+                models = regdb_models(target, trials)
+                if visrank and 1 not in models:   # the pictures show RegDB trial 1
+                    raise SSFTError(f"--visrank draws RegDB trial 1, but the model(s) given are "
+                                    f"scored on trial(s) {sorted(models)}: pass trial 1's model")
+                opened = {p: _open_checked(str(p), batch_size, precision, backend)
+                          for p in dict.fromkeys(models.values())}
+                chosen = _shared_only_note(next(iter(opened.values())), chosen)
+                result = evaluate_regdb({t: opened[p] for t, p in models.items()}, data,
+                                        settings=chosen, affinity=affinity)
+                result["trial_models"] = {str(t): str(p) for t, p in models.items()}
+                source = opened[models[min(models)]]   # trial 1's model when --visrank
+                result["trained_on"] = trained_on(next(iter(models.values())))[0]
         result["model"] = str(checkpoint_or_bundle)
         click.echo(format_table(result))
         if out:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
             Path(out).write_text(json.dumps(result, indent=2))
             click.echo(f"results: {out}")
         if plot:
-            Path(plot).parent.mkdir(parents=True, exist_ok=True)
             plot_cmc(result, plot)
             click.echo(f"CMC plot: {plot}")
         if visrank:

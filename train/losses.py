@@ -13,6 +13,8 @@ features) instead of by removing information. We therefore use bounded forms in 
     predicts nothing linear about H; the relative form also removes the trivial win of rescaling
     the features.
 The max step (discriminator and projections) minimises the same unclamped terms.
+``adversarial="unbounded"`` (config) uses the paper's terms as written instead: the plain cross
+entropy of Eq. 14 and the absolute projection error of Eq. 15, unclamped, in both steps.
 """
 
 from __future__ import annotations
@@ -103,11 +105,13 @@ def modality_loss(discriminator: torch.nn.Module, shared: torch.Tensor, modality
 
 
 def projection_loss(projections: torch.nn.ModuleDict, specific: torch.Tensor,
-                    shared: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-    """Eq. 15 per sample, relative: ``||Theta^m P - H|| / ||H||``."""
+                    shared: torch.Tensor, modality: torch.Tensor, relative: bool = True
+                    ) -> torch.Tensor:
+    """Eq. 15 per sample: ``||Theta^m P - H||``, divided by ``||H||`` when ``relative``."""
     proj = torch.where(modality.unsqueeze(1) == 0, projections["rgb"](specific),
                        projections["ir"](specific))
-    return (proj - shared).norm(dim=1) / shared.norm(dim=1).clamp(min=1e-6)
+    err = (proj - shared).norm(dim=1)
+    return err / shared.norm(dim=1).clamp(min=1e-6) if relative else err
 
 
 def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -117,9 +121,10 @@ def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor) -> torch.Tens
 
 def min_loss(model: torch.nn.Module, out: dict[str, torch.Tensor], labels: torch.Tensor,
              images: torch.Tensor, cfg: SSFTConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 20, min side: ``L_feat + l1 L_re - l2 L_ma - l3 L_pa`` with the bounded adversarial
-    terms described in the module docstring."""
+    """Eq. 20, min side: ``L_feat + l1 L_re - l2 L_ma - l3 L_pa`` with the bounded (default) or
+    the paper's unbounded adversarial terms (module docstring)."""
     l1, l2, l3 = cfg.lambdas
+    bounded = cfg.adversarial == "bounded"
     total, logs = feature_loss(out, labels, cfg)
     logs["feat"] = total.item()
     if "recon" in out:
@@ -127,12 +132,13 @@ def min_loss(model: torch.nn.Module, out: dict[str, torch.Tensor], labels: torch
         total = total + l1 * re
         logs["re"] = re.item()
     if model.discriminator is not None:
-        ma = modality_loss(model.discriminator, out["h"], out["modality"]).clamp(max=LN2).mean()
+        ma = modality_loss(model.discriminator, out["h"], out["modality"])
+        ma = (ma.clamp(max=LN2) if bounded else ma).mean()
         total = total - l2 * ma
         logs["ma_min"] = ma.item()
     if model.projections is not None:
-        pa = projection_loss(model.projections, out["p"], out["h"], out["modality"])
-        pa = pa.clamp(max=1.0).mean()
+        pa = projection_loss(model.projections, out["p"], out["h"], out["modality"], bounded)
+        pa = (pa.clamp(max=1.0) if bounded else pa).mean()
         total = total - l3 * pa
         logs["pa_min"] = pa.item()
     logs["min"] = total.item()
@@ -151,7 +157,7 @@ def max_loss(model: torch.nn.Module, out: dict[str, torch.Tensor], cfg: SSFTConf
         total = l2 * ma
         logs["ma_max"] = ma.item()
     if model.projections is not None:
-        pa = projection_loss(model.projections, p, h, mod).mean()
+        pa = projection_loss(model.projections, p, h, mod, cfg.adversarial == "bounded").mean()
         total = l3 * pa if total is None else total + l3 * pa
         logs["pa_max"] = pa.item()
     return total, logs

@@ -60,3 +60,21 @@ class CrossModalitySampler:
             rgb = [self._draw(rng, self.index[int(p)][0], self.rgb_k) for p in chosen]
             ir = [self._draw(rng, self.index[int(p)][1], self.ir_k) for p in chosen]
             yield [int(i) for i in np.concatenate(rgb + ir)]
+
+
+class SeededBatches:
+    """``sampler``'s batches as ``(index, augmentation seed)`` pairs; the seed of a sample is a
+    pure function of ``(seed, epoch, batch, position)``, so augmentation does not depend on the
+    number of loader workers, on which worker loads what, or on resuming."""
+
+    def __init__(self, sampler: CrossModalitySampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        s = self.sampler
+        for b, batch in enumerate(s):
+            seeds = np.random.SeedSequence([s.seed, s.epoch, b, 17]).generate_state(len(batch))
+            yield [(i, int(x)) for i, x in zip(batch, seeds)]

@@ -1,5 +1,10 @@
 """The training loop: identity-balanced batches, alternating min-max steps (Eq. 21), Adam with
-x0.1 decay at the milestones, periodic resumable checkpoints and a JSON log of every loss."""
+x0.1 decay at the milestones, periodic resumable checkpoints and a JSON log of every loss.
+
+Same config (seed included), same data and same machine (thread count included) -> the same
+weights: the seed fixes the initialisation, the sampler draws epoch e from (seed, e), each sample's
+augmentation from (seed, epoch, batch, position), and ``torch.use_deterministic_algorithms`` is on
+during ``run`` (``cfg.deterministic``)."""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,7 @@ from train.config import ConfigError, SSFTConfig
 from train.data import ReIDDataset, label_map
 from train.model import SSFTModel, save_checkpoint
 from train.model.checkpoint import TRAIN_FORMAT, atomic_save, checkpoint_dict
-from train.sampler import CrossModalitySampler
+from train.sampler import CrossModalitySampler, SeededBatches
 from train.steps import make_optimizers, train_step
 
 STATE_FILE = "checkpoint.pth"   # resumable trainer state
@@ -33,6 +39,25 @@ LOG_FILE = "log.json"
 def lr_at(cfg: SSFTConfig, epoch: int) -> float:
     """Step decay of Sec. 4.1: ``lr * 0.1^(milestones passed)``."""
     return cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.milestones)
+
+
+@contextmanager
+def deterministic(on: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(on)`` inside the block (the process-wide flag is
+    restored after; warn-only, so an op without a deterministic kernel warns instead of failing)."""
+    before, warn = torch.are_deterministic_algorithms_enabled(), \
+        torch.is_deterministic_algorithms_warn_only_enabled()
+    if on:
+        # CUDA's cuBLAS needs a fixed workspace to be deterministic; harmless on the CPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    bench = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn)
+        torch.backends.cudnn.benchmark = bench
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -129,8 +154,15 @@ class Trainer:
         """Train from ``start_epoch`` to ``cfg.epochs``; returns the path of ``model.pth``."""
         cfg = self.cfg
         _write_json(self.out / "config.json", cfg.to_dict())
-        loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=cfg.num_workers,
-                            persistent_workers=cfg.num_workers > 0)
+        loader = DataLoader(self.dataset, batch_sampler=SeededBatches(self.sampler),
+                            num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+        with deterministic(cfg.deterministic):
+            self._loop(loader)
+        model_path, _ = save_checkpoint(self.model.eval(), self.out / MODEL_FILE)
+        return model_path
+
+    def _loop(self, loader: DataLoader) -> None:
+        cfg = self.cfg
         for epoch in range(self.start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             means = self._epoch(epoch, loader)
@@ -145,5 +177,3 @@ class Trainer:
             if last or (epoch + 1) % cfg.checkpoint_every == 0:
                 self._save_state(epoch + 1)
             _write_json(self.out / LOG_FILE, self.log)
-        model_path, _ = save_checkpoint(self.model.eval(), self.out / MODEL_FILE)
-        return model_path

@@ -30,8 +30,14 @@ IR_CAMS = (3, 6)
 REGDB_TRIALS = 10
 
 # SYSU-MM01's test split: 96 ids, 3803 IR query images, 301 (id, RGB camera) pairs (= the
-# single-shot gallery; multi-shot takes 10 per pair, 3010).
-SYSU_TEST_SCALE = {"num_test": 96, "query_images": 3803, "gallery_pairs": 301, "rgb_per_cam": 10}
+# single-shot gallery; multi-shot takes 10 per pair, 3010), 112 of them indoor (cameras 1, 2: 56
+# ids, so 40 ids have no indoor-search match), 13-42 images per (id, RGB camera) pair.
+SYSU_TEST_SCALE = {"num_test": 96, "query_images": 3803, "gallery_pairs": 301,
+                   "indoor_pairs": 112, "test_rgb_per_cam": (13, 42)}
+INDOOR_CAMS = (1, 2)
+# A query of IR camera 3 ignores RGB camera 2 (same room): an id needs a cell in one of these
+# for every all-search query to have a match.
+ALL_SEARCH_CAMS = (1, 4, 5)
 
 
 @dataclass
@@ -59,19 +65,55 @@ def _spread(rng: np.random.Generator, total: int, cells: int, lo: int) -> np.nda
     return out + lo
 
 
+def _range(x: int | tuple[int, int]) -> tuple[int, int]:
+    lo, hi = (x, x) if isinstance(x, int) else tuple(x)
+    if lo > hi:
+        raise SSFTError(f"image-count range {lo},{hi}: LO must not exceed HI")
+    return int(lo), int(hi)
+
+
+def _rgb_cells(rng: np.random.Generator, n: int, presence: float, gallery_pairs: int | None,
+               indoor_pairs: int | None) -> np.ndarray:
+    """``[n, 4]`` presence of each id in RGB cameras 1, 2, 4, 5: every id in at least one of
+    cameras 1, 4, 5; ``gallery_pairs`` / ``indoor_pairs`` fix the pair totals (all / cams 1-2)."""
+    cols = {c: j for j, c in enumerate(RGB_CAMS)}
+    must = [cols[c] for c in ALL_SEARCH_CAMS]
+    if gallery_pairs is None and indoor_pairs is None:
+        rgb = rng.random((n, len(RGB_CAMS))) < presence
+        lacking = ~rgb[:, must].any(axis=1)
+        rgb[np.flatnonzero(lacking), rng.choice(must, size=int(lacking.sum()))] = True
+        return rgb
+    total = n * 2 if gallery_pairs is None else gallery_pairs
+    indoor = min(n, total - n) if indoor_pairs is None else indoor_pairs
+    if not 0 <= indoor <= 2 * n or total > 4 * n:
+        raise SSFTError(f"cannot place {total} (id, RGB camera) pairs, {indoor} of them indoor, "
+                        f"for {n} ids")
+    rgb = np.zeros((n, len(RGB_CAMS)), bool)
+    # indoor ids hold both indoor cameras (as on the real split), an odd total leaves one at cam 1
+    ids = rng.permutation(n)[: (indoor + 1) // 2]
+    rgb[ids, cols[1]] = True
+    rgb[ids[: indoor // 2], cols[2]] = True
+    outdoor = [cols[4], cols[5]]
+    need = np.flatnonzero(~rgb[:, must].any(axis=1))   # ids without a cam-1 cell: one outdoor
+    rgb[need, rng.choice(outdoor, size=need.size)] = True
+    free = np.flatnonzero(~rgb[:, outdoor].ravel())
+    left = total - int(rgb.sum())
+    if left < 0 or left > free.size:
+        raise SSFTError(f"cannot place {total} (id, RGB camera) pairs, {indoor} of them indoor, "
+                        f"for {n} ids (each id needs one camera of {ALL_SEARCH_CAMS})")
+    view = rgb[:, outdoor].ravel()
+    view[rng.choice(free, left, replace=False)] = True
+    rgb[:, outdoor] = view.reshape(n, 2)
+    return rgb
+
+
 def _plan_sysu(rng: np.random.Generator, pids: list[int], rgb_per_cam: tuple[int, int],
-               ir_per_cam: tuple[int, int], rgb_presence: float, gallery_pairs: int | None, query_images: int | None):
-    """{(pid, cam): image count}: every id in both IR cameras and at least one RGB camera."""
+               ir_per_cam: tuple[int, int], rgb_presence: float, gallery_pairs: int | None,
+               query_images: int | None, indoor_pairs: int | None = None):
+    """{(pid, cam): image count}: every id in both IR cameras and in RGB cameras as
+    ``_rgb_cells`` places them."""
     n = len(pids)
-    rgb = rng.random((n, len(RGB_CAMS))) < rgb_presence
-    rgb[np.arange(n), rng.integers(len(RGB_CAMS), size=n)] = True
-    if gallery_pairs is not None:  # exactly this many (id, RGB camera) pairs, >= 1 per id
-        if not n <= gallery_pairs <= n * len(RGB_CAMS):
-            raise SSFTError(f"gallery_pairs must be in [{n}, {n * len(RGB_CAMS)}]")
-        rgb[:] = False
-        rgb[np.arange(n), rng.integers(len(RGB_CAMS), size=n)] = True
-        free = np.flatnonzero(~rgb.ravel())
-        rgb.ravel()[rng.choice(free, gallery_pairs - n, replace=False)] = True
+    rgb = _rgb_cells(rng, n, rgb_presence, gallery_pairs, indoor_pairs)
     plan = {}
     for i, pid in enumerate(pids):
         for j, cam in enumerate(RGB_CAMS):
@@ -107,19 +149,23 @@ def generate_sysu(root: str | os.PathLike, num_train: int = 32, num_val: int = 8
                   ir_per_cam: int | tuple[int, int] | None = None, rgb_presence: float = 0.8,
                   size: tuple[int, int] = (128, 64), seed: int = 0,
                   query_images: int | None = None, gallery_pairs: int | None = None,
+                  indoor_pairs: int | None = None,
+                  test_rgb_per_cam: int | tuple[int, int] | None = None,
                   quality: int = 90, progress: bool = False) -> Summary:
     """Write a synthetic SYSU-MM01 tree under ``root`` and return a Summary.
 
     ``rgb_per_cam`` / ``ir_per_cam``: images per identity per camera (an int or a (lo, hi) range;
     IR defaults to the RGB range). Every id appears in both IR cameras and in a random non-empty
-    subset of the RGB cameras (each with probability ``rgb_presence``). ``query_images`` and
-    ``gallery_pairs`` fix the test split's IR image total and its (id, RGB camera) pair count:
-    ``generate_sysu(root, **SYSU_TEST_SCALE)`` gives SYSU-MM01's test-split size.
+    subset of the RGB cameras (each with probability ``rgb_presence``) that includes one of
+    cameras 1, 4, 5, so every all-search query has a match. For the test split,
+    ``query_images``, ``gallery_pairs`` and ``indoor_pairs`` fix the IR image total and the
+    (id, RGB camera) pair counts, and ``test_rgb_per_cam`` its images per RGB pair:
+    ``generate_sysu(root, **SYSU_TEST_SCALE)`` gives SYSU-MM01's test split.
     """
-    rgb_rng = (rgb_per_cam, rgb_per_cam) if isinstance(rgb_per_cam, int) else tuple(rgb_per_cam)
-    ir_per_cam = rgb_rng if ir_per_cam is None else ir_per_cam
-    ir_rng = (ir_per_cam, ir_per_cam) if isinstance(ir_per_cam, int) else tuple(ir_per_cam)
-    if min(rgb_rng + ir_rng) < 1 or num_test < 1 or num_train + num_val < 1:
+    rgb_rng = _range(rgb_per_cam)
+    ir_rng = rgb_rng if ir_per_cam is None else _range(ir_per_cam)
+    test_rng = rgb_rng if test_rgb_per_cam is None else _range(test_rgb_per_cam)
+    if min(rgb_rng + ir_rng + test_rng) < 1 or num_test < 1 or num_train + num_val < 1:
         raise SSFTError("need >= 1 image per camera, >= 1 test id and >= 1 train/val id")
     root = Path(root)
     rng = np.random.default_rng([seed, 1])
@@ -129,8 +175,9 @@ def generate_sysu(root: str | os.PathLike, num_train: int = 32, num_val: int = 8
     jobs = []
     for s, (name, ids) in enumerate(splits.items()):
         test = name == "test"
-        plan = _plan_sysu(np.random.default_rng([seed, 2, s]), ids, rgb_rng, ir_rng, rgb_presence,
-                          gallery_pairs if test else None, query_images if test else None)
+        plan = _plan_sysu(np.random.default_rng([seed, 2, s]), ids, test_rng if test else rgb_rng,
+                          ir_rng, rgb_presence, gallery_pairs if test else None,
+                          query_images if test else None, indoor_pairs if test else None)
         for (pid, cam), count in plan.items():
             jobs += [(pid, cam, n, root / f"cam{cam}" / f"{pid:04d}" / f"{n + 1:04d}.jpg")
                      for n in range(count)]
@@ -184,11 +231,13 @@ def generate_regdb(root: str | os.PathLike, num_ids: int = 40, images_per_id: in
 @click.option("--ids", default=None, help="SYSU: TRAIN,VAL,TEST id counts; RegDB: total ids")
 @click.option("--per-cam", default="4,8", show_default=True,
               help="SYSU images per id per camera (N or LO,HI); RegDB images per modality")
+@click.option("--test-per-cam", default=None,
+              help="SYSU test split's images per id per RGB camera (N or LO,HI; default --per-cam)")
 @click.option("--sysu-test-scale", is_flag=True,
               help="SYSU test split of the real size (96 ids, 3803 queries, 301 pairs)")
 @click.option("--size", default="128,64", show_default=True, help="image H,W")
 @click.option("--seed", default=0, show_default=True, type=int)
-def main(root, regdb, ids, per_cam, sysu_test_scale, size, seed) -> None:
+def main(root, regdb, ids, per_cam, test_per_cam, sysu_test_scale, size, seed) -> None:
     """Generate a synthetic cross-modality person dataset."""
     try:
         hw = tuple(int(x) for x in size.split(","))
@@ -203,6 +252,9 @@ def main(root, regdb, ids, per_cam, sysu_test_scale, size, seed) -> None:
             extra = dict(SYSU_TEST_SCALE) if sysu_test_scale else {}
             kwargs = {"num_train": counts[0], "num_val": counts[1], "num_test": counts[2],
                       "rgb_per_cam": pc[0] if len(pc) == 1 else (pc[0], pc[1]), **extra}
+            if test_per_cam:
+                tc = [int(x) for x in test_per_cam.split(",")]
+                kwargs["test_rgb_per_cam"] = tc[0] if len(tc) == 1 else (tc[0], tc[1])
             summary = generate_sysu(root, size=hw, seed=seed, progress=True, **kwargs)
     except (SSFTError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)

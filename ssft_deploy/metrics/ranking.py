@@ -88,10 +88,14 @@ def eval_sysu(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 20):
     - A query of camera 3 ignores every gallery image of camera 2 (the two share a room).
     - CMC counts each identity once, at its first position in the ranked list (official rule);
       mAP and mINP use the full ranked list of kept images.
-    - Ties in distance are broken by a stable sort (lower gallery index ranks first).
+    - Ties in distance are broken by a stable sort: the lower gallery index ranks first (the
+      field's code sorts with ``np.argsort``, whose default quicksort may order exact ties either
+      way, so compute distances in float64: float32 rounding creates such ties).
     - A query whose identity has no kept gallery image is skipped: it counts in none of CMC, mAP,
-      mINP, and every average is over the remaining queries. (The widely copied reference code keeps
-      such queries as zeros in the CMC only; with the official protocol every query has a match.)
+      mINP, and every average is over the remaining queries, as the field's code does (its CMC
+      adds a zero row for such a query but divides by the valid count: the same). In indoor
+      search (gallery cameras 1, 2) 40 of the 96 test identities of the real split have no gallery
+      image, so their queries are skipped; in all-search every query has a match.
     - ``max_rank`` larger than the ranked list: the CMC is padded with its last value.
     """
     d = _distmat(distmat)

@@ -17,7 +17,7 @@ from train.config import ConfigError, SSFTConfig
 from train.model.backbone import MODALITIES, TwoStream
 from train.model.blocks import FeatureBlock
 from train.model.complementary import Decoder, modality_discriminator, projection
-from train.model.sstn import PARTS, SSTN, affinity, pad
+from train.model.sstn import PARTS, SSTN, affinity, neighbour_weights, neighbours, pad
 
 ADVERSARY_PREFIXES = ("discriminator.", "projections.")
 
@@ -118,7 +118,9 @@ class SSFTModel(nn.Module):
         }
         if self.sstn is not None:
             z = self.pad(out["h"], out["p"], modality)
-            idx, w = self.affinity(out["h"], out["p"], modality)
+            idx, w, valid = neighbours(out["h"], out["p"], modality, self.config.k)
+            if self.config.affinity_grad:   # Eq. 6-10 end to end: A's kept values carry gradient
+                w = neighbour_weights(out["h"], out["p"], modality, idx, valid)
             out["t_pre"], out["t"] = self.sstn(z, idx, w)
             out["t_logits"] = self.sstn.feat.classifier(out["t"])
         if self.decoders is not None:

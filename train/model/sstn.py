@@ -1,6 +1,7 @@
 """Shared-Specific Transfer Network (Sec. 3.2, Eq. 5-11), torch twin of the runtime's numpy code.
 
-``pad`` (Eq. 5), ``affinity`` (Eq. 6-8 as neighbour lists, the ``topk_affinity`` contract) and
+``pad`` (Eq. 5), ``affinity`` (Eq. 6-8 as neighbour lists, the ``topk_affinity`` contract),
+``neighbour_weights`` (the same weights with autograd, for end-to-end training) and
 ``propagate`` (``D^-1/2 A D^-1/2 Z``, the ``propagate`` contract) follow docs/ARCHITECTURE.md.
 ``SSTN.forward(z, idx, w)`` is what is exported as ``transfer.onnx``: gathers and sums only, no
 scatter and no shape that depends on values, so N stays dynamic.
@@ -39,9 +40,9 @@ def _d(x: torch.Tensor) -> torch.Tensor:
     return 1.0 - 0.5 * (2.0 - 2.0 * (u @ u.T)).clamp(min=0.0).sqrt()
 
 
-def _top(score: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _top(score: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row the k largest scores, descending, ties to the smaller column; rows with fewer
-    than k finite candidates are padded with (row, 0)."""
+    than k finite candidates are padded with (row, 0). Also returns the mask of real entries."""
     n = score.shape[0]
     if n < k:
         score = torch.cat([score, score.new_full((n, k - n), float("-inf"))], dim=1)
@@ -50,24 +51,51 @@ def _top(score: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     top = score.gather(1, order)
     valid = torch.isfinite(top)
     rows = torch.arange(n, device=score.device).unsqueeze(1).expand(n, k)
-    return torch.where(valid, order, rows), torch.where(valid, top, torch.zeros_like(top))
+    return (torch.where(valid, order, rows), torch.where(valid, top, torch.zeros_like(top)),
+            valid)
 
 
 @torch.no_grad()
-def affinity(shared: torch.Tensor, specific: torch.Tensor, modality: torch.Tensor, k: int = 4
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 6-8 as neighbour lists: ``idx int64 [N,2k]``, ``w float32 [N,2k]``.
-
-    Columns 0..k-1: same-modality neighbours by specific features (i itself included), columns
-    k..2k-1: other-modality neighbours by shared features. The affinity is a constant for the
-    gradient (as in the runtime, where it is computed outside the transfer graph)."""
+def neighbours(shared: torch.Tensor, specific: torch.Tensor, modality: torch.Tensor, k: int = 4
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``affinity`` plus the ``[N, 2k]`` mask of real (not padding) entries."""
     modality = modality.reshape(-1).long()
     same = modality.unsqueeze(0) == modality.unsqueeze(1)
     halves = [_top(_d(feats).masked_fill(~mask, float("-inf")), k)
               for feats, mask in ((specific, same), (shared, ~same))]
     idx = torch.cat([h[0] for h in halves], dim=1)
     w = torch.cat([h[1] for h in halves], dim=1).float()
-    return idx, w
+    return idx, w, torch.cat([h[2] for h in halves], dim=1)
+
+
+def affinity(shared: torch.Tensor, specific: torch.Tensor, modality: torch.Tensor, k: int = 4
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 6-8 as neighbour lists: ``idx int64 [N,2k]``, ``w float32 [N,2k]``.
+
+    Columns 0..k-1: same-modality neighbours by specific features (i itself included), columns
+    k..2k-1: other-modality neighbours by shared features. No gradient: the selection T(., k) is
+    piecewise constant, and at inference the runtime computes it outside the transfer graph;
+    ``neighbour_weights`` gives the same ``w`` with autograd for training."""
+    return neighbours(shared, specific, modality, k)[:2]
+
+
+def neighbour_weights(shared: torch.Tensor, specific: torch.Tensor, modality: torch.Tensor,
+                      idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Eq. 6-7 with autograd: ``w[i, j] = d(f_i, f_idx[i,j])`` for the neighbours chosen by
+    ``affinity`` (``f`` = specific features in the first half of the columns, shared in the second),
+    0 where ``valid`` is False (padding). The selection stays gradient-free; the values of the kept
+    entries of A carry the gradient back into both streams, as in the end-to-end model (Sec. 3.2).
+    """
+    k = idx.shape[1] // 2
+    out = []
+    for feats, cols in ((specific, idx[:, :k]), (shared, idx[:, k:])):
+        u = feats.double()
+        u = u / u.norm(dim=1, keepdim=True).clamp(min=EPS)
+        cos = (u.unsqueeze(1) * u[cols]).sum(dim=2)
+        # The clamp keeps the gradient of sqrt finite at d(x, x) = 1 (zero distance): zero there.
+        out.append(1.0 - 0.5 * (2.0 - 2.0 * cos).clamp(min=1e-12).sqrt())
+    w = torch.cat(out, dim=1).float()
+    return torch.where(valid, w, torch.zeros_like(w))
 
 
 def propagate(z: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
