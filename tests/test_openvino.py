@@ -14,11 +14,11 @@ import pytest
 pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
 pytest.importorskip("torch", reason="building the demo-architecture bundle needs torch")
 
-from export.openvino_variants import openvino_variants  # noqa: E402
-from ssft_deploy.bundle import load_bundle, write_manifest  # noqa: E402
-from ssft_deploy.engines import open_engine  # noqa: E402
-from ssft_deploy.engines import openvino as ovmod  # noqa: E402
-from ssft_deploy.errors import EngineError  # noqa: E402
+from export.openvino_variants import openvino_variants
+from ssft_deploy.bundle import load_bundle, write_manifest
+from ssft_deploy.engines import open_engine
+from ssft_deploy.engines import openvino as ovmod
+from ssft_deploy.errors import EngineError
 
 H, W = 64, 32
 GRAPHS = ("extractor_rgb", "extractor_ir", "transfer")
