@@ -71,9 +71,18 @@ class ReIDRuntime:
              gallery: Gallery | None = None) -> ReIDRuntime:
         """Load and verify ``bundle``, open both extractors and the transfer graph.
 
-        The transfer graph falls back to fp32 when the bundle has none at ``precision``.
+        ``precision="auto"`` picks the fastest gated (backend, precision) on this machine from a
+        short measurement cached per machine and bundle (``engines.autoselect``); an explicit
+        ``backend`` restricts it. The transfer graph falls back to fp32 when the bundle has none
+        at ``precision``.
         """
         b = load_bundle(bundle)
+        pick = None
+        if precision == "auto":
+            from ssft_deploy.engines.autoselect import choose
+
+            pick = choose(b, backend, batch=min(max_batch, 8), intra_op_threads=intra_op_threads)
+            backend, precision = pick.backend, pick.precision
         opts = {"intra_op_threads": intra_op_threads, "device_id": device_id}
         extractors = {m: open_engine(b, g, precision, backend, **opts)
                       for m, g in _EXTRACTORS.items()}
@@ -86,8 +95,10 @@ class ReIDRuntime:
             transfer = open_engine(b, "transfer", "fp32", backend, **opts)
         log.info("runtime: %s %s, extractors on %s, transfer on %s", b.root, precision,
                  extractors[0].name, transfer.name)
-        return cls(b, extractors, transfer, affinity=affinity, max_batch=max_batch,
-                   rolling_size=rolling_size, gallery=gallery)
+        rt = cls(b, extractors, transfer, affinity=affinity, max_batch=max_batch,
+                 rolling_size=rolling_size, gallery=gallery)
+        rt.selection = pick  # the autoselect.Choice behind precision="auto" (None: explicit)
+        return rt
 
     # -- extraction ---------------------------------------------------------------------------
     def extract_array(self, images: np.ndarray, modality: str | int) -> tuple[np.ndarray,
