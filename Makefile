@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.setup-stamp
 DEMO    ?= runs/demo
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup triton-setup test demo video serve bench-batcher lint clean
+.PHONY: setup triton-setup test demo video serve bench-batcher lint clean gpu-check
 
 # Creates (or reuses) .venv with the runtime, training, export and dev extras.
 # torch 2.14.1 / torchvision 0.29.1 come from the machine's local wheel cache.
@@ -48,6 +48,11 @@ serve: setup triton-setup
 
 bench-batcher: setup
 	$(VPY) benchmarks/batcher_throughput.py --bundle $(DEMO)/bundle --out $(DEMO)/bench/batcher_throughput.json
+
+# On a GPU machine, no venv and no network needed: the machine's python3, wheels from .whl/ if
+# any; every GPU test and GPU benchmark that can run there -> runs/gpu-check/gpu_check.json.
+gpu-check:
+	OMP_NUM_THREADS=$$(nproc) PYTHONPATH=$(CURDIR) $(PY) benchmarks/gpu_check.py --out runs/gpu-check --wheels .whl
 
 clean:
 	rm -rf runs build dist *.egg-info

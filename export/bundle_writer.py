@@ -11,6 +11,7 @@ from typing import Any
 from export import manifest as mf
 from export.onnx_graphs import DEFAULT_EXPORTER, export_extractor, export_transfer
 from export.precision import TRANSFER_FP16_OPS, convert_fp16
+from ssft_deploy.engines.trt_build import TRANSFER_MAX_ROWS
 from ssft_deploy.preprocess import Preprocessor
 
 GRAPHS = ("extractor_rgb", "extractor_ir", "transfer")
@@ -29,7 +30,7 @@ class ExportOptions:
     trt: bool = False
     workspace: int = 4 << 30
     max_batch: int = 64
-    max_n: int = 4096
+    max_n: int = TRANSFER_MAX_ROWS
     exporter: str = DEFAULT_EXPORTER
     verify: bool = True
     verify_data: str | None = None

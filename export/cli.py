@@ -11,6 +11,7 @@ import click
 
 from export.bundle_writer import ExportOptions, write_bundle
 from export.onnx_graphs import DEFAULT_EXPORTER, EXPORTERS
+from ssft_deploy.engines.trt_build import TRANSFER_MAX_ROWS
 from ssft_deploy.errors import SSFTError
 
 
@@ -37,8 +38,9 @@ def _say(msg: str) -> None:
               help="TensorRT workspace limit in bytes.")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="Largest extractor batch of the TensorRT profile / Triton config.")
-@click.option("--max-n", type=click.IntRange(1, 1 << 20), default=4096, show_default=True,
-              help="Largest sample count N of the transfer engine's profile.")
+@click.option("--max-n", type=click.IntRange(1, 1 << 20), default=TRANSFER_MAX_ROWS,
+              show_default=True, help="Largest sample count N of the transfer engine's profile "
+              "(default: SYSU-MM01 multi-shot all queries, 3803 + 3010).")
 @click.option("--exporter", type=click.Choice(EXPORTERS), default=DEFAULT_EXPORTER,
               show_default=True, help="torch.onnx exporter.")
 @click.option("--no-verify", is_flag=True, help="Skip the parity gate (not recommended).")

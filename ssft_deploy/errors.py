@@ -27,6 +27,10 @@ class EngineError(SSFTError):
     """An inference backend that is unavailable here or failed to run."""
 
 
+class EngineLimitError(EngineError):
+    """More rows than an engine accepts (a TensorRT profile's max), and no engine that can."""
+
+
 class QueueFullError(SSFTError):
     """The frame batcher's bounded queue is full (the submission was not accepted)."""
 

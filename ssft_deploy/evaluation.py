@@ -92,10 +92,12 @@ class FeatureCache:
 
 
 def make_sstn(source: FeatureSource, affinity: str = "dense") -> SSTN:
-    """The SSTN stage of ``source`` (its ``k`` and ``parts`` when it has them)."""
+    """The SSTN stage of ``source`` (its ``k``, ``parts``, ``max_rows`` and ``transfer_fallback``
+    when it has them)."""
     return SSTN(source.transfer, k=int(getattr(source, "k", 4) or 4),
                 parts=tuple(getattr(source, "parts", DEFAULT_PARTS) or DEFAULT_PARTS),
-                affinity=affinity)
+                affinity=affinity, max_rows=getattr(source, "max_rows", None),
+                fallback=getattr(source, "transfer_fallback", None))
 
 
 def distances(sstn: SSTN, setting: str, query: Features, gallery: Features) -> np.ndarray:

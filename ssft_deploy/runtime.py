@@ -22,6 +22,7 @@ import numpy as np
 
 from ssft_deploy.bundle import Bundle, load_bundle
 from ssft_deploy.engines import Engine, open_engine
+from ssft_deploy.engines.fallback import LazyEngine, unlimited_fallback
 from ssft_deploy.errors import BundleError, EngineError, GalleryError, InputError
 from ssft_deploy.features import Features, modality_code
 from ssft_deploy.gallery import MODES, Gallery, SearchResult
@@ -50,7 +51,8 @@ class ReIDRuntime:
 
     def __init__(self, bundle: Bundle, extractors: dict[int, Engine], transfer: Engine | None,
                  *, affinity: str = "auto", max_batch: int = 32, rolling_size: int = 300,
-                 gallery: Gallery | None = None) -> None:
+                 gallery: Gallery | None = None,
+                 transfer_fallback: LazyEngine | None = None) -> None:
         if max_batch < 1:
             raise InputError(f"max_batch must be >= 1, got {max_batch}")
         self.bundle = bundle
@@ -58,8 +60,11 @@ class ReIDRuntime:
         self.transfer_engine = transfer
         self.preprocessor = Preprocessor.from_bundle(bundle)
         self.max_batch = int(max_batch)
+        # Graphs beyond the transfer engine's rows (a TensorRT profile) run on the fallback.
+        self.transfer_fallback = transfer_fallback
         self.sstn = SSTN(self.transfer_fn, k=bundle.k, parts=bundle.transfer_parts,
-                         affinity=affinity)
+                         affinity=affinity, max_rows=transfer.max_batch if transfer else None,
+                         fallback=self.fallback_transfer_fn if transfer_fallback else None)
         self.rolling = RollingAuxiliary(rolling_size)
         self.gallery = gallery if gallery is not None else Gallery(bundle.dims["shared"],
                                                                    bundle.dims["specific"])
@@ -86,17 +91,21 @@ class ReIDRuntime:
         opts = {"intra_op_threads": intra_op_threads, "device_id": device_id}
         extractors = {m: open_engine(b, g, precision, backend, **opts)
                       for m, g in _EXTRACTORS.items()}
+        t_precision = precision
         try:
             transfer = open_engine(b, "transfer", precision, backend, **opts)
         except (BundleError, EngineError) as exc:
             if precision == "fp32":
                 raise
             log.info("transfer graph at %s unavailable (%s); using fp32", precision, exc)
-            transfer = open_engine(b, "transfer", "fp32", backend, **opts)
+            t_precision = "fp32"
+            transfer = open_engine(b, "transfer", t_precision, backend, **opts)
         log.info("runtime: %s %s, extractors on %s, transfer on %s", b.root, precision,
                  extractors[0].name, transfer.name)
         rt = cls(b, extractors, transfer, affinity=affinity, max_batch=max_batch,
-                 rolling_size=rolling_size, gallery=gallery)
+                 rolling_size=rolling_size, gallery=gallery,
+                 transfer_fallback=unlimited_fallback(b, "transfer", t_precision, transfer,
+                                                      **opts))
         rt.selection = pick  # the autoselect.Choice behind precision="auto" (None: explicit)
         return rt
 
@@ -151,13 +160,22 @@ class ReIDRuntime:
         return ex.features
 
     # -- transfer and search ------------------------------------------------------------------
-    def transfer_fn(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """``transferred = transfer(z, idx, w)`` through the bundle's transfer engine (Eq. 10-11)."""
-        if self.transfer_engine is None:
+    def transfer_fn(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray,
+                    engine: Engine | None = None) -> np.ndarray:
+        """``transferred = transfer(z, idx, w)`` through the bundle's transfer engine (Eq. 10-11)
+        or the given ``engine``."""
+        engine = engine or self.transfer_engine
+        if engine is None:
             raise EngineError("this runtime was opened without a transfer engine")
         feeds = {"z": np.asarray(z, np.float32), "idx": np.asarray(idx, np.int64),
                  "w": np.asarray(w, np.float32)}
-        return self.transfer_engine.run(feeds)["transferred"]
+        return engine.run(feeds)["transferred"]
+
+    def fallback_transfer_fn(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """``transfer_fn`` on the unlimited fallback engine (opened at the first call)."""
+        if self.transfer_fallback is None:
+            raise EngineError("this runtime has no fallback transfer engine")
+        return self.transfer_fn(z, idx, w, self.transfer_fallback.get())
 
     def distances(self, query: Features, gallery: Features, mode: str = "all-queries"
                   ) -> np.ndarray:
@@ -198,7 +216,7 @@ class ReIDRuntime:
         return BundleFeatureSource(self, progress=progress)
 
     def close(self) -> None:
-        for eng in (*self.extractors.values(), self.transfer_engine):
+        for eng in (*self.extractors.values(), self.transfer_engine, self.transfer_fallback):
             if eng is not None:
                 eng.close()
 
@@ -215,6 +233,8 @@ class BundleFeatureSource:
     def __init__(self, runtime: ReIDRuntime, progress: bool = True) -> None:
         self.runtime, self.progress = runtime, progress
         self.k, self.parts = runtime.bundle.k, runtime.bundle.transfer_parts
+        self.max_rows = runtime.sstn.max_rows
+        self.transfer_fallback = runtime.sstn.fallback
 
     def extract(self, records: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
         """Images of ``records`` (``.path``, ``.modality``), batched per modality, in order."""

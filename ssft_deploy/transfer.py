@@ -8,6 +8,7 @@ all queries (Sec. 4.5, transductive), single query (Eq. 22) and a rolling auxili
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable, Sequence
 
@@ -16,12 +17,15 @@ import numpy as np
 from ssft_deploy.affinity import topk_affinity
 from ssft_deploy.affinity.common import unit
 from ssft_deploy.affinity.single_query import SingleQueryGraph, query_gallery_affinity
-from ssft_deploy.errors import EngineError, InputError
+from ssft_deploy.errors import EngineError, EngineLimitError, InputError
 from ssft_deploy.features import Features
 
+log = logging.getLogger("ssft_deploy.transfer")
 TransferFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 PARTS = ("shared", "specific")
 PROPAGATE_ROWS = 4096
+# Rows of one single-query transfer call when the engine sets no limit (bounds host memory).
+SINGLE_QUERY_ROWS = 8192
 
 
 def _parts(parts: Sequence[str]) -> tuple[str, ...]:
@@ -125,18 +129,41 @@ class SSTN:
     """The runtime shared-specific transfer network around ``transfer_fn(z, idx, w) -> T``.
 
     ``affinity`` picks the top-k method ("dense" | "knn" | "cuda" | "auto"); ``affinity_options``
-    go to it. ``max_rows`` bounds the rows of one ``transfer_fn`` call in single-query mode."""
+    go to it. ``max_rows`` is the most rows ``transfer_fn`` accepts (an engine's ``max_batch``,
+    e.g. a TensorRT profile's max; None: any): single-query blocks are batched to fit it, and a
+    graph with more rows (all queries over a large set) runs on ``fallback``, an unlimited
+    ``transfer_fn`` (ONNX Runtime on the bundle's graph), with a logged reason, or raises
+    EngineLimitError when there is none."""
 
     def __init__(self, transfer_fn: TransferFn, k: int = 4, parts: Sequence[str] = PARTS,
-                 affinity: str = "dense", max_rows: int = 8192, **affinity_options: object) -> None:
-        if not callable(transfer_fn):
-            raise InputError("transfer_fn must be callable as transfer_fn(z, idx, w)")
+                 affinity: str = "dense", max_rows: int | None = None,
+                 fallback: TransferFn | None = None, **affinity_options: object) -> None:
+        if not callable(transfer_fn) or (fallback is not None and not callable(fallback)):
+            raise InputError("transfer_fn and fallback must be callable as f(z, idx, w)")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
+        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
+                                     or max_rows < 1):
+            raise InputError(f"max_rows must be a positive integer or None, got {max_rows!r}")
         self.transfer_fn, self.k, self.parts = transfer_fn, k, _parts(parts)
-        self.affinity, self.affinity_options, self.max_rows = affinity, affinity_options, max_rows
+        self.affinity, self.affinity_options = affinity, affinity_options
+        self.max_rows, self.fallback = max_rows, fallback
         self._cache_lock = threading.Lock()
         self._gallery_cache: tuple[bytes, SingleQueryGraph, np.ndarray] | None = None
+
+    def _transfer_for(self, rows: int, what: str) -> TransferFn:
+        """The function that takes a graph of ``rows`` rows: ``transfer_fn`` within the limit,
+        else ``fallback`` (logged), else EngineLimitError naming the limit and the fix."""
+        if self.max_rows is None or rows <= self.max_rows:
+            return self.transfer_fn
+        reason = (f"{what} needs one transfer call over {rows} rows and the transfer engine "
+                  f"accepts at most {self.max_rows}")
+        if self.fallback is not None:
+            log.warning("%s; running this call on the fallback engine (ONNX Runtime)", reason)
+            return self.fallback
+        raise EngineLimitError(f"{reason}. Rebuild the engine with a larger profile "
+                               f"(ssft-export --trt --max-n {rows} or more), use an ONNX Runtime "
+                               "backend, or search fewer rows at once (single-query mode)")
 
     def neighbours(self, feats: Features) -> tuple[np.ndarray, np.ndarray]:
         """Eq. 6-8 neighbour lists of ``feats`` with this stage's k and method."""
@@ -147,9 +174,10 @@ class SSTN:
         """Eq. 5 with this stage's parts."""
         return pad(feats.shared, feats.specific, feats.modality, self.parts)
 
-    def run(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """``transfer_fn`` with its output checked: float32 [N, Dt]."""
-        out = np.asarray(self.transfer_fn(z, idx, w))
+    def run(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray,
+            fn: TransferFn | None = None) -> np.ndarray:
+        """``fn`` (default ``transfer_fn``) with its output checked: float32 [N, Dt]."""
+        out = np.asarray((fn or self.transfer_fn)(z, idx, w))
         if out.ndim != 2 or out.shape[0] != z.shape[0]:
             raise EngineError(f"transfer_fn returned shape {out.shape} for {z.shape[0]} rows")
         return out.astype(np.float32, copy=False)
@@ -158,8 +186,9 @@ class SSTN:
         """Transductive transfer (Sec. 4.5, "all queries"): one graph over all samples -> T [N,Dt]."""
         if len(feats) == 0:
             raise InputError("no features to transfer")
+        fn = self._transfer_for(len(feats), "all-queries transfer")  # before the affinity work
         idx, w = self.neighbours(feats)
-        return self.run(self.pad(feats), idx, w)
+        return self.run(self.pad(feats), idx, w, fn)
 
     def auxiliary_distances(self, query: Features, gallery: Features,
                             auxiliary: Features | None = None) -> np.ndarray:
@@ -171,14 +200,18 @@ class SSTN:
 
     def single_query_distances(self, query: Features, gallery: Features) -> np.ndarray:
         """Eq. 22: each query propagates with the gallery only -> distances [Q, G]. Queries are
-        batched as independent blocks (up to ``max_rows`` rows per ``transfer_fn`` call); the
-        gallery's neighbour lists and padded features are computed once."""
+        batched as independent blocks of ``G + 1`` rows, as many per ``transfer_fn`` call as
+        ``max_rows`` (and SINGLE_QUERY_ROWS) allow; the gallery's neighbour lists and padded
+        features are computed once. A gallery too large for one block uses ``fallback``."""
         if len(gallery) == 0 or len(query) == 0:
             raise InputError("single-query transfer needs at least one query and one gallery sample")
+        size = len(gallery) + 1
+        fn = self._transfer_for(size, "single-query transfer (one query + the gallery)")
+        limit = self.max_rows if fn is self.transfer_fn else None
+        rows = min(limit or SINGLE_QUERY_ROWS, SINGLE_QUERY_ROWS)
+        chunk = max(1, rows // size)
         graph, z_g = self._gallery_graph(gallery)
         z_q = self.pad(query)
-        size = len(gallery) + 1
-        chunk = max(1, self.max_rows // size)
         dist = np.empty((len(query), len(gallery)), np.float32)
         for s in range(0, len(query), chunk):
             q = query.take(slice(s, s + chunk))
@@ -186,7 +219,7 @@ class SSTN:
             idx, w = graph.build(query_gallery_affinity(q, gallery))
             z = np.empty((c, size, z_g.shape[1]), np.float32)
             z[:, 0], z[:, 1:] = z_q[s:s + c], z_g[None]
-            t = unit(self.run(z.reshape(c * size, -1), idx, w), np.float64).reshape(c, size, -1)
+            t = unit(self.run(z.reshape(c * size, -1), idx, w, fn), np.float64).reshape(c, size, -1)
             cos = np.einsum("cd,cgd->cg", t[:, 0], t[:, 1:])
             dist[s:s + c] = np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
         return dist

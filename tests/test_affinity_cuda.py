@@ -1,5 +1,7 @@
-"""The CUDA top-k kernel: nvcc -ptx compiles it; a CPU emulation (one std::thread per CUDA
-thread, std::barrier for __syncthreads) checks its logic against dense; on a GPU it runs for real."""
+"""The CUDA top-k kernel: NVRTC (the run-time compiler, no nvcc) and nvcc -ptx compile it; a CPU
+emulation (one std::thread per CUDA thread, std::barrier for __syncthreads) checks its logic
+against dense; every compile / launch failure falls back to dense (forced through stand-ins of
+CuPy and pycuda); on a GPU it runs for real."""
 
 from __future__ import annotations
 
@@ -124,3 +126,136 @@ def test_cuda_matches_dense_on_gpu():
     i_cuda, w_cuda = topk_affinity(shared, specific, modality, k=4, method="cuda")
     np.testing.assert_array_equal(i_cuda, i_dense)
     np.testing.assert_allclose(w_cuda, w_dense, rtol=0, atol=1e-7)
+
+
+# -- NVRTC compile (no nvcc) and the fallback to dense -------------------------------------------
+
+def _has_nvrtc() -> bool:
+    try:
+        cuda._nvrtc()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.skipif(not _has_nvrtc(), reason="cuda-python's NVRTC binding is not installed")
+def test_kernel_compiles_through_nvrtc_without_nvcc(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvcc (nor anything else) on the PATH
+    ptx = cuda.nvrtc_ptx(90)
+    assert b".entry topk_ip(" in ptx and b".entry inv_row_norms(" in ptx
+    assert b".target sm_90" in ptx
+    assert b".target sm_75" in cuda.nvrtc_ptx(61)  # older than NVRTC's oldest: its oldest
+
+
+@pytest.fixture
+def fresh():
+    cuda.reset()
+    yield
+    cuda.reset()
+
+
+def _fake_cupy(compile_error=None, launch_error=None):
+    """A stand-in for CuPy whose RawModule compile or kernel launch can be made to fail."""
+    import types
+
+    calls = {"compile": 0, "launch": 0}
+
+    class Module:
+        def __init__(self, code, backend):
+            assert backend == "nvrtc" and "topk_ip" in code
+            calls["compile"] += 1
+            if compile_error:
+                raise RuntimeError(compile_error)
+
+        def get_function(self, name):
+            def launch(grid, block, args):
+                calls["launch"] += 1
+                raise RuntimeError(launch_error or "launch failed")
+            return launch
+
+    class Device:
+        def __init__(self, i):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    cp = types.SimpleNamespace(RawModule=Module, float32=np.float32, int64=np.int64,
+                               asarray=np.asarray, empty=np.empty, asnumpy=np.asarray,
+                               cuda=types.SimpleNamespace(Device=Device))
+    return cp, calls
+
+
+def _affinity_falls_back(caplog, expect):
+    shared, specific, modality = random_inputs(n=60, ds=16, dp=12, seed=7)
+    with caplog.at_level("WARNING", logger="ssft_deploy.affinity"):
+        got = topk_affinity(shared, specific, modality, k=4, method="cuda")
+        again = topk_affinity(shared, specific, modality, k=4, method="cuda")
+    want = topk_affinity(shared, specific, modality, k=4, method="dense")
+    for g in (got, again):
+        np.testing.assert_array_equal(g[0], want[0])
+        np.testing.assert_array_equal(g[1], want[1])
+    msgs = [r.getMessage() for r in caplog.records if "falls back to 'dense'" in r.getMessage()]
+    assert len(msgs) == 1 and expect in msgs[0], msgs  # logged once, with the reason
+
+
+def test_compile_failure_falls_back_to_dense(fresh, monkeypatch, caplog):
+    cp, calls = _fake_cupy(compile_error="NVRTC_ERROR_COMPILATION (forced)")
+    monkeypatch.setattr(cuda, "_cupy", lambda: cp)
+    monkeypatch.setattr(cuda, "_pycuda", lambda: None)
+    _affinity_falls_back(caplog, "NVRTC_ERROR_COMPILATION (forced)")
+    assert calls["compile"] == 1  # not retried on every block or call
+
+
+def test_launch_failure_falls_back_to_dense(fresh, monkeypatch, caplog):
+    cp, calls = _fake_cupy(launch_error="cudaErrorLaunchFailure (forced)")
+    monkeypatch.setattr(cuda, "_cupy", lambda: cp)
+    monkeypatch.setattr(cuda, "_pycuda", lambda: None)
+    _affinity_falls_back(caplog, "cudaErrorLaunchFailure (forced)")
+    assert calls["launch"] == 1  # the device is not tried again after a failed launch
+
+
+def test_no_gpu_falls_back_to_dense(fresh, monkeypatch, caplog):
+    monkeypatch.setattr(cuda, "_cupy", lambda: None)
+    monkeypatch.setattr(cuda, "_pycuda", lambda: None)
+    _affinity_falls_back(caplog, "CuPy: not importable or no GPU; pycuda: not importable")
+
+
+def test_pycuda_loads_nvrtc_ptx_and_its_failures_fall_back(fresh, monkeypatch, caplog):
+    import types
+
+    loaded = []
+
+    def module_from_buffer(ptx):
+        loaded.append(ptx)
+        raise RuntimeError("CUDA_ERROR_UNSUPPORTED_PTX_VERSION (forced)")
+
+    class Ctx:
+        def push(self):
+            pass
+
+        def pop(self):
+            pass
+
+    dev = types.SimpleNamespace(compute_capability=lambda: (9, 0),
+                                retain_primary_context=lambda: Ctx())
+    drv = types.SimpleNamespace(Device=lambda i: dev, module_from_buffer=module_from_buffer)
+    monkeypatch.setattr(cuda, "_cupy", lambda: None)
+    monkeypatch.setattr(cuda, "_pycuda", lambda: drv)
+    monkeypatch.setattr(cuda, "nvrtc_ptx", lambda cc: f"// ptx for {cc}".encode())
+    _affinity_falls_back(caplog, "CUDA_ERROR_UNSUPPORTED_PTX_VERSION (forced)")
+    assert loaded == [b"// ptx for 90"]  # NVRTC's PTX for the device, no SourceModule / nvcc
+
+
+def test_too_many_candidates_fall_back_to_dense(fresh, monkeypatch, caplog):
+    cp, calls = _fake_cupy()
+    monkeypatch.setattr(cuda, "_cupy", lambda: cp)
+    shared, specific, modality = random_inputs(n=80, ds=16, dp=12, seed=8)
+    with caplog.at_level("WARNING", logger="ssft_deploy.affinity"):
+        got = topk_affinity(shared, specific, modality, k=30, method="cuda")
+    want = topk_affinity(shared, specific, modality, k=30, method="dense")
+    np.testing.assert_array_equal(got[0], want[0])
+    assert calls["launch"] == 0 and "at most 32 candidates" in caplog.text

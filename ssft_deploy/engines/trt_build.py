@@ -2,15 +2,26 @@
 
 Precision lives in the graph (fp16 graphs carry their casts; int8 graphs their Q/DQ nodes), so
 the network is built strongly typed and no precision builder flag is set (TensorRT 11 removed
-them). Used by the export (``ssft-export --trt``) and by ``open_engine(..., rebuild=True)`` when a
-bundle's engine was built for another GPU or TensorRT version. Needs tensorrt and a GPU.
+them). The one builder of ``trt-<variant>`` engines: used by the export (``ssft-export --trt``
+through ``build_variants``), by ``add_trt_variant`` on an existing bundle, and by
+``open_engine(..., rebuild=True)`` when a bundle's engine was built for another GPU or TensorRT
+version. Needs tensorrt and a GPU.
+
+Optimisation profiles (one per engine, over the leading axis) are sized from the protocols: the
+transfer engine must take one all-queries call (queries + gallery) of every evaluation protocol,
+so its max is the largest of ``PROTOCOL_ROWS`` and its ``opt`` (the shape TensorRT tunes kernels
+for) the common one, SYSU-MM01 all-search single-shot; extractors are tuned for the runtime's
+default batch.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from ssft_deploy.bundle import (
     Bundle,
@@ -22,14 +33,35 @@ from ssft_deploy.bundle import (
 from ssft_deploy.engines.tensorrt import _import_trt
 from ssft_deploy.errors import EngineError
 
+log = logging.getLogger("ssft_deploy.engines")
+
 DEFAULT_WORKSPACE = 2 << 30  # bytes
+# Rows of one all-queries transfer call (queries + gallery) per protocol (paper Sec. 4.1).
+PROTOCOL_ROWS = {"sysu-all-single-shot": 3803 + 301, "sysu-all-multi-shot": 3803 + 3010,
+                 "regdb": 2060 + 2060}
+TRANSFER_MAX_ROWS = max(PROTOCOL_ROWS.values())           # 6813: every protocol in one call
+TRANSFER_OPT_ROWS = PROTOCOL_ROWS["sysu-all-single-shot"]  # 4104: the common size
+EXTRACTOR_MAX_BATCH, EXTRACTOR_OPT_BATCH = 64, 32         # opt: ReIDRuntime's default batch
+ONNX_VARIANTS = ("fp32", "fp16", "int8")
+TIMING_CACHE = "timing.cache"
+
+
+def profile_rows(graph: str, max_batch: int = EXTRACTOR_MAX_BATCH,
+                 max_n: int = TRANSFER_MAX_ROWS) -> tuple[int, int]:
+    """``(opt, max)`` rows of ``graph``'s profile: ``max_n`` for the transfer graph, ``max_batch``
+    for an extractor; ``opt`` is the common size, clipped to the max."""
+    if graph == "transfer":
+        return min(TRANSFER_OPT_ROWS, max_n), max_n
+    return min(EXTRACTOR_OPT_BATCH, max_batch), max_batch
 
 
 def build_plan(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *, max_rows: int,
                opt_rows: int | None = None, workspace_bytes: int = DEFAULT_WORKSPACE,
                timing_cache: str | os.PathLike | None = None) -> dict:
     """Build ``plan_path`` from ``onnx_path`` with one optimisation profile over the leading
-    (batch / N) axis: ``1 .. max_rows``; returns the manifest entry fields of the engine."""
+    (batch / N) axis, ``1 .. opt_rows .. max_rows``; returns the manifest entry of the engine."""
+    if not 1 <= (opt_rows or max_rows) <= max_rows:
+        raise EngineError(f"profile rows must satisfy 1 <= opt ({opt_rows}) <= max ({max_rows})")
     trt, _ = _import_trt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -65,7 +97,7 @@ def build_plan(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *, ma
     return {"file": plan_path.name, "sha256": sha256_file(plan_path), "format": "tensorrt",
             "gpu": here.gpu, "compute_capability": here.compute_capability,
             "tensorrt": here.tensorrt, "source": Path(onnx_path).name,
-            "max_rows": int(max_rows)}
+            "max_rows": int(max_rows), "opt_rows": int(opt)}
 
 
 def _rows(dims, n: int) -> list[int]:
@@ -73,34 +105,58 @@ def _rows(dims, n: int) -> list[int]:
     return [n if int(d) == -1 else int(d) for d in dims]
 
 
-def _max_rows(graph: str, max_batch: int, max_n: int) -> int:
-    return max_n if graph == "transfer" else max_batch
+def build_variants(bundle_dir: str | os.PathLike, variants: dict[str, dict[str, dict]], *,
+                   max_batch: int = EXTRACTOR_MAX_BATCH, max_n: int = TRANSFER_MAX_ROWS,
+                   workspace_bytes: int = DEFAULT_WORKSPACE, only: Iterable[str] | None = None,
+                   say: Callable[[str], None] = log.info) -> dict[str, dict[str, dict]]:
+    """``trt-<v>`` manifest variants built from each ONNX variant ``v`` of ``variants`` (the
+    manifest's ``variants``; ``only`` restricts which), plans written beside the graphs.
+
+    A graph file shared by two variants (the int8 variant's fp32 transfer graph) is built once;
+    a variant with asymmetric u8 activations is skipped (TensorRT cannot read them)."""
+    out = Path(bundle_dir)
+    built: dict[str, dict[str, Any]] = {}
+    result: dict[str, dict[str, dict]] = {}
+    for variant in (v for v in ONNX_VARIANTS if v in variants and (only is None or v in only)):
+        if any(e.get("activations") == "u8" for e in variants[variant].values()):
+            say(f"TensorRT: skipping the {variant} variant (asymmetric u8 activations are not "
+                "readable by TensorRT; export with --int8-activations s8)")
+            continue
+        result[f"trt-{variant}"] = {}
+        for graph, entry in variants[variant].items():
+            source = entry["file"]
+            if source not in built:
+                plan = out / (source.removesuffix(".onnx") + ".plan")
+                opt, rows = profile_rows(graph, max_batch, max_n)
+                say(f"TensorRT: building {plan.name} (profile 1..{opt}..{rows})")
+                built[source] = build_plan(out / source, plan, max_rows=rows, opt_rows=opt,
+                                           workspace_bytes=workspace_bytes,
+                                           timing_cache=out / TIMING_CACHE)
+            result[f"trt-{variant}"][graph] = built[source]
+    return result
 
 
 def add_trt_variant(bundle_dir: str | os.PathLike, precision: str = "fp16", *,
-                    max_batch: int = 32, max_n: int = 4096,
+                    max_batch: int = EXTRACTOR_MAX_BATCH, max_n: int = TRANSFER_MAX_ROWS,
                     workspace_bytes: int = DEFAULT_WORKSPACE) -> dict:
-    """Build ``trt-<precision>`` engines for every graph of variant ``precision`` and record
-    them (GPU, compute capability, TensorRT version, source graph) in the manifest."""
+    """Build ``trt-<precision>`` engines for every graph of variant ``precision`` of an existing
+    bundle and record them (GPU, compute capability, TensorRT version, source) in its manifest."""
     b = load_bundle(bundle_dir)
-    entries = {}
     for graph in b.variants.get(precision, {}):
-        src = b.file(graph, precision)
-        entries[graph] = build_plan(src, b.root / f"{graph}.{precision}.plan",
-                                    max_rows=_max_rows(graph, max_batch, max_n),
-                                    workspace_bytes=workspace_bytes,
-                                    timing_cache=b.root / "timing.cache")
-    if not entries:
-        raise EngineError(f"bundle {b.root} has no {precision!r} graphs to build engines from")
+        b.file(graph, precision)  # hash-check every source graph before building
+    built = build_variants(b.root, b.manifest["variants"], max_batch=max_batch, max_n=max_n,
+                           workspace_bytes=workspace_bytes, only=(precision,))
+    if not built.get(f"trt-{precision}"):
+        raise EngineError(f"bundle {b.root} has no {precision!r} graphs TensorRT can build from")
     manifest = json.loads(json.dumps(b.manifest))
-    manifest["variants"][f"trt-{precision}"] = entries
+    manifest["variants"].update(built)
     manifest.setdefault("versions", {})["tensorrt"] = current_trt_platform().tensorrt
     write_manifest(b.root, manifest)
     return manifest
 
 
-def rebuilt_plan(bundle: Bundle, graph: str, precision: str, *, max_batch: int = 32,
-                 max_n: int = 4096) -> Path:
+def rebuilt_plan(bundle: Bundle, graph: str, precision: str, *,
+                 max_batch: int = EXTRACTOR_MAX_BATCH, max_n: int = TRANSFER_MAX_ROWS) -> Path:
     """A plan for this machine built from the ONNX graph of ``precision`` (or the engine's
     recorded ``source``), cached under ``$SSFT_CACHE`` (default ``~/.cache/ssft_deploy``)."""
     src = bundle.file(graph, precision)  # hash-checked ONNX graph
@@ -109,9 +165,9 @@ def rebuilt_plan(bundle: Bundle, graph: str, precision: str, *, max_batch: int =
         raise EngineError("rebuilding a TensorRT engine needs tensorrt and a CUDA GPU here")
     cache = Path(os.environ.get("SSFT_CACHE", Path.home() / ".cache" / "ssft_deploy")) / "trt"
     cache.mkdir(parents=True, exist_ok=True)
-    key = f"{sha256_file(src)[:16]}-{here.compute_capability}-{here.tensorrt}-{precision}"
+    opt, rows = profile_rows(graph, max_batch, max_n)
+    key = f"{sha256_file(src)[:16]}-{here.compute_capability}-{here.tensorrt}-{precision}-{rows}"
     plan = cache / f"{graph}-{key}.plan"
     if not plan.is_file():
-        build_plan(src, plan, max_rows=_max_rows(graph, max_batch, max_n),
-                   timing_cache=cache / "timing.cache")
+        build_plan(src, plan, max_rows=rows, opt_rows=opt, timing_cache=cache / TIMING_CACHE)
     return plan
