@@ -48,8 +48,10 @@ from benchmarks.workers import interleaved_rounds, start_workers
 
 REF_BATCH = 32
 DEMO_ARCH = ("resnet18", (64, 32))
-# (rounds, warm-up calls, seconds per variant per round, untimed calls per slice)
+# (rounds, warm-up calls, seconds per variant per round, untimed calls per slice) by --quick;
+# the production-size model takes seconds per call, so it gets one warm-up and no slice warm-up
 SCHEDULE = {False: (3, 2, 2.0, 1), True: (2, 1, 0.25, 0)}
+ARCH_SCHEDULE = {False: (3, 1, 2.0, 0), True: (2, 1, 0.25, 0)}
 
 
 @dataclass
@@ -190,7 +192,7 @@ def sources(ctx, bundle: str, checkpoint: str, arch: str | None, size, seed: int
         root = arch_model.prepare(out, arch, size, seed, say=click.echo)
         label = f"{arch}-{size[0]}x{size[1]}"
         out_sources.append(Source(label, "arch", root, root / "model.pth",
-                                  [REF_BATCH] if quick else (batch_sizes or [1, REF_BATCH])))
+                                  batch_sizes or [REF_BATCH]))
     return out_sources, notes
 
 
@@ -227,7 +229,9 @@ def main(ctx, bundle, checkpoint, arch, size, seed, batch_sizes, modality, backe
     threads = threads or cpu_info()["usable_cores"]
     try:
         srcs, notes = sources(ctx, bundle, checkpoint, arch, size, seed, out, batch_sizes, quick)
-        models = [time_source(s, modality, only, schedule, threads) for s in srcs]
+        models = [time_source(s, modality, only,
+                              schedule if s.kind == "bundle" else ARCH_SCHEDULE[quick], threads)
+                  for s in srcs]
         transfer, auto = None, None
         bundle_src = next((s for s in srcs if s.kind == "bundle"), None)
         if bundle_src is not None and not no_autoselect:

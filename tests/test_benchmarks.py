@@ -154,27 +154,35 @@ def test_figures_come_from_clean_rounds_when_there_are_some():
     assert loaded["throughput"] == pytest.approx(10.0) and loaded["from_rounds"].startswith("all")
 
 
-def test_targets_use_only_gated_cpu_variants():
+def test_targets_use_only_gated_cpu_variants(tmp_path):
     from benchmarks.latency_report import targets
+    from ssft_deploy.bundle import write_manifest
+
+    bundle = make_bundle(tmp_path / "bundle")
+    man = json.loads((bundle / "manifest.json").read_text())
+    man["parity"] = {"variants": {v: {"status": s} for v, s in (
+        ("fp32", "pass"), ("int8", "pass"), ("ov-int8", "pass"), ("bf16", "fail"))}}
+    write_manifest(bundle, man)
 
     def row(name, thr):
         b, p = name.split("/")
         return {"name": name, "backend": b, "precision": p, "batch": 32, "throughput": thr}
 
     speeds = {"torch/fp32": 5.0, "ort-cpu/fp32": 10.0, "ort-cpu/int8": 30.0,
-              "openvino/int8": 45.0, "openvino/bf16": 60.0}
-    cos = {"torch/fp32": 1.0, "ort-cpu/fp32": 1.0, "ort-cpu/int8": 0.995,
-           "openvino/int8": 0.993, "openvino/bf16": 0.9}  # bf16 misses its bound: not gated
-    model = {"kind": "arch", "label": "r50", "results": [row(n, t) for n, t in speeds.items()],
-             "parity": {n: {"min_cos": c} for n, c in cos.items()}, "gemm": []}
-    auto = {"ratio": 1.0}
-    tgt = targets([model], None, auto, 32)
+              "openvino/int8": 45.0, "openvino/bf16": 60.0}  # bf16 failed its gate
+    prod = {"kind": "arch", "label": "r50", "results": [row(n, t) for n, t in speeds.items()],
+            "parity": {}, "gemm": []}
+    demo = {"kind": "bundle", "label": "bundle", "bundle": str(bundle), "parity": {},
+            "results": [row("ort-cpu/fp32", 300.0)], "gemm": []}
+    tgt = targets([demo, prod], None, {"ratio": 1.0}, 32)
     best = tgt["best_gated_cpu_vs_torch"]
     assert best["value"] == pytest.approx(45.0 / 5.0) and "openvino/int8" in best["target"]
-    assert "openvino/bf16" in best["gated"] and "0.9" in best["gated"]["openvino/bf16"]
+    assert "'fail'" in best["gated"]["openvino/bf16"]
     assert tgt["openvino_int8_vs_ort_int8"]["value"] == pytest.approx(1.5)
     assert tgt["auto_picks_fastest"]["met"] is True
     assert tgt["transfer_vs_gemms"]["met"] is None
+    # without a bundle nothing is gated: no figure rather than an unverified one
+    assert targets([prod], None, None, 32)["best_gated_cpu_vs_torch"]["value"] is None
 
 
 def test_transfer_scaling_subprocess_point(tmp_path):
