@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(VPY) -m pip install -q -e '.[train,export,knn,dev,openvino]'
+	$(VPY) -m pip install -q -e '.[train,export,knn,dev,video,openvino]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -26,7 +26,7 @@ TRITON_STAMP := $(TRITON_VENV)/.setup-stamp
 $(TRITON_STAMP):
 	test -x $(TRITON_VENV)/bin/python || $(PY) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TRITON_VENV)/bin/python -m pip install -q nvidia-pytriton==0.7.0 'numpy<2' onnxruntime opencv-python-headless click tqdm
+	$(TRITON_VENV)/bin/python -m pip install -q nvidia-pytriton==0.7.0 'numpy<2' onnxruntime opencv-python-headless pillow click tqdm
 	touch $(TRITON_STAMP)
 
 triton-setup: $(TRITON_STAMP)
@@ -40,8 +40,17 @@ lint: setup
 demo: setup
 	$(VPY) -m train.demo --out $(DEMO)
 
-video: demo
-	$(VPY) examples/video_reid.py --bundle $(DEMO)/bundle --out $(DEMO)/video
+$(DEMO)/bundle/manifest.json:
+	$(MAKE) demo
+
+# The synthetic two-camera scene through ssft-video with the default (motion) detector, then
+# scored against the scene's truth (events per IR track, rank-1 matches).
+video: setup $(DEMO)/bundle/manifest.json
+	$(VPY) examples/make_video.py --out $(DEMO)/video/scene --lead-in 10
+	$(VPY) -m ssft_deploy.video.cli --bundle $(DEMO)/bundle --out $(DEMO)/video/out \
+	    --camera cam1=$(DEMO)/video/scene/rgb.avi:rgb --camera cam3=$(DEMO)/video/scene/ir.avi:ir
+	$(VPY) examples/score_video.py --scene $(DEMO)/video/scene --run $(DEMO)/video/out \
+	    --camera cam1=rgb --camera cam3=ir --out $(DEMO)/video/score.json
 
 serve: setup triton-setup
 	$(VPY) -m ssft_deploy.serving.launch --bundle $(DEMO)/bundle

@@ -47,8 +47,9 @@ def _schedule(people: int, frames: int, rng: np.random.Generator) -> list[tuple[
 
 def make_videos(out: str | Path, people: int = 4, frames: int = 48,
                 crop_size: tuple[int, int] = (128, 64), seed: int = 0, fps: int = 10,
-                first_pid: int = 1000, progress: bool = False) -> dict:
-    """Write the two videos, detections and ground truth into ``out``; returns the file paths."""
+                first_pid: int = 1000, progress: bool = False, lead_in: int = 0) -> dict:
+    """Write the two videos, detections and ground truth into ``out``; returns the file paths.
+    ``lead_in`` empty frames come first (a background-subtraction detector learns the scene)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ch, cw = crop_size
@@ -68,8 +69,10 @@ def make_videos(out: str | Path, people: int = 4, frames: int = 48,
         if not writer.isOpened():
             raise click.ClickException(f"OpenCV cannot write {video} (MJPG)")
         lines = []
-        for f in tqdm(range(frames), desc=f"{name} video", disable=not progress, unit="frame"):
+        for n in tqdm(range(lead_in + frames), desc=f"{name} video", disable=not progress,
+                      unit="frame"):
             frame = bg + rng.normal(0, 3, bg.shape).astype(np.float32)
+            f = n - lead_in
             for lane, (first, last) in enumerate(schedule):
                 if not first <= f <= last:
                     continue
@@ -80,7 +83,7 @@ def make_videos(out: str | Path, people: int = 4, frames: int = 48,
                               np.random.default_rng([seed, pid, cam_id, f]), crop_size)
                 frame[y:y + ch, x:x + cw] = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
                 jx, jy = rng.integers(-2, 3, 2)               # detector jitter
-                lines.append(f"{f + 1},{lane + 1},{x + jx},{y + jy},{cw},{ch},"
+                lines.append(f"{n + 1},{lane + 1},{x + jx},{y + jy},{cw},{ch},"
                              f"{rng.uniform(0.6, 1.0):.3f},-1,-1,-1")
             writer.write(np.clip(frame, 0, 255).astype(np.uint8))
         writer.release()
@@ -99,10 +102,11 @@ def make_videos(out: str | Path, people: int = 4, frames: int = 48,
 @click.option("--frames", default=48, show_default=True)
 @click.option("--crop-size", default="128x64", show_default=True, help="person size h x w")
 @click.option("--seed", default=0, show_default=True)
-def main(out: Path, people: int, frames: int, crop_size: str, seed: int) -> None:
+@click.option("--lead-in", default=0, show_default=True, help="empty frames first")
+def main(out: Path, people: int, frames: int, crop_size: str, seed: int, lead_in: int) -> None:
     """Write a synthetic RGB + IR video pair with MOTChallenge detections into OUT."""
     h, w = (int(v) for v in crop_size.lower().split("x"))
-    paths = make_videos(out, people, frames, (h, w), seed, progress=True)
+    paths = make_videos(out, people, frames, (h, w), seed, progress=True, lead_in=lead_in)
     click.echo(json.dumps(paths, indent=2))
 
 

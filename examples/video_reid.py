@@ -35,33 +35,14 @@ from ssft_deploy.batcher import FrameBatcher
 from ssft_deploy.errors import InputError, SSFTError
 from ssft_deploy.features import Features, modality_code
 from ssft_deploy.gallery import MODES, Gallery
+from ssft_deploy.video.detectors import read_mot as mot_rows
 
 CAMERA_IDS = {"rgb": 1, "ir": 3}
 
 
 def read_mot(path: str | Path, min_conf: float = 0.0) -> dict[int, list[tuple[int, tuple]]]:
     """MOTChallenge detections -> {frame (from 1): [(track id, (x, y, w, h)), ...]}."""
-    out: dict[int, list[tuple[int, tuple]]] = defaultdict(list)
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read detections file {path}: {exc}") from exc
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.replace(" ", "").split(",")
-        try:
-            frame, tid = int(float(parts[0])), int(float(parts[1]))
-            box = tuple(float(v) for v in parts[2:6])
-            conf = float(parts[6]) if len(parts) > 6 else 1.0
-        except (ValueError, IndexError) as exc:
-            raise InputError(f"{path}:{n}: not a MOTChallenge line "
-                             f"'frame,id,x,y,w,h,conf,...': {line!r}") from exc
-        if len(box) != 4:
-            raise InputError(f"{path}:{n}: a box needs x,y,w,h: {line!r}")
-        if conf >= min_conf:
-            out[frame].append((tid, box))
-    return dict(out)
+    return {f: [(t, b) for t, b, _ in rows] for f, rows in mot_rows(path, min_conf).items()}
 
 
 def sample_video(batcher: FrameBatcher, video: str | Path, detections: dict, modality: str,

@@ -9,6 +9,8 @@ specific[B,Dp])`` is all it calls (``ReIDRuntime`` provides one).
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections import deque
@@ -20,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ssft_deploy.errors import EngineError, InputError, QueueFullError, SSFTError
+from ssft_deploy.errors import ConfigError, EngineError, InputError, QueueFullError, SSFTError
+from ssft_deploy.frames import Stretch, to_uint8
+from ssft_deploy.preprocess import clip_box
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -30,6 +34,7 @@ PreprocessFn = Callable[[np.ndarray], np.ndarray]
 
 _MODALITIES = ("rgb", "ir")
 _LATENCY_WINDOW = 20000  # latencies kept for the percentiles (a ring buffer, so memory is bounded)
+log = logging.getLogger("ssft_deploy.batcher")
 
 
 class BatcherClosedError(QueueFullError):
@@ -67,6 +72,19 @@ def _check_chw(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def _int_option(name: str, value: object, low: int, low_name: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low_name or low}, got {value!r}")
+    return int(value)
+
+
+def _seconds_option(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def _modality_name(modality: str | int) -> str:
     if isinstance(modality, (int, np.integer)) and int(modality) in (0, 1):
         return _MODALITIES[int(modality)]
@@ -76,21 +94,9 @@ def _modality_name(modality: str | int) -> str:
 
 
 def crop_box(frame: np.ndarray, box: Sequence[float]) -> np.ndarray:
-    """Crop an ``(x, y, w, h)`` box from an HxWxC frame, clipped to the frame; InputError if empty."""
-    if frame.ndim != 3:
-        raise InputError(f"a frame must be HxWxC, got shape {list(frame.shape)}")
-    try:
-        x, y, w, h = (float(v) for v in box)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"a box must be 4 numbers (x, y, w, h), got {box!r}") from exc
-    if not all(np.isfinite([x, y, w, h])):
-        raise InputError(f"box {box!r} has a non-finite value")
-    x0, y0 = max(round(x), 0), max(round(y), 0)
-    x1 = min(round(x + w), frame.shape[1])
-    y1 = min(round(y + h), frame.shape[0])
-    if x1 - x0 < 2 or y1 - y0 < 2:
-        raise InputError(f"box {box!r} is degenerate or outside the {frame.shape[1]}x"
-                         f"{frame.shape[0]} frame")
+    """Crop an ``(x, y, w, h)`` box from an 8-bit frame (``ssft_deploy.frames``), clipped to
+    the frame; InputError if empty."""
+    x0, y0, x1, y1 = clip_box(box, frame.shape[1], frame.shape[0])
     return frame[y0:y1, x0:x1]
 
 
@@ -105,8 +111,12 @@ class _ModalityQueue:
         self.not_empty = threading.Condition(self.lock)
         self.not_full = threading.Condition(self.lock)
         self.max_depth = 0
-        self.thread = threading.Thread(target=self._work, name=f"ssft-batcher-{modality}",
-                                       daemon=True)
+        self.in_flight: list[_Item] = []   # the batch the worker holds (failed if it dies)
+        self.thread = self._new_thread()
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._work, name=f"ssft-batcher-{self.modality}",
+                                daemon=True)
 
     def put(self, items: list[_Item]) -> None:
         """Enqueue all items at once (all or none), honouring the full policy."""
@@ -167,17 +177,42 @@ class _ModalityQueue:
                 self.not_full.notify_all()
 
     def _work(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                # A caller may have cancelled its future while it waited: skip those crops.
+                n = len(batch)
+                self.in_flight = [it for it in batch if it.future.set_running_or_notify_cancel()]
+                if self.in_flight:
+                    self.owner._run_batch(self.modality, self.in_flight,
+                                          partial(self.wake_submitters, n))
+                else:
+                    self.wake_submitters(n)
+                self.in_flight = []
+        except BaseException as exc:  # noqa: BLE001 - a dead worker would strand every future
+            self._restart(exc)
+
+    def _restart(self, exc: BaseException) -> None:
+        """The worker loop itself raised: fail the batch it held, start a fresh worker (or, once
+        closed, fail what is queued), and count it."""
+        log.error("ssft batcher: the %s worker raised %r; restarting it", self.modality, exc)
+        err = EngineError(f"the {self.modality} batch worker failed on this crop's batch "
+                          f"({exc!r}); the batcher restarted the worker")
+        err.__cause__ = exc
+        for it in self.in_flight:
+            if not it.future.done():
+                it.future.set_exception(err)
+        self.in_flight = []
+        self.owner._count("worker_restarts", 1)
+        self.wake_submitters(0)
+        with self.lock:
+            if not self.owner._closed:
+                self.thread = self._new_thread()
+                self.thread.start()
                 return
-            # A caller may have cancelled its future while it waited: skip those crops.
-            n = len(batch)
-            batch = [it for it in batch if it.future.set_running_or_notify_cancel()]
-            if batch:
-                self.owner._run_batch(self.modality, batch, partial(self.wake_submitters, n))
-            else:
-                self.wake_submitters(n)
+        self.fail_pending(err)
 
     def fail_pending(self, error: Exception) -> int:
         with self.lock:
@@ -197,25 +232,28 @@ class FrameBatcher:
     ``CropFeatures`` (or an ``InputError`` for a bad crop, an ``EngineError`` if the extractor failed
     on that crop's batch). When a queue holds ``max_queue`` crops, ``full_policy="block"`` waits up
     to ``block_timeout_s`` and then raises ``QueueFullError``; ``"reject"`` raises it at once.
+    Bad options raise ``ConfigError``. An engine raising anything (``SystemExit`` included) fails
+    that batch's futures with ``EngineError`` and the worker carries on; it is logged and counted.
     """
 
     def __init__(self, extract_fn: ExtractFn, preprocess_fn: PreprocessFn | None = None, *,
                  max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 1024,
                  full_policy: str = "block", block_timeout_s: float = 1.0):
-        if max_batch < 1 or max_queue < max_batch:
-            raise ValueError(f"need 1 <= max_batch <= max_queue, got {max_batch}, {max_queue}")
+        self.max_batch = _int_option("max_batch", max_batch, 1)
+        self.max_queue = _int_option("max_queue", max_queue, self.max_batch,
+                                     f"max_batch ({self.max_batch})")
         if full_policy not in ("block", "reject"):
-            raise ValueError(f"full_policy must be 'block' or 'reject', got {full_policy!r}")
+            raise ConfigError(f"full_policy must be 'block' or 'reject', got {full_policy!r}")
         self.extract_fn = extract_fn
         self.preprocess_fn = preprocess_fn or _check_chw
-        self.max_batch, self.max_queue = int(max_batch), int(max_queue)
-        self.max_wait_s = float(max_wait_ms) / 1000.0
-        self.full_policy, self.block_timeout_s = full_policy, float(block_timeout_s)
+        self.max_wait_s = _seconds_option("max_wait_ms", max_wait_ms) / 1000.0
+        self.full_policy = full_policy
+        self.block_timeout_s = _seconds_option("block_timeout_s", block_timeout_s)
         self._closed = False
         self._drain = True
         self._stats_lock = threading.Lock()
         self._counts = {"submitted": 0, "completed": 0, "failed": 0, "rejected": 0, "batches": 0,
-                        "failed_batches": 0}
+                        "failed_batches": 0, "engine_faults": 0, "worker_restarts": 0}
         self._batch_sizes: dict[int, int] = {}
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._queues = {m: _ModalityQueue(self, m) for m in _MODALITIES}
@@ -235,16 +273,24 @@ class FrameBatcher:
 
     def submit_boxes(self, frame: np.ndarray, boxes: Sequence[Sequence[float]],
                      camera_id: Hashable = None, modality: str | int = "rgb",
-                     tags: Sequence[Any] | None = None) -> list[Future]:
-        """Queue every ``(x, y, w, h)`` box of a frame; one future per box, in order."""
-        frame = np.asarray(frame)
+                     tags: Sequence[Any] | None = None,
+                     stretch: Stretch | str | None = None) -> list[Future]:
+        """Queue every ``(x, y, w, h)`` box of a frame; one future per box, in order. Frames
+        follow ``ssft_deploy.frames`` (BGR, grey, or 16-bit / float mapped by ``stretch``); a
+        bad frame fails every box's future."""
         tags = list(tags) if tags is not None else [None] * len(boxes)
         if len(tags) != len(boxes):
             raise InputError(f"{len(boxes)} boxes but {len(tags)} tags")
+        try:
+            frame8: np.ndarray | InputError = to_uint8(np.asarray(frame), stretch)
+        except InputError as exc:
+            frame8 = exc
         crops: list[Any] = []
         for box in boxes:
             try:
-                crops.append(crop_box(frame, box))
+                if isinstance(frame8, InputError):
+                    raise frame8
+                crops.append(crop_box(frame8, box))
             except InputError as exc:
                 crops.append(exc)
         return self._submit_many(crops, camera_id, modality, tags)
@@ -290,11 +336,17 @@ class FrameBatcher:
             if shared.shape[:1] != (n,) or specific.shape[:1] != (n,):
                 raise EngineError(f"extractor returned {list(shared.shape)} / "
                                   f"{list(specific.shape)} for a batch of {n}")
-        except Exception as exc:  # noqa: BLE001 - any engine fault fails this batch only
+        except BaseException as exc:  # noqa: BLE001 - any engine fault fails this batch only
+            # SystemExit / KeyboardInterrupt from an engine too: re-raised here they would only
+            # end this worker thread and strand every queued future.
             err = exc if isinstance(exc, SSFTError) else EngineError(
                 f"{modality} extractor failed on a batch of {n} crops: {exc!r}")
             if err is not exc:
                 err.__cause__ = exc
+            if not isinstance(exc, Exception):
+                log.error("ssft batcher: the %s extractor raised %r; its batch of %d failed, "
+                          "the worker carries on", modality, exc, n)
+                self._count("engine_faults", 1)
             for it in batch:
                 it.future.set_exception(err)
             self._record(n, failed=True, latencies=())
@@ -320,7 +372,9 @@ class FrameBatcher:
 
     # -- observability and lifetime -------------------------------------------------------------
     def stats(self) -> dict:
-        """Counters: queue depth (now and max), batch size histogram, latency percentiles (ms)."""
+        """Counters: queue depth (now and max), batch size histogram, latency percentiles (ms);
+        ``engine_faults``: batches whose engine raised a non-``Exception`` (``SystemExit``, ...),
+        ``worker_restarts``: workers that died outside the engine call and were restarted."""
         depth = {m: len(q.items) for m, q in self._queues.items()}
         max_depth = {m: q.max_depth for m, q in self._queues.items()}
         with self._stats_lock:

@@ -37,3 +37,11 @@ class QueueFullError(SSFTError):
 
 class GalleryError(SSFTError):
     """A gallery file that is corrupt, foreign, or an invalid gallery operation."""
+
+
+class ConfigError(SSFTError):
+    """An option or argument outside its allowed values (the message names the allowed ones)."""
+
+
+class ServingError(SSFTError):
+    """The server cannot start or serve as asked (port in use, exposed host, server exited)."""

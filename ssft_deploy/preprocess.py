@@ -89,11 +89,16 @@ def bgr_to_rgb(image: object) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Preprocessor:
-    """Resize to ``input_size`` (h, w), scale to [0,1], normalise with ``mean`` / ``std``."""
+    """Resize to ``input_size`` (h, w), scale to [0,1], normalise with ``mean`` / ``std``.
+
+    Image files whose header declares more than ``max_pixels`` pixels fail as InputError items
+    before they are decoded (``None``: ``$SSFT_MAX_IMAGE_PIXELS`` or 50 MP, see
+    ``ssft_deploy.datasets.images``)."""
 
     input_size: tuple[int, int] = (288, 144)
     mean: tuple[float, float, float] = MEAN
     std: tuple[float, float, float] = STD
+    max_pixels: int | None = None
 
     @classmethod
     def from_bundle(cls, bundle) -> Preprocessor:
@@ -113,7 +118,7 @@ class Preprocessor:
 
     def _rgb(self, item: object) -> np.ndarray:
         if isinstance(item, (str, os.PathLike)):
-            return read_image(item)
+            return read_image(item, self.max_pixels)
         return bgr_to_rgb(item)  # type: ignore[arg-type]
 
     def _collect(self, items: Sequence[object], to_rgb) -> Batch:

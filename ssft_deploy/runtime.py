@@ -25,6 +25,7 @@ from ssft_deploy.engines import Engine, open_engine
 from ssft_deploy.engines.fallback import LazyEngine, unlimited_fallback
 from ssft_deploy.errors import BundleError, EngineError, GalleryError, InputError
 from ssft_deploy.features import Features, modality_code
+from ssft_deploy.frames import Stretch, to_uint8
 from ssft_deploy.gallery import MODES, Gallery, SearchResult
 from ssft_deploy.preprocess import Batch, Preprocessor, raise_item_errors
 from ssft_deploy.transfer import SSTN, RollingAuxiliary, l2_distances
@@ -148,14 +149,17 @@ class ReIDRuntime:
         return ex.features
 
     def extract_boxes_batch(self, frame: np.ndarray, boxes: Sequence[Sequence[float]],
-                            modality: str | int) -> Extraction:
-        """A BGR frame + ``(x, y, w, h)`` boxes -> Extraction (bad boxes reported)."""
-        return self._extraction(self.preprocessor.boxes(frame, boxes), modality)
+                            modality: str | int, stretch: Stretch | str | None = None
+                            ) -> Extraction:
+        """A frame + ``(x, y, w, h)`` boxes -> Extraction (bad boxes reported). Frames follow
+        ``ssft_deploy.frames``: BGR, grey, or 16-bit / float mapped to 8-bit by ``stretch``."""
+        return self._extraction(self.preprocessor.boxes(to_uint8(frame, stretch), boxes),
+                                modality)
 
     def extract_boxes(self, frame: np.ndarray, boxes: Sequence[Sequence[float]],
-                      modality: str | int) -> Features:
-        """A BGR frame + ``(x, y, w, h)`` boxes -> Features; InputError if any box is bad."""
-        ex = self.extract_boxes_batch(frame, boxes, modality)
+                      modality: str | int, stretch: Stretch | str | None = None) -> Features:
+        """A frame + ``(x, y, w, h)`` boxes -> Features; InputError if any box is bad."""
+        ex = self.extract_boxes_batch(frame, boxes, modality, stretch)
         ex.raise_errors()
         return ex.features
 

@@ -155,6 +155,104 @@ def test_wrong_input_shape_is_a_clear_client_error(server):
         infer(server.url, "ssft_extract_rgb", images=np.zeros((1, 3, 20, 8), np.float32))
 
 
+def hostile_search(kind: str, query) -> dict[str, np.ndarray]:
+    """One query's search inputs, spoiled as a hostile client would."""
+    shared, specific = query.shared[:1].copy(), query.specific[:1].copy()
+    modality = np.array([[1]], np.int64)
+    if kind == "nan":
+        shared[0, 0] = np.nan
+    else:
+        modality[0, 0] = int(kind)
+    return {"shared": shared, "specific": specific, "modality": modality}
+
+
+def assert_short_client_error(exc: BaseException, *words: str) -> None:
+    """A 400 whose message is ours: short, no traceback, no file path."""
+    from tritonclient.utils import InferenceServerException
+
+    assert isinstance(exc, InferenceServerException), repr(exc)
+    msg = exc.message()
+    assert exc.status() == "400", (exc.status(), msg[:300])
+    assert len(msg) < 300 and "Traceback" not in msg and ".py" not in msg and "/" not in msg, msg
+    assert all(w in msg for w in words), msg
+
+
+def concurrent_rounds(url: str, model: str, good: list[dict], bad: list[dict], rounds: int):
+    """``rounds`` x (one bad + the good requests) sent at once (a barrier releases them
+    together, so Triton batches them); -> per round: bad outcome, good outcomes."""
+    import threading
+
+    def call(inputs, barrier):
+        barrier.wait(10)
+        try:
+            return infer(url, model, **inputs)
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test inspects
+            return exc
+
+    out = []
+    with ThreadPoolExecutor(len(good) + 1) as pool:
+        for r in range(rounds):
+            barrier = threading.Barrier(len(good) + 1)
+            futs = [pool.submit(call, bad[r % len(bad)], barrier)]
+            futs += [pool.submit(call, g, barrier) for g in good]
+            res = [f.result(timeout=60) for f in futs]
+            out.append((res[0], res[1:]))
+    return out
+
+
+def batch_sizes(srv, model: str) -> dict[int, int]:
+    client = httpclient.InferenceServerClient(url=srv.url)
+    try:
+        stats = client.get_inference_statistics(
+            model, headers={"triton-access-token": srv.access_token})["model_stats"][0]
+    finally:
+        client.close()
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]}
+
+
+@needs_triton
+def test_bad_search_request_fails_alone_in_its_batch(server, tiny_runtime, gallery_file):
+    """Modality 2, -7 or a NaN feature batched with seven good queries: the bad one gets its own
+    400 with a short message, every good one its answer (20 rounds)."""
+    query = tiny_runtime.extract(list(crops(7, 11)), modality="ir")
+    _, cols = load_gallery(gallery_file).entries()
+    pid_of = dict(zip(cols["ids"].tolist(), cols["pids"].tolist()))
+    good = [{"shared": query.shared[i:i + 1], "specific": query.specific[i:i + 1],
+             "modality": np.array([[1]], np.int64)} for i in range(7)]
+    bad = [hostile_search(k, query) for k in ("2", "-7", "nan")]
+    before = sum(batch_sizes(server, SEARCH_MODEL).values())
+    for bad_out, good_outs in concurrent_rounds(server.url, SEARCH_MODEL, good, bad, 20):
+        assert_short_client_error(bad_out)
+        # The tiny bundle's transfer reads absolute row indices, so an answer depends on its
+        # batch-mates (test_served_search_equals_in_process_search pins exact answers); here
+        # every good request must get a full, self-consistent answer.
+        for got in good_outs:
+            assert isinstance(got, dict), repr(got)[:2000]
+            assert got["error"].tolist() == [[b""]]
+            ids, dist = got["entry_ids"][0].tolist(), got["distances"][0]
+            assert got["pids"][0].tolist() == [pid_of[i] for i in ids]   # no padding, real ids
+            assert np.isfinite(dist).all() and (np.diff(dist) >= 0).all()
+    sizes = batch_sizes(server, SEARCH_MODEL)
+    print(f"\nssft_search executions by batch size: {sizes}")
+    assert max(sizes) > 1 and sum(sizes.values()) > before   # bad and good shared batches
+
+
+@needs_triton
+def test_nan_images_fail_their_request_not_the_batch(server, tiny_runtime):
+    xs = np.stack([tiny_runtime.preprocess_fn(c) for c in crops(7, 12)])
+    want_s, _ = tiny_runtime.extract_array(xs, "rgb")
+    good = [{"images": xs[i:i + 1]} for i in range(7)]
+    nan, inf = xs[:1].copy(), xs[:1].copy()
+    nan[0, 1, 2, 3], inf[0, 0, 0, 0] = np.nan, np.inf
+    for bad_out, good_outs in concurrent_rounds(server.url, MODEL_NAMES["rgb"], good,
+                                                [{"images": nan}, {"images": inf}], 20):
+        assert_short_client_error(bad_out, "images")
+        for i, got in enumerate(good_outs):
+            assert isinstance(got, dict), repr(got)[:2000]
+            assert np.isfinite(got["shared"]).all()
+            np.testing.assert_allclose(got["shared"][0], want_s[i], rtol=1e-5, atol=1e-5)
+
+
 @needs_triton
 def test_server_stops_and_frees_its_port(server):
     """Runs last in this module: stops the shared server."""

@@ -138,8 +138,12 @@ def _sizes(text: str | None) -> list[int | str] | None:
 @click.option("--backend", default="auto", show_default=True, help="bundle backend")
 @click.option("--affinity", default="dense", show_default=True, help="dense | knn | cuda | auto")
 @click.option("--seed", default=0, show_default=True, type=int, help="SYSU gallery draws")
+@click.option("--visrank", default=0, show_default=True, type=click.IntRange(0),
+              help="ranking pictures of the N worst and N best queries of trial 0")
+@click.option("--visrank-dir", default="visrank", show_default=True,
+              type=click.Path(file_okay=False), help="folder for the --visrank pictures")
 def main(checkpoint_or_bundle, data, dataset, mode, shots, trials, settings, aux_sizes, out, plot,
-         batch_size, precision, backend, affinity, seed) -> None:
+         batch_size, precision, backend, affinity, seed, visrank, visrank_dir) -> None:
     """Evaluate CHECKPOINT_OR_BUNDLE on the SYSU-MM01 or RegDB protocol."""
     try:
         chosen = tuple(s.strip() for s in settings.split(",") if s.strip())
@@ -165,6 +169,13 @@ def main(checkpoint_or_bundle, data, dataset, mode, shots, trials, settings, aux
             Path(plot).parent.mkdir(parents=True, exist_ok=True)
             plot_cmc(result, plot)
             click.echo(f"CMC plot: {plot}")
+        if visrank:
+            from ssft_deploy.visrank import eval_rankings
+
+            with torch.no_grad():
+                pics = eval_rankings(source, data, visrank, visrank_dir, dataset, chosen[0], mode,
+                                     int(shots), seed, affinity)
+            click.echo(f"ranking pictures: {len(pics)} in {visrank_dir}")
     except SSFTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

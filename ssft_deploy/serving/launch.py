@@ -4,13 +4,19 @@ The server's interpreter (``.venv-triton/bin/python`` by default, or ``$SSFT_TRI
 asked for its lib dir, which goes first on ``LD_LIBRARY_PATH`` so Triton's Python backend finds
 the matching libpython; ``PYTHONPATH`` gets this checkout so the server imports this
 ``ssft_deploy`` without installing it there.
+
+The server runs in its own session: ``stop`` (also on SIGTERM / SIGINT / SIGHUP of ``ssft-serve``)
+ends all of it (tritonserver, its Python backend stubs) and removes the private folder holding
+the admin token (mode 0600, see ``security``). With ``stop_with_parent`` (``ssft-serve`` sets it)
+the kernel sends the server SIGTERM when the thread that started it dies (``PR_SET_PDEATHSIG``),
+so even a killed launcher leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +31,15 @@ from typing import TYPE_CHECKING
 import click
 
 from ssft_deploy.errors import EngineError, SSFTError
+from ssft_deploy.serving.security import (
+    PARENT_ENV,
+    TOKEN_FILE_ENV,
+    TOKEN_HEADER,
+    check_host,
+    check_ports_free,
+    read_token_file,
+    write_token_file,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -74,6 +89,17 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+class _Stop(Exception):
+    """SIGTERM / SIGHUP, raised in the main thread so ``finally`` stops the server."""
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    # once: a second signal must not interrupt the cleanup it started
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Stop(signal.Signals(signum).name)
+
+
 class TritonServerProcess:
     """``with TritonServerProcess(bundle) as srv: srv.url`` -> a ready server on loopback."""
 
@@ -81,7 +107,9 @@ class TritonServerProcess:
                  ports: tuple[int, int, int] | None = None, python: Path | None = None,
                  max_batch: int = 32, queue_delay_us: int = 2000, precision: str = "fp32",
                  backend: str = "auto", gallery: str | os.PathLike | None = None,
-                 top: int = 10, start_timeout_s: float = 120.0):
+                 top: int = 10, start_timeout_s: float = 120.0, allow_remote: bool = False,
+                 stop_with_parent: bool = False):
+        check_host(host, allow_remote)
         self.bundle, self.host = str(bundle), host
         self.http_port, self.grpc_port, self.metrics_port = ports or free_ports(3, host)
         self.python = python or triton_python()
@@ -89,10 +117,16 @@ class TritonServerProcess:
                      "--precision", precision, "--backend", backend, "--top", str(top)]
         if gallery is not None:
             self.args += ["--gallery", str(gallery)]
+        if allow_remote:
+            self.args.append("--allow-remote")
         self.models = [*MODELS, *(["ssft_search"] if gallery is not None else [])]
         self.start_timeout_s = start_timeout_s
-        # for the restricted endpoints (statistics, ...): headers={"triton-access-token": ...}
-        self.access_token = secrets.token_urlsafe(32)
+        self.stop_with_parent = stop_with_parent
+        # for the restricted endpoints (statistics, ...): headers={TOKEN_HEADER: token}; the
+        # token lives in a 0600 file in a 0700 folder of our own, removed by stop()
+        self.private_dir = Path(tempfile.mkdtemp(prefix="ssft-serve-"))
+        self.token_file = write_token_file(self.private_dir)
+        self.access_token = read_token_file(self.token_file)
         self.proc: subprocess.Popen | None = None
         # The server's output goes to a file (a pipe nobody reads would fill and stall it).
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
@@ -106,12 +140,17 @@ class TritonServerProcess:
         env = dict(os.environ)
         ld = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
         env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir_of(self.python), *ld])
-        env["SSFT_TRITON_ACCESS_TOKEN"] = self.access_token
+        env[TOKEN_FILE_ENV] = str(self.token_file)     # a path: the token itself stays off argv
+        env.pop(PARENT_ENV, None)
+        if self.stop_with_parent:
+            env[PARENT_ENV] = str(os.getpid())        # the server stops when we die
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
         return env
 
     def start(self) -> TritonServerProcess:
+        check_ports_free(self.host, {"http": self.http_port, "grpc": self.grpc_port,
+                                     "metrics": self.metrics_port})
         reason = unavailable_reason(self.python)
         if reason:
             raise EngineError(f"cannot start the Triton server: {reason}")
@@ -152,9 +191,24 @@ class TritonServerProcess:
             self.log.flush()
         return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
 
+    def admin_hint(self) -> dict[str, str]:
+        """How to reach the admin endpoints (statistics, model repository, logging, ...)."""
+        return {"token_file": str(self.token_file), "header": TOKEN_HEADER,
+                "example": f"curl -H \"{TOKEN_HEADER}: $(cat {self.token_file})\" "
+                           f"http://{self.url}/v2/models/stats"}
+
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGINT (PyTriton's clean stop); SIGKILL whatever of its process group lingers."""
-        if self.proc is None:
+        """SIGINT (PyTriton's clean stop); SIGKILL whatever of its process group lingers; remove
+        the token folder."""
+        try:
+            return self._stop(timeout_s)
+        finally:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
+
+    def _stop(self, timeout_s: float) -> int | None:
+        if self.proc is None:                # never started: nothing ran, nothing to keep
+            self.log.close()
+            Path(self.log.name).unlink(missing_ok=True)
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -188,7 +242,11 @@ class TritonServerProcess:
             pass
 
     def __enter__(self) -> Self:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
@@ -196,6 +254,10 @@ class TritonServerProcess:
 
 @click.command()
 @click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to bind (loopback by default)")
+@click.option("--allow-remote", is_flag=True,
+              help="allow a non-loopback --host (reachable from other machines)")
 @click.option("--http-port", default=8000, show_default=True)
 @click.option("--grpc-port", default=8001, show_default=True)
 @click.option("--metrics-port", default=8002, show_default=True)
@@ -204,24 +266,33 @@ class TritonServerProcess:
 @click.option("--precision", default="fp32", show_default=True)
 @click.option("--gallery", type=click.Path(exists=True, dir_okay=False), default=None,
               help="gallery .npz to serve ssft_search over")
-def main(bundle: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
-         queue_delay_us: int, precision: str, gallery: str | None) -> None:
-    """Serve BUNDLE on 127.0.0.1 from the .venv-triton environment until Ctrl-C."""
-    srv = TritonServerProcess(bundle, ports=(http_port, grpc_port, metrics_port),
-                              max_batch=max_batch, queue_delay_us=queue_delay_us,
-                              precision=precision, gallery=gallery)
+def main(bundle: str, host: str, allow_remote: bool, http_port: int, grpc_port: int,
+         metrics_port: int, max_batch: int, queue_delay_us: int, precision: str,
+         gallery: str | None) -> None:
+    """Serve BUNDLE (on loopback by default) from the .venv-triton environment until Ctrl-C or
+    SIGTERM; prints one JSON line: endpoints, models, and how to reach the admin endpoints."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
+    srv = None
     try:
+        srv = TritonServerProcess(bundle, host=host, ports=(http_port, grpc_port, metrics_port),
+                                  max_batch=max_batch, queue_delay_us=queue_delay_us,
+                                  precision=precision, gallery=gallery, allow_remote=allow_remote,
+                                  stop_with_parent=True)
         srv.start()
         click.echo(json.dumps({"http": f"http://{srv.url}", "grpc": srv.grpc_port,
-                               "models": srv.models, "log": srv.log.name}))
+                               "models": srv.models, "log": srv.log.name,
+                               "server_pid": srv.proc.pid, "admin": srv.admin_hint()}))
+        sys.stdout.flush()
         srv.proc.wait()
     except SSFTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop):
         pass
     finally:
-        srv.stop()
+        if srv is not None:
+            srv.stop()
 
 
 if __name__ == "__main__":

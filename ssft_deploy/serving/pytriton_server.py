@@ -5,13 +5,17 @@ any environment. Models, one per modality so Triton batches each modality on its
 
 - ``ssft_extract_rgb`` / ``ssft_extract_ir``: ``images`` float32 ``[3,H,W]`` (the normalised model
   input, ``ssft_deploy.preprocess``) -> ``shared`` float32 ``[Ds]``, ``specific`` float32 ``[Dp]``.
+  Non-finite images are that request's 400.
 - ``ssft_search`` (with ``--gallery``): a query's ``shared`` ``[Ds]``, ``specific`` ``[Dp]`` and
   ``modality`` ``[1]`` int64 -> the ``top`` best gallery identities of the other modality:
   ``pids`` ``[top]`` int64, ``distances`` ``[top]`` float32, ``entry_ids`` ``[top]`` int64 (the
   gallery entries that gave them; padded with -1 / inf). Searched in ``single-query`` mode
-  (Eq. 22), so an answer does not depend on which requests share a batch.
+  (Eq. 22), so an answer does not depend on which requests share a batch. A bad query
+  (modality not 0/1, NaN features) is that request's 400.
 
-Triton's dynamic batcher stacks concurrent requests into one engine call of up to ``max_batch``.
+Triton's dynamic batcher stacks concurrent requests into one engine call of up to ``max_batch``;
+``ssft_deploy.serving.requests`` checks and answers each request on its own, so a bad request
+fails alone with a short message. Every model also has an ``error`` output (empty on success).
 """
 
 from __future__ import annotations
@@ -22,12 +26,22 @@ import signal
 import sys
 import sysconfig
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
-from ssft_deploy.errors import GalleryError, SSFTError
+from ssft_deploy.errors import GalleryError, InputError, SSFTError
+from ssft_deploy.serving.requests import ERROR, RequestBatch, check_finite, finite_outputs
+from ssft_deploy.serving.security import (
+    PARENT_ENV,
+    TOKEN_FILE_ENV,
+    check_host,
+    check_ports_free,
+    read_token_file,
+    term_with_parent,
+)
 
 if TYPE_CHECKING:
     from ssft_deploy.gallery import Gallery
@@ -35,7 +49,6 @@ if TYPE_CHECKING:
 MODEL_NAMES = {"rgb": "ssft_extract_rgb", "ir": "ssft_extract_ir"}
 SEARCH_MODEL = "ssft_search"
 GALLERY_KEYS = ("shared", "specific", "modality", "pids", "camids")
-TOKEN_ENV = "SSFT_TRITON_ACCESS_TOKEN"   # header 'triton-access-token' for admin endpoints
 log = logging.getLogger("ssft_deploy.serving")
 
 
@@ -53,18 +66,49 @@ def ensure_libpython_path(env: dict[str, str] | os._Environ = os.environ) -> Non
         env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *[p for p in parts if p != libdir]])
 
 
+def install_request_errors() -> bool:
+    """Ship ``triton_proxy_model.py`` as every bound model's ``model.py`` (PyTriton's own proxy
+    beside it), so a request's ``error`` output becomes its own Triton error. False (and a
+    warning: failed requests then answer 200 with the ``error`` output) if PyTriton changed."""
+    from pytriton.models.model import Model
+
+    original = Model.get_proxy_model_files
+    if getattr(original, "ssft_request_errors", False):
+        return True
+    shim = Path(__file__).with_name("triton_proxy_model.py").read_bytes()
+
+    def proxy_files(self) -> dict[str, bytes]:
+        files = original(self)
+        key = f"file:{self.model_version}/model.py"
+        files[f"file:{self.model_version}/pytriton_model.py"] = files[key]
+        files[key] = shim
+        return files
+
+    if "model.py" not in getattr(Model, "SCRIPT_FILES_TO_COPY", ()):
+        log.warning("this PyTriton ships no model.py proxy: failed requests answer HTTP 200 with "
+                    "their 'error' output set instead of their own 400")
+        return False
+    proxy_files.ssft_request_errors = True  # type: ignore[attr-defined]
+    Model.get_proxy_model_files = proxy_files
+    return True
+
+
 def make_infer_fn(extract: Callable[[np.ndarray, str], tuple[np.ndarray, np.ndarray]],
                   modality: str) -> Callable:
-    """A PyTriton ``@batch`` function: stacked ``images`` -> ``shared``, ``specific``."""
-    from pytriton.decorators import batch
-
-    @batch
-    def infer(images: np.ndarray) -> dict[str, np.ndarray]:
-        shared, specific = extract(images.astype(np.float32, copy=False), modality)
+    """A PyTriton function over requests: stacked valid ``images`` -> ``shared``, ``specific``."""
+    def compute(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shared, specific = extract(inputs["images"].astype(np.float32, copy=False), modality)
         return {"shared": np.asarray(shared, np.float32),
                 "specific": np.asarray(specific, np.float32)}
 
-    return infer
+    return RequestBatch(MODEL_NAMES[modality], compute, check_finite("images"),
+                        finite_outputs("shared", "specific"))
+
+
+def error_tensor():
+    from pytriton.model_config import Tensor
+
+    return Tensor(name=ERROR, dtype=bytes, shape=(1,))
 
 
 def bind_extractors(triton, extract: Callable, input_size: tuple[int, int], dims: dict,
@@ -79,7 +123,8 @@ def bind_extractors(triton, extract: Callable, input_size: tuple[int, int], dims
             infer_func=make_infer_fn(extract, modality),
             inputs=[Tensor(name="images", dtype=np.float32, shape=(3, h, w))],
             outputs=[Tensor(name="shared", dtype=np.float32, shape=(dims["shared"],)),
-                     Tensor(name="specific", dtype=np.float32, shape=(dims["specific"],))],
+                     Tensor(name="specific", dtype=np.float32, shape=(dims["specific"],)),
+                     error_tensor()],
             config=ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(
                 max_queue_delay_microseconds=queue_delay_us)),
             strict=True,
@@ -116,17 +161,21 @@ def load_gallery(path: str | os.PathLike) -> Gallery:
     return gallery
 
 
-def make_search_fn(runtime, gallery: Gallery, top: int) -> Callable:
-    """A PyTriton ``@batch`` function over ``runtime.search`` in single-query mode."""
-    from pytriton.decorators import batch
-
+def query_features(inputs: dict[str, np.ndarray]):
+    """A search request's inputs -> Features (InputError: modality not 0/1, NaN, ...)."""
     from ssft_deploy.features import Features
 
-    @batch
-    def infer(shared: np.ndarray, specific: np.ndarray, modality: np.ndarray
-              ) -> dict[str, np.ndarray]:
-        query = Features(shared, specific, modality.reshape(-1).astype(np.int64))
-        hits = runtime.search(query, top=top, mode="single-query", gallery=gallery)
+    modality = inputs["modality"]
+    if modality.dtype.kind not in "iu":
+        raise InputError(f"modality must be int64 codes, got {modality.dtype}")
+    return Features(inputs["shared"], inputs["specific"], modality.reshape(-1))
+
+
+def make_search_fn(runtime, gallery: Gallery, top: int) -> Callable:
+    """A PyTriton function over requests: ``runtime.search`` in single-query mode."""
+    def compute(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        hits = runtime.search(query_features(inputs), top=top, mode="single-query",
+                              gallery=gallery)
         n = len(hits)
         pids, ids = np.full((n, top), -1, np.int64), np.full((n, top), -1, np.int64)
         dist = np.full((n, top), np.inf, np.float32)
@@ -135,7 +184,8 @@ def make_search_fn(runtime, gallery: Gallery, top: int) -> Callable:
             pids[i, :got], dist[i, :got], ids[i, :got] = r.pids, r.distances, r.entry_ids
         return {"pids": pids, "distances": dist, "entry_ids": ids}
 
-    return infer
+    return RequestBatch(SEARCH_MODEL, compute, query_features,
+                        finite_outputs("distances", allow_inf=True))
 
 
 def bind_search(triton, runtime, gallery: Gallery, top: int, max_batch: int,
@@ -151,7 +201,7 @@ def bind_search(triton, runtime, gallery: Gallery, top: int, max_batch: int,
                 Tensor(name="modality", dtype=np.int64, shape=(1,))],
         outputs=[Tensor(name="pids", dtype=np.int64, shape=(top,)),
                  Tensor(name="distances", dtype=np.float32, shape=(top,)),
-                 Tensor(name="entry_ids", dtype=np.int64, shape=(top,))],
+                 Tensor(name="entry_ids", dtype=np.int64, shape=(top,)), error_tensor()],
         config=ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(
             max_queue_delay_microseconds=queue_delay_us)),
         strict=True,
@@ -161,8 +211,12 @@ def bind_search(triton, runtime, gallery: Gallery, top: int, max_batch: int,
 def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int = 8002, precision: str = "fp32", backend: str = "auto",
           max_batch: int = 32, queue_delay_us: int = 2000, gallery: str | None = None,
-          top: int = 10) -> None:
+          top: int = 10, allow_remote: bool = False) -> None:
     """Open the bundle's runtime, start Triton on ``host`` and serve until SIGINT / SIGTERM."""
+    check_host(host, allow_remote)
+    check_ports_free(host, {"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
+    token_file = os.environ.get(TOKEN_FILE_ENV)
+    token = read_token_file(token_file) if token_file else None
     ensure_libpython_path()
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
@@ -174,9 +228,11 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host,
                           grpc_port=grpc_port, metrics_address=host, metrics_port=metrics_port,
                           exit_timeout_secs=5, log_verbose=0)
-    # Statistics, model-repository and other admin endpoints stay behind PyTriton's access
-    # token; the launcher hands its token over in the environment (not argv, which ps shows).
-    security = TritonSecurityConfig(access_token=os.environ.get(TOKEN_ENV) or None)
+    # Statistics, model-repository and other admin endpoints stay behind an access token. Ours
+    # arrives as a 0600 file's path (security.py); without one PyTriton draws a random token
+    # nobody knows. tritonserver takes it only on its command line (PyTriton puts it there).
+    security = TritonSecurityConfig(access_token=token)
+    install_request_errors()
     # PyTriton's serve() turns SIGINT into a clean stop; give SIGTERM the same meaning.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -196,6 +252,8 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
 @click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to bind (loopback by default)")
+@click.option("--allow-remote", is_flag=True,
+              help="allow a non-loopback --host (reachable from other machines)")
 @click.option("--http-port", default=8000, show_default=True)
 @click.option("--grpc-port", default=8001, show_default=True)
 @click.option("--metrics-port", default=8002, show_default=True)
@@ -207,14 +265,17 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
 @click.option("--gallery", type=click.Path(exists=True, dir_okay=False), default=None,
               help="gallery file (Gallery.save, or a save_gallery .npz) to serve ssft_search over")
 @click.option("--top", default=10, show_default=True, help="identities per search answer")
-def main(bundle: str, host: str, http_port: int, grpc_port: int, metrics_port: int,
-         precision: str, backend: str, max_batch: int, queue_delay_us: int,
+def main(bundle: str, host: str, allow_remote: bool, http_port: int, grpc_port: int,
+         metrics_port: int, precision: str, backend: str, max_batch: int, queue_delay_us: int,
          gallery: str | None, top: int) -> None:
     """Serve BUNDLE's extractors on Triton (run in .venv-triton; see ssft_deploy.serving.launch)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    if os.environ.get(PARENT_ENV, "").isdigit():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        term_with_parent(int(os.environ[PARENT_ENV]))
     try:
         serve(bundle, host, http_port, grpc_port, metrics_port, precision, backend, max_batch,
-              queue_delay_us, gallery, top)
+              queue_delay_us, gallery, top, allow_remote)
     except SSFTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -222,6 +283,8 @@ def main(bundle: str, host: str, http_port: int, grpc_port: int, metrics_port: i
         click.echo(f"error: {exc}; run the server in the PyTriton environment "
                    "(make triton-setup, then .venv-triton/bin/python)", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:      # SIGINT / SIGTERM before serving began: nothing to keep
+        pass
 
 
 if __name__ == "__main__":

@@ -1,0 +1,124 @@
+"""``ssft-video``: cameras -> person tracks -> cross-modality identities, written to a folder.
+
+    ssft-video --bundle B --camera cam1=a.mp4:rgb --camera cam3=rtsp://host/ir:ir --out runs/v
+               [--detector motion|onnx:yolo.onnx|mot:DIR] [--stretch cam3=fixed:27315:31315]
+
+Writes ``events.jsonl``, ``tracks.json``, per camera ``NAME.mot.txt`` and an annotated
+``NAME.avi``, and ``rankings/`` (see :mod:`ssft_deploy.video.outputs`). Ctrl-C (or SIGTERM)
+stops the cameras, ends the open tracks, and flushes everything before exiting.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import signal
+import sys
+
+import click
+
+from ssft_deploy.errors import InputError, SSFTError
+from ssft_deploy.gallery import MODES
+
+
+def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        name, sep, spec = v.partition("=")
+        if not sep or name not in names:
+            raise InputError(f"{option} {v!r}: write NAME=VALUE with NAME one of {names}")
+        out[name] = spec
+    return out
+
+
+def _sigterm(*_: object) -> None:
+    raise KeyboardInterrupt  # the pipeline's clean stop, as for Ctrl-C
+
+
+@click.command()
+@click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False),
+              help="model bundle folder (ssft-export)")
+@click.option("--camera", "cameras", multiple=True, required=True,
+              help="NAME=PATH_OR_URL:rgb|ir (repeat per camera; a folder = image sequence)")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
+@click.option("--detector", default="motion", show_default=True,
+              help="motion | onnx:MODEL.onnx (YOLO-family export) | mot:FILE_OR_DIR")
+@click.option("--stretch", multiple=True, help="NAME=percentile[:LO:HI] | NAME=fixed:LO:HI "
+              "(16-bit / float cameras; default percentile:1:99)")
+@click.option("--live", multiple=True, help="NAME: reconnect this camera when it ends "
+              "(stream URLs always do)")
+@click.option("--every", default=5, show_default=True, type=click.IntRange(1),
+              help="sample a crop of each track every N frames")
+@click.option("--gallery", "gallery_modality", type=click.Choice(["rgb", "ir"]), default="rgb",
+              show_default=True, help="modality whose tracks form the gallery")
+@click.option("--mode", type=click.Choice(MODES), default="rolling", show_default=True)
+@click.option("--top", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--max-distance", default=1.0, show_default=True, type=click.FloatRange(0, 2),
+              help="a best match farther than this is 'unknown'")
+@click.option("--lost-frames", default=30, show_default=True, type=click.IntRange(1),
+              help="frames without a box before a track ends")
+@click.option("--max-frames", default=None, type=click.IntRange(1), help="per camera")
+@click.option("--duration", default=None, type=click.FloatRange(0), help="seconds, then stop")
+@click.option("--reid", type=click.Choice(["batcher", "direct"]), default="batcher",
+              show_default=True, help="batched across cameras, or one call per crop")
+@click.option("--precision", default="fp32", show_default=True)
+@click.option("--backend", default="auto", show_default=True)
+@click.option("--no-video", is_flag=True, help="skip the annotated videos")
+@click.option("--no-pictures", is_flag=True, help="skip the ranking pictures")
+def main(bundle, cameras, out, detector, stretch, live, every, gallery_modality, mode, top,
+         max_distance, lost_frames, max_frames, duration, reid, precision, backend, no_video,
+         no_pictures) -> None:
+    """Track people in RGB and IR cameras and match them across modalities."""
+    from tqdm import tqdm
+
+    from ssft_deploy.runtime import ReIDRuntime
+    from ssft_deploy.video.pipeline import PipelineConfig, VideoPipeline
+    from ssft_deploy.video.sources import CameraSpec
+
+    try:
+        specs = [CameraSpec.parse(c) for c in cameras]
+        names = [s.name for s in specs]
+        stretches = _per_camera(stretch, names, "--stretch")
+        for name in live:
+            if name not in names:
+                raise InputError(f"--live {name!r}: not one of the cameras {names}")
+        specs = [CameraSpec.parse(c, stretches.get(s.name), True if s.name in live else None)
+                 for c, s in zip(cameras, specs)]
+        for s in specs:
+            if "://" not in s.source and not glob.glob(s.source):
+                raise InputError(f"camera {s.name}: {s.source} does not exist")
+        cfg = PipelineConfig(every=every, gallery_modality=gallery_modality, mode=mode,
+                             top=top, max_distance=max_distance, lost_frames=lost_frames,
+                             reid=reid, max_frames=max_frames)
+        rt = ReIDRuntime.open(bundle, precision=precision, backend=backend)
+
+        def show(ev: dict) -> None:
+            best = ev["matches"][0] if ev["matches"] else None
+            tail = (f"-> id {ev['identity']} ({best['camera']} #{best['track']}, "
+                    f"d={best['distance']:.3f})" if best else f"-> unknown ({ev.get('reason')})")
+            tqdm.write(f"{ev['camera']} #{ev['track']} frames {ev['start_frame']}-"
+                       f"{ev['end_frame']} {tail}")
+
+        pipe = VideoPipeline(rt, specs, detector, out=out, config=cfg, annotate=not no_video,
+                             pictures=not no_pictures, progress=True, on_event=show)
+        previous = signal.signal(signal.SIGTERM, _sigterm)
+        try:
+            summary = pipe.run(duration_s=duration)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    except SSFTError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    crops = summary["crops"]
+    click.echo(json.dumps({"frames": summary["frames"], "events": summary["events"],
+                           "tracks": len(summary["tracks"]), "interrupted": summary["interrupted"],
+                           "crops": {k: crops[k] for k in ("sampled", "extracted", "filtered",
+                                                           "failed")},
+                           "out": out}))
+    for name, cam in summary["cameras"].items():
+        if cam["error"]:
+            click.echo(f"warning: camera {name}: {cam['error']}", err=True)
+
+
+if __name__ == "__main__":
+    main()

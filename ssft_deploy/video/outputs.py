@@ -1,0 +1,107 @@
+"""What a video run writes into its output folder.
+
+``events.jsonl``  one JSON event per ended query-modality track, flushed as it is written
+``tracks.json``   every tracklet (span, samples and their fate), camera and crop counters
+``NAME.mot.txt``  per camera, the tracker's boxes (MOTChallenge ``frame,id,x,y,w,h,score,-1,-1,-1``)
+``NAME.avi``      per camera, the annotated video (boxes, track ids, identities; MJPG)
+``rankings/``     one ranking picture per event (:mod:`ssft_deploy.visrank`)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ssft_deploy.errors import InputError
+from ssft_deploy.visrank import Tile, ranking_picture, save_picture
+
+_COLOURS = {"rgb": (60, 200, 255), "ir": (255, 160, 60)}
+
+
+class RunOutput:
+    """Writers of one run; every method is safe to call from camera threads."""
+
+    def __init__(self, out: str | Path, annotate: bool = True, pictures: bool = True) -> None:
+        self.out = Path(out)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._events = open(self.out / "events.jsonl", "w")  # noqa: SIM115 - kept open
+        except OSError as exc:
+            raise InputError(f"cannot write to output folder {self.out}: {exc}") from exc
+        self.annotate, self.pictures = annotate, pictures
+        self.lock = threading.Lock()
+        self._mot: dict[str, object] = {}
+        self._videos: dict[str, cv2.VideoWriter] = {}
+        self.labels: dict[tuple[str, int], str] = {}
+        self.n_events = 0
+
+    def event(self, event: dict) -> None:
+        with self.lock:
+            self._events.write(json.dumps(event) + "\n")
+            self._events.flush()
+            self.n_events += 1
+
+    def boxes(self, camera: str, index: int, xyxy: np.ndarray, scores: np.ndarray,
+              ids: np.ndarray) -> None:
+        """Append one frame's tracked boxes to ``NAME.mot.txt`` (frames from 1)."""
+        with self.lock:
+            f = self._mot.get(camera)
+            if f is None:
+                f = self._mot[camera] = open(self.out / f"{camera}.mot.txt", "w")  # noqa: SIM115
+        lines = [f"{index + 1},{int(t)},{b[0]:.1f},{b[1]:.1f},{b[2] - b[0]:.1f},"
+                 f"{b[3] - b[1]:.1f},{s:.3f},-1,-1,-1\n" for b, s, t in zip(xyxy, scores, ids)]
+        f.writelines(lines)  # one camera thread per file
+
+    def frame(self, camera: str, modality: str, bgr: np.ndarray, xyxy: np.ndarray,
+              ids: np.ndarray, fps: float) -> None:
+        """Draw boxes, track ids and identities on a copy of ``bgr`` and write it."""
+        if not self.annotate:
+            return
+        img = bgr.copy()
+        colour = _COLOURS.get(modality, (255, 255, 255))
+        for b, t in zip(xyxy.astype(int), ids):
+            cv2.rectangle(img, (b[0], b[1]), (b[2], b[3]), colour, 2)
+            label = f"{camera} #{int(t)} {self.labels.get((camera, int(t)), '')}".rstrip()
+            cv2.putText(img, label, (b[0], max(b[1] - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                        colour, 1, cv2.LINE_AA)
+        writer = self._videos.get(camera)
+        if writer is None:
+            h, w = img.shape[:2]
+            writer = cv2.VideoWriter(str(self.out / f"{camera}.avi"),
+                                     cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+            if not writer.isOpened():
+                raise InputError(f"OpenCV cannot write {self.out / f'{camera}.avi'} (MJPG)")
+            self._videos[camera] = writer
+        writer.write(img)
+
+    def picture(self, event: dict, query_thumb: np.ndarray | None,
+                gallery_thumbs: list[np.ndarray | None]) -> str | None:
+        """The event's ranking picture (query + its matches); returns its relative path."""
+        if not self.pictures or query_thumb is None:
+            return None
+        q = Tile(query_thumb, [f"{event['modality'].upper()} {event['camera']}",
+                               f"track {event['track']}"])
+        tiles = []
+        for m, thumb in zip(event["matches"], gallery_thumbs):
+            if thumb is None:
+                continue
+            tiles.append(Tile(thumb, [f"{m['camera']} #{m['track']}",
+                                      f"id {m['identity']} d={m['distance']:.3f}"]))
+        rel = f"rankings/{event['camera']}_{event['track']}.jpg"
+        save_picture(self.out / rel, ranking_picture(q, tiles))
+        return rel
+
+    def tracks(self, summary: dict) -> None:
+        (self.out / "tracks.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    def close(self) -> None:
+        with self.lock:
+            self._events.close()
+            for f in self._mot.values():
+                f.close()
+            for w in self._videos.values():
+                w.release()

@@ -1,0 +1,352 @@
+"""Cameras -> detector -> tracker -> tracklets -> ReID (one FrameBatcher) -> association -> events.
+
+Threads: a reader per camera (:class:`~ssft_deploy.video.sources.CameraReader`), a worker per
+camera (detect, track, sample crops, annotate), the batcher's workers (one extractor call per
+batch of crops from all cameras), and one associator thread that settles ended tracklets and
+writes events. :meth:`VideoPipeline.stop` (or Ctrl-C in :meth:`run`) stops the readers; every
+tracklet still open then ends, is associated, and everything is flushed.
+
+``reid="direct"`` replaces the batcher by one ``extract_boxes`` call per crop (the benchmark's
+baseline). ``stage_seconds`` are thread-seconds per stage (read, detect, track, reid, associate,
+annotate); on a busy machine they overlap in wall time.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ssft_deploy.batcher import CropFeatures, FrameBatcher
+from ssft_deploy.errors import InputError
+from ssft_deploy.frames import to_bgr
+from ssft_deploy.video.association import Associator
+from ssft_deploy.video.detectors import Detector, make_detector
+from ssft_deploy.video.outputs import RunOutput
+from ssft_deploy.video.sources import Backoff, CameraReader, CameraSpec, Capture, FrameQueue
+from ssft_deploy.video.tracker import ByteTracker
+from ssft_deploy.video.tracklets import Ledger, SamplingConfig, Tracklet, TrackletBook
+
+STAGES = ("read", "detect", "track", "reid", "associate", "annotate")
+
+
+class StageClock:
+    """Thread-seconds spent per stage (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seconds: Counter = Counter()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self.lock:
+            self.seconds[stage] += seconds
+
+    def snapshot(self) -> dict[str, float]:
+        with self.lock:
+            return {s: round(self.seconds.get(s, 0.0), 4) for s in STAGES}
+
+
+@dataclass
+class PipelineConfig:
+    """Knobs of a run (CLI flags map onto these)."""
+
+    every: int = 5
+    gallery_modality: str = "rgb"
+    mode: str = "rolling"
+    top: int = 5
+    max_distance: float = 1.0
+    include_live: bool = True
+    lost_frames: int = 30
+    reid: str = "batcher"
+    max_batch: int = 32
+    max_wait_ms: float = 10.0
+    batcher_queue: int = 1024
+    frame_queue: int = 8
+    max_frames: int | None = None
+    loop: bool = False
+    provisional_every: int = 4        # samples between provisional identity labels (0: off)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+class _Camera:
+    def __init__(self, spec: CameraSpec, index: int, reader: CameraReader, detector: Detector,
+                 book: TrackletBook, tracker: ByteTracker) -> None:
+        self.spec, self.index, self.reader, self.detector = spec, index, reader, detector
+        self.book, self.tracker = book, tracker
+        self.processed = 0
+        self.error: str | None = None
+        self.thread: threading.Thread | None = None
+
+
+def _done(result: object = None, error: BaseException | None = None) -> Future:
+    fut: Future = Future()
+    fut.set_running_or_notify_cancel()
+    fut.set_exception(error) if error is not None else fut.set_result(result)
+    return fut
+
+
+class VideoPipeline:
+    """Run cameras through detection, tracking and cross-modality ReID with one runtime."""
+
+    def __init__(self, runtime, cameras: list[CameraSpec], detector: str | dict = "motion",
+                 out: str | None = None, config: PipelineConfig | None = None,
+                 open_fns: dict[str, Callable[[], Capture]] | None = None,
+                 annotate: bool = True, pictures: bool = True, progress: bool = False,
+                 on_event: Callable[[dict], None] | None = None) -> None:
+        names = [c.name for c in cameras]
+        if not cameras or len(set(names)) != len(names):
+            raise InputError(f"need one or more cameras with distinct names, got {names}")
+        self.rt, self.cfg = runtime, config or PipelineConfig()
+        if self.cfg.reid not in ("batcher", "direct"):
+            raise InputError(f"reid must be 'batcher' or 'direct', got {self.cfg.reid!r}")
+        self.clock, self.ledger = StageClock(), Ledger()
+        self.output = RunOutput(out, annotate, pictures) if out else None
+        self.on_event, self.progress = on_event, progress
+        self.events: list[dict] = []
+        self.tracklets: list[Tracklet] = []
+        self.stop_event = threading.Event()
+        self._ended: queue.Queue = queue.Queue()
+        self._guessed: dict[tuple[str, int], int] = {}
+        self._in_flight: dict[int, Tracklet] = {}   # ended, not yet associated
+        detectors = detector if isinstance(detector, dict) else make_detector(detector, names)
+        self.batcher = None
+        if self.cfg.reid == "batcher":
+            self.batcher = FrameBatcher(self._timed_extract, runtime.preprocess_fn,
+                                        max_batch=self.cfg.max_batch,
+                                        max_wait_ms=self.cfg.max_wait_ms,
+                                        max_queue=self.cfg.batcher_queue, full_policy="block",
+                                        block_timeout_s=5.0)
+        self.cameras: list[_Camera] = []
+        self.associator = Associator(runtime, self.cfg.gallery_modality, self.cfg.mode,
+                                     self.cfg.top, self.cfg.max_distance, self.cfg.include_live,
+                                     self._live_tracklets)
+        for i, spec in enumerate(cameras):
+            reader = CameraReader(spec, FrameQueue(self.cfg.frame_queue,
+                                                   "drop" if spec.is_live else "block"),
+                                  (open_fns or {}).get(spec.name), self.cfg.backoff,
+                                  self.cfg.max_frames, self.cfg.loop)
+            gallery = self.associator.is_gallery(Tracklet(spec.name, i, spec.modality, 0, 0, 0))
+            book = TrackletBook(spec.name, i, spec.modality, self._submit, self.ledger,
+                                self.cfg.sampling, self.cfg.every, self.cfg.lost_frames,
+                                self.associator.new_identity if gallery else None)
+            self.cameras.append(_Camera(spec, i, reader, detectors[spec.name], book,
+                                        ByteTracker(lost_frames=self.cfg.lost_frames)))
+
+    # -- ReID ---------------------------------------------------------------------------------
+    def _timed_extract(self, x: np.ndarray, modality: str):
+        t = time.perf_counter()
+        try:
+            return self.rt.extract_array(x, modality)
+        finally:
+            self.clock.add("reid", time.perf_counter() - t)
+
+    def _submit(self, frame8: np.ndarray, boxes: list, camera: str, modality: str,
+                tags: list) -> list[Future]:
+        t = time.perf_counter()
+        try:
+            if self.batcher is not None:
+                return self.batcher.submit_boxes(frame8, boxes, camera, modality, tags)
+            out = []
+            for box, tag in zip(boxes, tags):   # the baseline: one engine call per crop
+                ex = self.rt.extract_boxes_batch(frame8, [box], modality)
+                if ex.errors:
+                    out.append(_done(error=ex.errors[0]))
+                    continue
+                f = ex.features
+                out.append(_done(CropFeatures(f.shared[0], f.specific[0], int(f.modality[0]),
+                                              camera, tag, 0.0)))
+            return out
+        finally:
+            self.clock.add("reid", time.perf_counter() - t)
+
+    # -- camera workers -----------------------------------------------------------------------
+    def _live_tracklets(self) -> list[Tracklet]:
+        """Tracklets not yet associated: still in view, or ended and queued."""
+        return ([t for cam in self.cameras for t in list(cam.book.live.values())]
+                + list(self._in_flight.values()))
+
+    def _end(self, t: Tracklet) -> None:
+        self._in_flight[id(t)] = t
+        self._ended.put(t)
+
+    def _work(self, cam: _Camera, bar) -> None:
+        clock, out = self.clock, self.output
+        try:
+            while True:
+                fr = cam.reader.queue.get(timeout=0.2)
+                if fr is None:
+                    if cam.reader.queue.closed and not cam.reader.queue.items:
+                        break
+                    if self.stop_event.is_set():
+                        break
+                    continue
+                t0 = time.perf_counter()
+                bgr = to_bgr(fr.image)
+                det = cam.detector(bgr, fr.index)
+                t1 = time.perf_counter()
+                xyxy, scores, ids = cam.tracker.update(det)
+                t2 = time.perf_counter()
+                clock.add("detect", t1 - t0)
+                clock.add("track", t2 - t1)
+                cam.book.observe(fr.index, fr.time_s, fr.image, xyxy, scores, ids)
+                for t in cam.book.expire(fr.index):
+                    self._end(t)
+                t3 = time.perf_counter()
+                if out is not None:
+                    self._label(cam, ids)
+                    out.boxes(cam.spec.name, fr.index, xyxy, scores, ids)
+                    out.frame(cam.spec.name, cam.spec.modality, bgr, xyxy, ids, cam.reader.fps)
+                clock.add("annotate", time.perf_counter() - t3)
+                cam.processed += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.stop_event.is_set():
+                    break
+        except Exception as exc:  # noqa: BLE001 - one camera's fault must not stop the others
+            cam.error = repr(exc)
+        finally:
+            cam.reader.stop()
+            for t in cam.book.end_all():
+                self._end(t)
+
+    def _label(self, cam: _Camera, ids: np.ndarray) -> None:
+        """Identity labels for the annotated video: gallery tracks show theirs; query tracks a
+        provisional best match (shared features, no transfer) every few samples."""
+        labels = self.output.labels
+        for tid in ids.tolist():
+            t = cam.book.live.get(tid)
+            if t is None:
+                continue
+            if t.identity is not None:
+                labels[(cam.spec.name, tid)] = f"id {t.identity}"
+                continue
+            n = len(t.extracted())
+            every = self.cfg.provisional_every
+            if every and n and n % every == 1 and self._guessed.get((cam.spec.name, tid)) != n:
+                self._guessed[(cam.spec.name, tid)] = n
+                guess = self.associator.provisional(t)
+                if guess is not None:
+                    labels[(cam.spec.name, tid)] = f"-> id {guess}?"
+
+    # -- association --------------------------------------------------------------------------
+    def _settle(self, t: Tracklet, timeout: float = 60.0) -> None:
+        futs = [s.future for s in t.samples if s.future is not None]
+        if futs:
+            wait_futures(futs, timeout)
+        book = self.cameras[t.camera_index].book
+        for s in t.samples:
+            book.settle(s)
+
+    def _associate(self) -> None:
+        closing = False
+        while not closing:
+            batch = [self._ended.get()]
+            while True:
+                try:
+                    batch.append(self._ended.get_nowait())
+                except queue.Empty:
+                    break
+            closing = any(t is None for t in batch)
+            ready = [t for t in batch if t is not None]
+            # gallery tracklets first: a person leaving both cameras at once is then found
+            ready.sort(key=lambda t: not self.associator.is_gallery(t))
+            for t in ready:
+                t0 = time.perf_counter()
+                self._settle(t)
+                event = self.associator.end(t)
+                self._in_flight.pop(id(t), None)
+                self.tracklets.append(t)
+                if event is not None:
+                    self._emit(t, event)
+                self.clock.add("associate", time.perf_counter() - t0)
+
+    def _emit(self, t: Tracklet, event: dict) -> None:
+        if self.output is not None:
+            owners = [self.associator.owner(m["identity"]) for m in event["matches"]]
+            live = {x.identity: x for x in self._live_tracklets() if x.identity is not None}
+            thumbs = [(o or live.get(m["identity"])) for o, m in zip(owners, event["matches"])]
+            pic = self.output.picture(event, t.thumb, [o.thumb if o else None for o in thumbs])
+            if pic:
+                event["picture"] = pic
+            self.output.event(event)
+        self.events.append(event)
+        if self.on_event:
+            self.on_event(event)
+
+    # -- running ------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop reading; open tracklets end and are associated; outputs are flushed."""
+        self.stop_event.set()
+        for cam in self.cameras:
+            cam.reader.stop()
+
+    def run(self, duration_s: float | None = None) -> dict:
+        """Run until every camera ends (files), ``duration_s`` passes, :meth:`stop` or Ctrl-C;
+        returns the summary also written to ``tracks.json``."""
+        from tqdm import tqdm
+
+        t_start = time.perf_counter()
+        assoc = threading.Thread(target=self._associate, name="ssft-associate", daemon=True)
+        assoc.start()
+        bars = []
+        for cam in self.cameras:
+            bar = (tqdm(desc=f"{cam.spec.name} ({cam.spec.modality})", unit="frame",
+                        position=cam.index, total=self.cfg.max_frames, leave=True)
+                   if self.progress else None)
+            bars.append(bar)
+            cam.reader.start()
+            cam.thread = threading.Thread(target=self._work, args=(cam, bar),
+                                          name=f"ssft-worker-{cam.spec.name}", daemon=True)
+            cam.thread.start()
+        interrupted = False
+        try:
+            while any(c.thread.is_alive() for c in self.cameras):
+                if duration_s is not None and time.perf_counter() - t_start >= duration_s:
+                    self.stop()
+                for c in self.cameras:
+                    c.thread.join(0.05)
+        except KeyboardInterrupt:
+            interrupted = True
+            self.stop()
+            for c in self.cameras:
+                c.thread.join()
+        self._ended.put(None)
+        assoc.join()
+        if self.batcher is not None:
+            self.batcher.close(drain=True)
+        for bar in bars:
+            if bar is not None:
+                bar.close()
+        for cam in self.cameras:
+            cam.reader.thread.join(5)
+        for cam in self.cameras:
+            self.clock.add("read", cam.reader.read_seconds)
+        summary = self.summary(time.perf_counter() - t_start, interrupted)
+        if self.output is not None:
+            self.output.tracks(summary)
+            self.output.close()
+        return summary
+
+    def summary(self, wall_s: float, interrupted: bool = False) -> dict:
+        cams = {}
+        for c in self.cameras:
+            r = c.reader
+            cams[c.spec.name] = {"modality": c.spec.modality, "source": c.spec.source,
+                                 "processed": c.processed, **r.stats, "dropped": r.dropped,
+                                 "invalid_boxes": c.tracker.invalid, "error": c.error or r.error,
+                                 "connection": r.events}
+        ended = sorted(self.tracklets, key=lambda t: (t.camera_index, t.track))
+        return {"wall_s": round(wall_s, 3), "interrupted": interrupted,
+                "frames": sum(c.processed for c in self.cameras), "cameras": cams,
+                "crops": self.ledger.snapshot(), "stage_seconds": self.clock.snapshot(),
+                "events": len(self.events),
+                "batcher": self.batcher.stats() if self.batcher is not None else None,
+                "tracks": [t.summary() for t in ended]}

@@ -1,0 +1,322 @@
+"""Camera sources: one reader thread per camera filling a bounded frame queue.
+
+A camera is a video file, a stream URL (RTSP / HTTP / anything OpenCV's FFmpeg backend opens), a
+folder of images (e.g. 16-bit PNG / TIFF from a radiometric camera, read unchanged) or any
+in-process ``open_fn`` returning an object with ``read() -> ndarray | None`` and ``release()``.
+
+Every frame goes through the package's frame contract (:func:`ssft_deploy.frames.to_uint8`, with
+the camera's :class:`~ssft_deploy.frames.Stretch`), so later stages see ``uint8`` BGR or grey.
+A frame that cannot be decoded or does not meet the contract is counted (``corrupt``) and
+skipped. A live camera (a stream URL, or ``live=True``) that stops delivering is reported and
+reopened with exponential backoff; it never raises into the pipeline.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ssft_deploy.errors import InputError
+from ssft_deploy.features import modality_code
+from ssft_deploy.frames import Stretch, to_uint8
+
+log = logging.getLogger("ssft_deploy.video")
+_IMAGE_EXT = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm")
+_STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+class Capture(Protocol):
+    """What a reader needs from a source: the next frame (None when none came) and release."""
+
+    fps: float
+
+    def read(self) -> np.ndarray | None: ...
+
+    def release(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """One camera: ``name``, ``source`` (path / URL / image folder), ``modality`` ('rgb'/'ir'),
+    the 16-bit ``stretch``, and ``live`` (reconnect on loss; default: stream URLs are live)."""
+
+    name: str
+    source: str
+    modality: str
+    stretch: Stretch = field(default_factory=Stretch)
+    live: bool | None = None
+
+    def __post_init__(self) -> None:
+        modality_code(self.modality)  # InputError for anything but rgb / ir
+
+    @property
+    def is_live(self) -> bool:
+        return self.live if self.live is not None else self.source.lower().startswith(
+            _STREAM_SCHEMES)
+
+    @classmethod
+    def parse(cls, text: str, stretch: Stretch | str | None = None,
+              live: bool | None = None) -> CameraSpec:
+        """``NAME=SOURCE:MODALITY`` (SOURCE may contain ':', as URLs do) -> CameraSpec."""
+        name, sep, rest = text.partition("=")
+        source, _, modality = rest.rpartition(":")
+        if not sep or not name.strip() or not source or modality.lower() not in ("rgb", "ir"):
+            raise InputError(f"camera {text!r}: write NAME=PATH_OR_URL:rgb or NAME=PATH:ir")
+        return cls(name.strip(), source, modality.lower(), Stretch.parse(stretch), live)
+
+
+class OpenCVCapture:
+    """A video file or stream through ``cv2.VideoCapture`` (FFmpeg backend where available)."""
+
+    def __init__(self, source: str) -> None:
+        import cv2
+
+        self.source = source
+        self.cap = cv2.VideoCapture(source)
+        if not self.cap.isOpened():
+            self.cap.release()
+            raise InputError(f"OpenCV cannot open {source!r} (missing file, unsupported codec "
+                             "or unreachable stream)")
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and np.isfinite(fps) and 0 < fps < 1000 else 25.0
+
+    def read(self) -> np.ndarray | None:
+        ok, frame = self.cap.read()
+        return frame if ok else None
+
+    def release(self) -> None:
+        self.cap.release()
+
+
+class ImageSequence:
+    """Image files in name order, each read unchanged (16-bit stays 16-bit); an unreadable file
+    yields an empty array (counted corrupt by the reader), the end yields None."""
+
+    def __init__(self, source: str, fps: float = 25.0) -> None:
+        path = Path(source)
+        files = (sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_EXT)
+                 if path.is_dir() else sorted(Path(p) for p in glob.glob(source)))
+        if not files:
+            raise InputError(f"no images ({', '.join(_IMAGE_EXT)}) in {source!r}")
+        self.files, self.pos, self.fps = files, 0, float(fps)
+
+    def read(self) -> np.ndarray | None:
+        import cv2
+
+        if self.pos >= len(self.files):
+            return None
+        f = self.files[self.pos]
+        self.pos += 1
+        img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+        return img if img is not None else np.zeros((0, 0), np.uint8)
+
+    def release(self) -> None:
+        self.pos = len(self.files)
+
+
+def open_source(source: str) -> Capture:
+    """An image folder / glob -> ImageSequence; anything else -> OpenCVCapture."""
+    if os.path.isdir(source) or any(c in source for c in "*?["):
+        return ImageSequence(source)
+    return OpenCVCapture(source)
+
+
+@dataclass
+class Frame:
+    """One decoded frame: ``index`` counts delivered frames from 0; ``time_s`` is the video time
+    in seconds (files) or the Unix time (live cameras)."""
+
+    camera: str
+    index: int
+    time_s: float
+    image: np.ndarray           # uint8 BGR HxWx3 or grey HxW (the frame contract)
+
+
+class FrameQueue:
+    """Bounded frame queue. ``policy="drop"`` (live cameras) drops the oldest frame when full
+    and counts it; ``"block"`` (files) makes the reader wait, so no frame of a file is lost."""
+
+    def __init__(self, size: int = 8, policy: str = "drop") -> None:
+        if size < 1 or policy not in ("drop", "block"):
+            raise InputError(f"frame queue needs size >= 1 and policy drop|block, got {size}, "
+                             f"{policy!r}")
+        self.size, self.policy = int(size), policy
+        self.items: deque[Frame] = deque()
+        self.cond = threading.Condition()
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, frame: Frame, stop: threading.Event | None = None) -> None:
+        with self.cond:
+            if self.policy == "block":
+                while len(self.items) >= self.size and not (stop and stop.is_set()):
+                    self.cond.wait(0.1)
+            elif len(self.items) >= self.size:
+                self.items.popleft()
+                self.dropped += 1
+            self.items.append(frame)
+            self.cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The oldest frame; None once closed and empty (or after ``timeout``)."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.items or self.closed, timeout):
+                return None
+            if not self.items:
+                return None
+            frame = self.items.popleft()
+            self.cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
+@dataclass
+class Backoff:
+    """Reconnect delays: ``initial`` doubling up to ``maximum`` seconds; ``tries`` None = forever."""
+
+    initial: float = 0.5
+    maximum: float = 10.0
+    tries: int | None = None
+
+    def delays(self):
+        d, n = self.initial, 0
+        while self.tries is None or n < self.tries:
+            yield d
+            d, n = min(d * 2, self.maximum), n + 1
+
+
+class CameraReader:
+    """The reader thread of one camera: source -> frame contract -> :class:`FrameQueue`.
+
+    ``stats`` counts ``frames``, ``corrupt`` (undecodable or refused frames), ``dropped``
+    (queue full), ``disconnects``, ``reconnects``; ``events`` lists what happened to the
+    connection (``on_event`` is called with each, e.g. to print it)."""
+
+    #: Failed reads in a row after which a source counts as ended (file) or lost (live).
+    MAX_BAD_READS = 3
+
+    def __init__(self, spec: CameraSpec, queue: FrameQueue | None = None,
+                 open_fn: Callable[[], Capture] | None = None, backoff: Backoff | None = None,
+                 max_frames: int | None = None, loop: bool = False,
+                 on_event: Callable[[dict], None] | None = None) -> None:
+        self.spec = spec
+        self.queue = queue or FrameQueue(policy="drop" if spec.is_live else "block")
+        self.open_fn = open_fn or (lambda: open_source(spec.source))
+        self.backoff = backoff or Backoff()
+        self.max_frames, self.loop = max_frames, loop
+        self.on_event = on_event
+        self.stop_event = threading.Event()
+        self.stats = {"frames": 0, "corrupt": 0, "disconnects": 0, "reconnects": 0}
+        self.events: list[dict] = []
+        self.fps = 25.0
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, name=f"ssft-camera-{spec.name}",
+                                       daemon=True)
+        self.read_seconds = 0.0
+
+    def start(self) -> CameraReader:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    @property
+    def dropped(self) -> int:
+        return self.queue.dropped
+
+    def _report(self, kind: str, **info: Any) -> None:
+        ev = {"camera": self.spec.name, "event": kind, "time": time.time(), **info}
+        self.events.append(ev)
+        log.warning("camera %s: %s %s", self.spec.name, kind, info or "")
+        if self.on_event:
+            self.on_event(ev)
+
+    def _open(self, first: bool) -> Capture | None:
+        """Open the source; live cameras retry with backoff until it opens or we stop."""
+        delays = self.backoff.delays()
+        while not self.stop_event.is_set():
+            try:
+                cap = self.open_fn()
+                self.fps = float(getattr(cap, "fps", 0) or 25.0)
+                if not first:
+                    self.stats["reconnects"] += 1
+                    self._report("reconnected")
+                return cap
+            except Exception as exc:  # noqa: BLE001 - any open failure is reported, not raised
+                msg = str(exc) if isinstance(exc, InputError) else repr(exc)
+                if not self.spec.is_live:
+                    self.error = msg
+                    self._report("open-failed", error=msg)
+                    return None
+                delay = next(delays, None)
+                if delay is None:
+                    self.error = f"gave up after {self.backoff.tries} reconnect attempts: {msg}"
+                    self._report("gave-up", error=msg)
+                    return None
+                self._report("retry", error=msg, delay_s=delay)
+                self.stop_event.wait(delay)
+        return None
+
+    def _run(self) -> None:
+        try:
+            self._read_all()
+        except Exception as exc:  # noqa: BLE001 - a reader never takes the pipeline down
+            self.error = repr(exc)
+            self._report("failed", error=repr(exc))
+        finally:
+            self.queue.close()
+
+    def _read_all(self) -> None:
+        cap, index, bad = self._open(first=True), 0, 0
+        while cap is not None and not self.stop_event.is_set():
+            if self.max_frames is not None and index >= self.max_frames:
+                break
+            t = time.perf_counter()
+            try:
+                raw = cap.read()
+            except Exception as exc:  # noqa: BLE001 - a decoder fault is one bad read
+                log.debug("camera %s: read raised %r", self.spec.name, exc)
+                raw = None
+            if raw is None:
+                bad += 1
+                if bad < self.MAX_BAD_READS:
+                    continue
+                cap.release()
+                if self.loop and not self.spec.is_live and index > 0:
+                    cap, bad = self._open(first=True), 0
+                    continue
+                if not self.spec.is_live:
+                    break
+                self.stats["disconnects"] += 1
+                self._report("disconnected", frames=index)
+                cap, bad = self._open(first=False), 0
+                continue
+            self.stats["corrupt"] += bad    # failed reads followed by a good one: bad frames
+            bad = 0
+            try:
+                image = to_uint8(raw, self.spec.stretch)
+            except InputError:
+                self.stats["corrupt"] += 1
+                continue
+            self.read_seconds += time.perf_counter() - t
+            ts = time.time() if self.spec.is_live else index / self.fps
+            self.queue.put(Frame(self.spec.name, index, ts, image), self.stop_event)
+            index += 1
+            self.stats["frames"] = index
+        if cap is not None:
+            cap.release()

@@ -1,0 +1,90 @@
+"""Multi-object tracking through a maintained library, and our extractor as a tracker's ReID model.
+
+The tracker is ByteTrack from Roboflow's ``supervision`` (``pip install 'ssft-deploy[video]'``).
+Why: it needs only numpy / scipy / OpenCV-headless and no torch (the runtime's rule), and it is
+maintained by a large project. ``boxmot`` was ruled out: it installs torch-based ``timm``,
+``opencv-python`` (clashes with ``opencv-python-headless``), pandas, pyarrow, scikit-learn and
+downloaders, and its trackers import torch. Roboflow's successor package ``trackers`` (ByteTrack,
+OC-SORT, BoT-SORT) also requires ``opencv-python``; its trackers, like ByteTrack, take no
+appearance model. ``supervision`` 0.31 dropped ``ByteTrack`` for ``trackers``, so the extra pins
+``supervision>=0.30,<0.31``; any object with ``update(xyxy, scores) -> (xyxy, ids)`` can replace
+:class:`ByteTracker`.
+
+Trackers that do take an appearance model (boxmot's BoT-SORT, StrongSORT, DeepOC-SORT) call
+``model.get_features(xyxy, frame) -> [N, D]``: :class:`BoxmotReID` is that model over a
+``ReIDRuntime`` for one camera's modality.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ssft_deploy.errors import InputError
+from ssft_deploy.video.detectors import Detections
+
+
+def valid_boxes(det: Detections) -> np.ndarray:
+    """Mask of boxes with finite coordinates, positive width and height and a finite score."""
+    xyxy = det.xyxy
+    ok = np.isfinite(xyxy).all(axis=1) & np.isfinite(det.scores)
+    return ok & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+
+
+class ByteTracker:
+    """``supervision.ByteTrack`` for one camera. ``lost_frames``: frames a lost track is kept
+    for re-association (also when our tracklet counts as ended)."""
+
+    def __init__(self, activation: float = 0.25, lost_frames: int = 30,
+                 match_threshold: float = 0.8, min_frames: int = 1) -> None:
+        try:
+            import supervision as sv
+        except ImportError as exc:
+            raise InputError("the tracker needs supervision: pip install 'ssft-deploy[video]'"
+                             ) from exc
+        if not hasattr(sv, "ByteTrack"):
+            raise InputError(f"supervision {sv.__version__} has no ByteTrack (removed in 0.31): "
+                             "pip install 'supervision>=0.30,<0.31'")
+        self._sv = sv
+        with warnings.catch_warnings():  # deprecated upstream in favour of `trackers`, see above
+            warnings.simplefilter("ignore")
+            # frame_rate=30 makes lost_track_buffer a frame count, whatever the camera's rate
+            self.tracker = sv.ByteTrack(track_activation_threshold=activation,
+                                        lost_track_buffer=lost_frames,
+                                        minimum_matching_threshold=match_threshold,
+                                        frame_rate=30, minimum_consecutive_frames=min_frames)
+        self.lost_frames = int(lost_frames)
+        self.invalid = 0   # boxes refused before tracking (NaN, zero or negative area)
+
+    def update(self, det: Detections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Detections of one frame -> (xyxy [M,4], scores [M], track ids [M]) of tracked boxes."""
+        ok = valid_boxes(det)
+        self.invalid += int((~ok).sum())
+        sv_det = self._sv.Detections(xyxy=det.xyxy[ok].astype(np.float32).reshape(-1, 4),
+                                     confidence=det.scores[ok].astype(np.float32))
+        out = self.tracker.update_with_detections(sv_det)
+        ids = np.asarray(out.tracker_id if out.tracker_id is not None else [], np.int64)
+        scores = (np.asarray(out.confidence, np.float32) if out.confidence is not None
+                  else np.ones(len(ids), np.float32))
+        return np.asarray(out.xyxy, np.float32).reshape(-1, 4), scores, ids
+
+
+class BoxmotReID:
+    """A boxmot-style appearance model: ``get_features(xyxy [N,4], frame) -> [N, Ds]`` unit
+    shared features (the modality-shared part, comparable across cameras) of one modality."""
+
+    def __init__(self, runtime, modality: str, stretch=None) -> None:
+        self.runtime, self.modality, self.stretch = runtime, modality, stretch
+
+    def get_features(self, xyxys: np.ndarray, img: np.ndarray) -> np.ndarray:
+        xyxys = np.asarray(xyxys, np.float32).reshape(-1, 4)
+        ds = self.runtime.bundle.dims["shared"]
+        if len(xyxys) == 0:
+            return np.zeros((0, ds), np.float32)
+        boxes = np.concatenate([xyxys[:, :2], xyxys[:, 2:] - xyxys[:, :2]], axis=1)
+        ex = self.runtime.extract_boxes_batch(img, boxes, self.modality, self.stretch)
+        out = np.zeros((len(boxes), ds), np.float32)   # a box that cannot be cut stays zero
+        f = ex.features.shared
+        out[ex.ok_indices] = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+        return out
