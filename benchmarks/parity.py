@@ -166,7 +166,7 @@ def main(bundle: str, checkpoint: str, data: str | None, trials: int, backends: 
 
     head = settings[0]
     rows = [[name, 1.0 - g["extractor_min_cos"], 1.0 - g["transfer_graph_min_cos"],
-             g["neighbour_overlap_mean"], g["status"], acc["variants"][name][head]["rank1"],
+             g["neighbour_overlap_mean"], g["verdict"], acc["variants"][name][head]["rank1"],
              acc["variants"][name][head]["mAP"], acc["variants"][name][head]["d_rank1"],
              acc["variants"][name][head]["d_mAP"]] for name, g in gate["variants"].items()]
     ref = acc["reference"][head]
@@ -189,7 +189,7 @@ def main(bundle: str, checkpoint: str, data: str | None, trials: int, backends: 
               "config": {"bundle": bundle, "checkpoint": checkpoint, "data": source,
                          "trials": trials, "settings": list(settings), "quick": quick},
               "gate": gate, "accuracy": acc, "skipped": skipped, "targets": tgt,
-              "summary": {name: {"gate": g["status"],
+              "summary": {name: {"gate": g["verdict"],
                                  "rank1": acc["variants"][name][head]["rank1"],
                                  "mAP": acc["variants"][name][head]["mAP"],
                                  "d_rank1": acc["variants"][name][head]["d_rank1"],

@@ -1,21 +1,26 @@
-"""Checkpoint model -> bundle folder: graphs, precision variants, engines, manifest, parity."""
+"""Checkpoint model -> bundle folder: graphs, precision variants, engines, then the parity gate,
+which publishes ``manifest.json`` last."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from export import manifest as mf
+from export import variants as reg
+from export.errors import ExportError, ParityError
 from export.onnx_graphs import DEFAULT_EXPORTER, export_extractor, export_transfer
 from export.precision import TRANSFER_FP16_OPS, convert_fp16
+from ssft_deploy.bundle import STAGING_NAME, unpublish_manifest, write_manifest
+from ssft_deploy.bundle_io import durable_unlink
 from ssft_deploy.engines.trt_build import TRANSFER_MAX_ROWS
 from ssft_deploy.preprocess import Preprocessor
 
-GRAPHS = ("extractor_rgb", "extractor_ir", "transfer")
-FAILED_MANIFEST = "manifest.failed.json"
+GRAPHS = reg.GRAPHS
 
 
 @dataclass
@@ -37,8 +42,23 @@ class ExportOptions:
     notes: list[str] = field(default_factory=list)
 
 
-def onnx_name(graph: str, variant: str) -> str:
-    return f"{graph}.onnx" if variant == "fp32" else f"{graph}.{variant}.onnx"
+def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """ExportError now, before any long work, when ``path`` cannot be created or written."""
+    target = Path(path).absolute()
+    probe = target
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ExportError(f"cannot create the {what} {target}: {probe} is not a folder; "
+                          "choose another path")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as exc:
+        raise ExportError(f"cannot write the {what} {target}: {probe} is not writable "
+                          f"({exc.strerror or exc}); choose another path") from exc
+    return target
 
 
 def export_onnx_variants(model: Any, out: Path, info: dict, opts: ExportOptions,
@@ -47,34 +67,35 @@ def export_onnx_variants(model: Any, out: Path, info: dict, opts: ExportOptions,
     size = tuple(info["input_size"])
     dims = {"shared": info["shared_dim"], "specific": info["specific_dim"],
             "transfer": info["transfer_dim"]}
+    fp32 = reg.VARIANTS["fp32"].files
     for modality in ("rgb", "ir"):
         say(f"exporting extractor_{modality} ({opts.exporter})")
-        export_extractor(model, modality, out / onnx_name(f"extractor_{modality}", "fp32"),
-                         size, opts.exporter)
+        export_extractor(model, modality, out / fp32[f"extractor_{modality}"], size,
+                         opts.exporter)
     say(f"exporting transfer ({opts.exporter})")
-    export_transfer(model, out / onnx_name("transfer", "fp32"), dims, info["k"], opts.exporter)
-    variants = {"fp32": {g: mf.file_entry(out, onnx_name(g, "fp32")) for g in GRAPHS}}
+    export_transfer(model, out / fp32["transfer"], dims, info["k"], opts.exporter)
+    variants = {"fp32": reg.manifest_entries(out, "fp32")}
     if opts.fp16:
         say("converting to fp16 (fp32 kept for normalisations and reductions)")
         for g in GRAPHS:
-            convert_fp16(out / onnx_name(g, "fp32"), out / onnx_name(g, "fp16"),
+            convert_fp16(out / fp32[g], out / reg.VARIANTS["fp16"].files[g],
                          TRANSFER_FP16_OPS if g == "transfer" else None)
-        variants["fp16"] = {g: mf.file_entry(out, onnx_name(g, "fp16")) for g in GRAPHS}
+        variants["fp16"] = reg.manifest_entries(out, "fp16")
     if opts.int8:
         from export.images import calibration_images
         from export.quantize import quantize_int8
 
         prep = Preprocessor(size, tuple(info["mean"]), tuple(info["std"]))
-        for modality in ("rgb", "ir"):
-            g = f"extractor_{modality}"
-            images = calibration_images(opts.calib, modality, prep, opts.calib_images)
+        for g in reg.EXTRACTORS:
+            images = calibration_images(opts.calib, g.removeprefix("extractor_"), prep,
+                                        opts.calib_images)
             say(f"int8: calibrating {g} on {len(images)} training-split images")
-            quantize_int8(out / onnx_name(g, "fp32"), out / onnx_name(g, "int8"), images,
+            quantize_int8(out / fp32[g], out / reg.VARIANTS["int8"].files[g], images,
                           activations=opts.int8_activations)
-        variants["int8"] = {g: mf.file_entry(out, onnx_name(g, "int8"), calibration="train split",
-                                             activations=opts.int8_activations)
-                            for g in GRAPHS[:2]}
-        variants["int8"]["transfer"] = dict(variants["fp32"]["transfer"])  # fp32 (see quantize)
+        variants["int8"] = reg.manifest_entries(out, "int8")
+        for g in reg.EXTRACTORS:
+            variants["int8"][g].update(calibration="train split",
+                                       activations=opts.int8_activations)
     return variants
 
 
@@ -96,41 +117,44 @@ def build_engines(out: Path, variants: dict, opts: ExportOptions,
 
 def write_bundle(model: Any, out: str | os.PathLike, opts: ExportOptions,
                  say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export everything ``opts`` asks for into ``out``; returns the manifest written.
+    """Export everything ``opts`` asks for into ``out``; returns the manifest published.
 
-    With ``opts.verify`` the parity gate runs; a variant missing its threshold by a wide margin
-    raises ParityError and the manifest is left as ``manifest.failed.json`` (not loadable).
+    Any old ``manifest.json`` is removed first. With ``opts.verify`` the parity gate judges every
+    variant against the PyTorch model and ``manifest.json`` appears only once it has finished
+    (``export.gate.finalize``); a failed variant raises ParityError after its verdict is recorded
+    (``load_bundle`` refuses it). Without, the bundle loads only with ``allow_ungated``.
     """
-    out = Path(out)
+    from export.gate import failures, finalize, format_table, torch_reference
+
+    out = check_writable_dir(out, "bundle folder")
     out.mkdir(parents=True, exist_ok=True)
+    unpublish_manifest(out)  # files are rewritten in place: never loadable in between
+    durable_unlink(out / STAGING_NAME)
     info = mf.model_section(model)
     variants = export_onnx_variants(model, out, info, opts, say)
     trt_version = build_engines(out, variants, opts, say) if opts.trt else None
     record = {"exporter": opts.exporter, "max_batch": opts.max_batch, "max_n": opts.max_n,
               "notes": opts.notes}
-    manifest = mf.build_manifest(info, variants, None, trt_version, record)
-    mf.write(out, manifest)
+    manifest = mf.build_manifest(info, variants, trt_version, record)
     if not opts.verify:
-        say("parity gate skipped (--no-verify)")
+        write_manifest(out, manifest)
+        say("parity gate skipped (--no-verify): the bundle opens only with allow_ungated=True "
+            f"(--allow-ungated) until `ssft-verify {out} --checkpoint MODEL.pth` passes it")
         return manifest
-    from export import parity
     from export.images import held_out_images
 
-    say("parity gate: comparing every variant with PyTorch fp32")
+    say("parity gate: every variant against PyTorch fp32")
     prep = Preprocessor(tuple(info["input_size"]), tuple(info["mean"]), tuple(info["std"]))
     data = held_out_images(prep, opts.verify_data)
-    checkable = [v for v in variants if not v.startswith("trt-") or trt_version is not None]
-    result = parity.verify_bundle(model, out, checkable, data, info["k"],
-                                  tuple(info["transfer_parts"]))
-    say(parity.format_table(result))
-    manifest["parity"] = result
-    mf.write(out, manifest)
-    bad = parity.failures(result)
+    final = finalize(out, manifest, torch_reference(model), data, say=say)
+    records = final["gate"]["variants"]
+    say(format_table(records))
+    bad = failures(records)
     if bad:
-        os.replace(out / "manifest.json", out / FAILED_MANIFEST)
-        raise parity.ParityError(
-            f"variant(s) {', '.join(bad)} differ from the PyTorch model far beyond their "
-            f"thresholds (table above); the bundle in {out} was not finalised (its manifest is "
-            f"kept as {FAILED_MANIFEST}). Export without those options, or pass --no-verify to "
-            "keep it anyway.")
-    return manifest
+        good = [v for v in records if v not in bad]
+        raise ParityError(
+            f"variant(s) {', '.join(bad)} failed the parity gate (table above); the verdicts are "
+            f"recorded in {out / 'manifest.json'} and load_bundle refuses those variants"
+            + (f" (usable: {', '.join(good)})" if good else " (no variant is usable)")
+            + ". Export without the failing option, or re-check with ssft-verify.")
+    return final

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from export.bundle_writer import ExportOptions, write_bundle
+from export.bundle_writer import ExportOptions, check_writable_dir, write_bundle
+from export.errors import ExportError
 from export.onnx_graphs import DEFAULT_EXPORTER, EXPORTERS
 from ssft_deploy.engines.trt_build import TRANSFER_MAX_ROWS
 from ssft_deploy.errors import SSFTError
@@ -43,7 +44,9 @@ def _say(msg: str) -> None:
               "(default: SYSU-MM01 multi-shot all queries, 3803 + 3010).")
 @click.option("--exporter", type=click.Choice(EXPORTERS), default=DEFAULT_EXPORTER,
               show_default=True, help="torch.onnx exporter.")
-@click.option("--no-verify", is_flag=True, help="Skip the parity gate (not recommended).")
+@click.option("--no-verify", is_flag=True,
+              help="Skip the parity gate: the bundle then opens only with --allow-ungated / "
+                   "allow_ungated=True until ssft-verify passes it.")
 @click.option("--verify-data", type=click.Path(exists=True, file_okay=False), default=None,
               help="SYSU-style dataset whose test split feeds the parity gate "
                    "[default: a small synthetic set].")
@@ -51,20 +54,30 @@ def _say(msg: str) -> None:
               help="Also write a Triton model repository here.")
 @click.option("--triton-variant", default=None,
               help="Bundle variant served by Triton [default: trt-fp16 if built, else fp32].")
+@click.option("--allow-ungated", is_flag=True,
+              help="Write the Triton repository even for a variant without a pass verdict "
+                   "(experts; logs a warning).")
 def main(model_path: str, out: str | None, fp16: bool, int8: bool, calib: str | None,
          calib_images: int, int8_activations: str, trt: bool, workspace: int, max_batch: int,
          max_n: int, exporter: str, no_verify: bool, verify_data: str | None,
-         triton_repo: str | None, triton_variant: str | None) -> None:
+         triton_repo: str | None, triton_variant: str | None, allow_ungated: bool) -> None:
     """Export the cm-SSFT checkpoint MODEL_PATH to a bundle the ssft_deploy runtime loads."""
     try:
         if int8 and not calib:
             raise click.UsageError("--int8 needs --calib DATASET_ROOT (training split images)")
+        if trt and int8_activations == "u8":
+            raise ExportError("--trt with --int8-activations u8: TensorRT cannot read asymmetric "
+                              "u8 activations; use --int8-activations s8 (or auto), or export "
+                              "the u8 graphs for ONNX Runtime CPU without --trt")
         from train.model import load_model
 
         if int8_activations == "auto":  # the int8 graph serves the engine being built
             int8_activations = "s8" if trt else "u8"
 
         out_dir = Path(out) if out else Path(model_path).resolve().parent / "bundle"
+        check_writable_dir(out_dir, "bundle folder")  # before the long work
+        if triton_repo:
+            check_writable_dir(triton_repo, "Triton repository folder")
         _say(f"loading {model_path}")
         model = load_model(model_path)
         opts = ExportOptions(fp16=fp16, int8=int8, calib=calib, calib_images=calib_images,
@@ -78,7 +91,8 @@ def main(model_path: str, out: str | None, fp16: bool, int8: bool, calib: str | 
 
             variant = triton_variant or ("trt-fp16" if "trt-fp16" in manifest["variants"]
                                          else "fp32")
-            write_repository(out_dir, triton_repo, variant, max_batch)
+            write_repository(out_dir, triton_repo, variant, max_batch,
+                             allow_ungated=allow_ungated)
             _say(f"Triton model repository written: {triton_repo} ({variant})")
     except SSFTError as exc:
         click.echo(f"ssft-export: error: {exc}", err=True)

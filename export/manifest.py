@@ -8,7 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ssft_deploy.bundle import MANIFEST_FORMAT, sha256_file, write_manifest
+from ssft_deploy.bundle import MANIFEST_FORMAT, sha256_file
 from ssft_deploy.errors import CheckpointError
 from ssft_deploy.preprocess import MEAN, STD
 
@@ -65,20 +65,15 @@ def versions(tensorrt: str | None = None) -> dict[str, str | None]:
 
 
 def build_manifest(model: dict[str, Any], variants: dict[str, dict[str, dict]],
-                   parity: dict[str, Any] | None = None, tensorrt: str | None = None,
+                   tensorrt: str | None = None,
                    export: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The whole manifest dict; ``export`` records how it was made (exporter, options)."""
+    """The manifest dict before the gate (``export.gate`` adds ``gate``); ``export`` records how
+    it was made (exporter, options)."""
     return {
         "format": MANIFEST_FORMAT,
         "model": model,
         "variants": variants,
         "versions": versions(tensorrt),
-        "parity": parity or {},
         "export": export or {},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def write(bundle_dir: str | os.PathLike, manifest: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` atomically (``ssft_deploy.bundle.write_manifest``)."""
-    return write_manifest(bundle_dir, manifest)

@@ -20,7 +20,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from ssft_deploy.errors import SSFTError
+from export.errors import ExportError
 
 EXPORTERS = ("torchscript", "dynamo")
 # dynamo: its graphs ran ~1% faster under ORT CPU for ResNet-50 at 288x144 (TorchScript's were
@@ -29,10 +29,6 @@ EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_EXPORTER = "dynamo"
 OPSET = 18
 FOLDED_BN_PREFIX = "bnfold_"
-
-
-class ExportError(SSFTError):
-    """A model that could not be exported to a valid ONNX graph."""
 
 
 class ExtractorGraph(torch.nn.Module):

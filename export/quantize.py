@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from export.errors import ExportError
+
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
 
 
@@ -65,9 +67,11 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, images: np.nda
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     if activations not in ("s8", "u8"):
-        raise ValueError(f"activations must be 's8' or 'u8', got {activations!r}")
+        raise ExportError(f"int8 activations must be 's8' (TensorRT-readable) or 'u8' (fast on "
+                          f"ONNX Runtime CPU), got {activations!r}")
     if method not in methods:
-        raise ValueError(f"unknown calibration method {method!r}; choose from {sorted(methods)}")
+        raise ExportError(f"unknown calibration method {method!r}; choose from "
+                          f"{sorted(methods)}")
 
     class Reader(ImageBatches, CalibrationDataReader):
         pass

@@ -41,12 +41,15 @@ def model_config(name: str, platform: str, inputs: list[str], outputs: list[str]
 
 def write_repository(bundle_dir: str | os.PathLike, repo_dir: str | os.PathLike,
                      variant: str = "fp32", max_batch: int = 64,
-                     preferred: tuple[int, ...] = (8, 16, 32), delay_us: int = 2000) -> Path:
-    """Write ``repo_dir/<graph>/{config.pbtxt, 1/model.onnx|model.plan}`` for a bundle variant."""
-    bundle = load_bundle(bundle_dir, verify=True)
+                     preferred: tuple[int, ...] = (8, 16, 32), delay_us: int = 2000, *,
+                     allow_ungated: bool = False) -> Path:
+    """Write ``repo_dir/<graph>/{config.pbtxt, 1/model.onnx|model.plan}`` for a bundle variant
+    (one that passed the parity gate, unless ``allow_ungated``)."""
+    bundle = load_bundle(bundle_dir, verify=True, allow_ungated=allow_ungated)
     if variant not in bundle.variants:
         raise BundleError(f"bundle has no {variant!r} variant for the Triton repository "
                           f"(it has {sorted(bundle.variants)})")
+    bundle.check_gate(variant)
     m = bundle.model
     h, w = m.input_size
     ds, dp, dt, k2 = m.shared_dim, m.specific_dim, m.transfer_dim, 2 * m.k

@@ -1,31 +1,41 @@
 """Model bundles: ``manifest.json`` plus graph / engine files, each pinned by its sha256.
 
-The export side writes bundles through :func:`write_manifest`; the runtime reads them with
-:func:`load_bundle`. Every file is hash-checked on first use, graph I/O is checked against the
-manifest when an engine opens it, and TensorRT engines are checked against the GPU and TensorRT
-version of this machine. Any mismatch is a :class:`~ssft_deploy.errors.BundleError` that says how
-to fix it (re-export).
+The export side writes bundles through :func:`write_manifest` (staged, then
+:func:`publish_manifest` once the parity gate has run); the runtime reads them with
+:func:`load_bundle`. Every file is hash-checked on first use and must lie inside the bundle folder
+(symlinks resolved), graph I/O is checked against the manifest when an engine opens it, TensorRT
+engines are checked against the GPU and TensorRT version of this machine, and a variant opens only
+when the manifest records a ``pass`` verdict of the parity gate for exactly its files (unless
+``allow_ungated``). Any mismatch is a :class:`~ssft_deploy.errors.BundleError` that says how to
+fix it (re-export, re-verify).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ssft_deploy.bundle_io import (  # noqa: F401  (the manifest writers are part of this API)
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    STAGING_NAME,
+    inside,
+    publish_manifest,
+    unpublish_manifest,
+    write_manifest,
+)
+from ssft_deploy.bundle_io import read_manifest as _read_manifest
 from ssft_deploy.errors import BundleError
+from ssft_deploy.verdicts import gate_record, reverify_hint, ungated_reason
 
 log = logging.getLogger("ssft_deploy.bundle")
 
-MANIFEST_FORMAT = "ssft-bundle/1"
-MANIFEST_NAME = "manifest.json"
 GRAPHS = ("extractor_rgb", "extractor_ir", "transfer")
 REEXPORT = "re-export with ssft-export"
 REBUILD_TRT = "rebuild with ssft-export --trt on this machine"
@@ -38,32 +48,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_manifest(bundle_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
-    """Write ``manifest.json`` atomically (temporary file, fsync, rename); returns its path.
-
-    A missing ``format`` is filled in; another format string is refused.
-    """
-    root = Path(bundle_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    data = dict(manifest)
-    data.setdefault("format", MANIFEST_FORMAT)
-    if data["format"] != MANIFEST_FORMAT:
-        raise BundleError(f"manifest format {data['format']!r} is not {MANIFEST_FORMAT!r}")
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        target = root / MANIFEST_NAME
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 @dataclass(frozen=True)
@@ -191,6 +175,8 @@ class Bundle:
     manifest: dict
     model: ModelInfo
     variants: dict[str, dict[str, FileEntry]]
+    allow_ungated: bool = False
+    _warned: set = field(default_factory=set, repr=False)  # variants warned about (or gating)
     _verified: set = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -221,6 +207,32 @@ class Bundle:
     def has(self, graph: str, variant: str) -> bool:
         return graph in self.variants.get(variant, {})
 
+    def gate_record(self, variant: str) -> dict | None:
+        """The parity gate's record of ``variant`` (``manifest["gate"]["variants"]``), if any."""
+        return gate_record(self.manifest, variant)
+
+    def ungated_reason(self, variant: str) -> str | None:
+        """None when ``variant`` passed the gate for exactly its current files; else why not."""
+        return ungated_reason(self.manifest, variant,
+                              {g: e.sha256 for g, e in self.variants.get(variant, {}).items()})
+
+    def passed_variants(self) -> list[str]:
+        """Variants that passed the parity gate (the ones that open without allow_ungated)."""
+        return [v for v in self.variants if self.ungated_reason(v) is None]
+
+    def check_gate(self, variant: str) -> None:
+        """BundleError unless ``variant`` passed the parity gate (or ``allow_ungated``)."""
+        reason = self.ungated_reason(variant)
+        if reason is None:
+            return
+        if not self.allow_ungated:
+            raise BundleError(f"bundle {self.root}: variant {variant!r} {reason}; "
+                              + reverify_hint(self.root, variant))
+        if variant not in self._warned:
+            self._warned.add(variant)
+            log.warning("bundle %s: opening variant %r although it %s (allow_ungated=True)",
+                        self.root, variant, reason)
+
     def entry(self, graph: str, variant: str = "fp32") -> FileEntry:
         """The manifest entry of ``graph`` in ``variant`` (``fp32``, ``fp16``, ``trt-fp16``...)."""
         if variant not in self.variants:
@@ -239,7 +251,7 @@ class Bundle:
         TensorRT engines are also checked against ``platform()`` (default: probe this machine).
         """
         ent = self.entry(graph, precision)
-        path = self.root / ent.file
+        path = inside(self.root, ent.file, f"{precision}/{graph}")
         key = (precision, graph)
         with self._lock:
             if key not in self._verified:
@@ -247,6 +259,7 @@ class Bundle:
                 self._verified.add(key)
         if ent.format == "tensorrt":
             check_engine_platform(ent, (platform or current_trt_platform)())
+        self.check_gate(precision)
         return path
 
     def check_io(self, graph: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
@@ -284,8 +297,9 @@ class Bundle:
 
 
 def verify_entry(root: Path, ent: FileEntry) -> None:
-    """Raise BundleError when the entry's file is missing or its sha256 differs."""
-    path = root / ent.file
+    """Raise BundleError when the entry's file is outside the bundle, missing, or its sha256
+    differs."""
+    path = inside(root, ent.file, f"bundle file of {ent.variant}/{ent.graph}:")
     if not path.is_file():
         raise BundleError(f"bundle file {path} ({ent.variant}/{ent.graph}) is missing; {REEXPORT}")
     digest = sha256_file(path)
@@ -318,27 +332,62 @@ def _parse_variants(root: Path, variants: Any) -> dict[str, dict[str, FileEntry]
     return out
 
 
-def load_bundle(path: str | os.PathLike | Bundle, verify: bool = False) -> Bundle:
-    """Read ``path/manifest.json`` (or a manifest path); ``verify=True`` hash-checks every file."""
+def load_bundle(path: str | os.PathLike | Bundle, verify: bool = False, *,
+                allow_ungated: bool = False) -> Bundle:
+    """Read ``path/manifest.json`` (or a manifest path); ``verify=True`` hash-checks every file.
+
+    A variant opens (``Bundle.file``) only if the parity gate passed it; a bundle with no such
+    variant is refused here. ``allow_ungated=True`` opens them anyway, with a logged warning.
+    """
     if isinstance(path, Bundle):
+        if allow_ungated and not path.allow_ungated:
+            return replace(path, allow_ungated=True)
         return path
-    p = Path(path)
+    bundle = _read_bundle(Path(path), allow_ungated)
+    if not allow_ungated and not bundle.passed_variants():
+        reasons = "; ".join(f"{v} {bundle.ungated_reason(v)}" for v in bundle.variants)
+        raise BundleError(f"bundle {bundle.root}: no variant passed the parity gate ({reasons}); "
+                          f"re-export, or {reverify_hint(bundle.root, 'VARIANT')}")
+    ungated = [v for v in bundle.variants if bundle.ungated_reason(v) is not None]
+    if allow_ungated and ungated:
+        log.warning("bundle %s: variants %s have no pass verdict of the parity gate; "
+                    "allow_ungated=True opens them anyway", bundle.root, ungated)
+    if verify:
+        bundle.verify()
+    return bundle
+
+
+def open_for_gate(path: str | os.PathLike, manifest: Mapping[str, Any] | None = None) -> Bundle:
+    """The bundle as the parity gate reads it (export only): every variant opens, no warning.
+    ``manifest`` gates a staged manifest (not yet published) of the folder ``path``."""
+    if manifest is None:
+        bundle = _read_bundle(Path(path), allow_ungated=True)
+    else:
+        root = Path(path).resolve()
+        bundle = Bundle(root=root, manifest=dict(manifest),
+                        model=ModelInfo.from_manifest(manifest.get("model") or {}),
+                        variants=_parse_variants(root, manifest.get("variants")),
+                        allow_ungated=True)
+    bundle._warned.update(bundle.variants)  # the gate opens them to judge them: no warning
+    return bundle
+
+
+def _read_bundle(p: Path, allow_ungated: bool) -> Bundle:
     manifest_path = p if p.name == MANIFEST_NAME else p / MANIFEST_NAME
     if not manifest_path.is_file():
-        raise BundleError(f"no {MANIFEST_NAME} in {manifest_path.parent}: not a model bundle "
-                          f"(create one with ssft-export)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{manifest_path} is not readable JSON ({exc}); {REEXPORT}") from exc
+        hint = ""
+        if (manifest_path.parent / STAGING_NAME).is_file():
+            hint = (f" ({STAGING_NAME} is there: the export stopped before its parity gate "
+                    "finished)")
+        raise BundleError(f"no {MANIFEST_NAME} in {manifest_path.parent}: not a model bundle"
+                          f"{hint} (create one with ssft-export)")
+    root = manifest_path.parent.resolve()
+    manifest = _read_manifest(inside(root, MANIFEST_NAME, "the manifest"))
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise BundleError(f"{manifest_path} has format {found!r}, this runtime reads "
                           f"{MANIFEST_FORMAT!r}; {REEXPORT}")
-    root = manifest_path.parent
-    bundle = Bundle(root=root, manifest=manifest,
-                    model=ModelInfo.from_manifest(manifest.get("model") or {}),
-                    variants=_parse_variants(root, manifest.get("variants")))
-    if verify:
-        bundle.verify()
-    return bundle
+    return Bundle(root=root, manifest=manifest,
+                  model=ModelInfo.from_manifest(manifest.get("model") or {}),
+                  variants=_parse_variants(root, manifest.get("variants")),
+                  allow_ungated=allow_ungated)

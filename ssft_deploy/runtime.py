@@ -74,15 +74,16 @@ class ReIDRuntime:
     def open(cls, bundle: str | os.PathLike | Bundle, precision: str = "fp32",
              backend: str = "auto", affinity: str = "auto", *, max_batch: int = 32,
              intra_op_threads: int | None = None, device_id: int = 0, rolling_size: int = 300,
-             gallery: Gallery | None = None) -> ReIDRuntime:
+             gallery: Gallery | None = None, allow_ungated: bool = False) -> ReIDRuntime:
         """Load and verify ``bundle``, open both extractors and the transfer graph.
 
         ``precision="auto"`` picks the fastest gated (backend, precision) on this machine from a
         short measurement cached per machine and bundle (``engines.autoselect``); an explicit
         ``backend`` restricts it. The transfer graph falls back to fp32 when the bundle has none
-        at ``precision``.
+        at ``precision``. Variants without a pass verdict of the parity gate are refused unless
+        ``allow_ungated`` (``precision="auto"`` never picks them).
         """
-        b = load_bundle(bundle)
+        b = load_bundle(bundle, allow_ungated=allow_ungated)
         pick = None
         if precision == "auto":
             from ssft_deploy.engines.autoselect import choose

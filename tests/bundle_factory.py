@@ -2,17 +2,21 @@
 
 Extractors: images [B,3,H,W] -> GlobalAveragePool -> [B,3] -> MatMul -> shared [B,Ds] and
 specific [B,Dp] (a different weight per modality). Transfer: transferred = z @ Wt +
-sum_j(w * idx) (so every input is used). ``reference_*`` compute the same in numpy.
+sum_j(w * idx) (so every input is used). ``reference_*`` compute the same in numpy, and are the
+reference of the real parity gate (``export.gate``) that every bundle made here goes through.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from export.gate import Reference, finalize
+from export.images import HeldOut
 from ssft_deploy.bundle import MANIFEST_FORMAT, sha256_file, write_manifest
 
 DS, DP, DT, K = 6, 5, 4, 2
@@ -77,8 +81,39 @@ def reference_transfer(z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndar
     return z @ weights(7)["wt"] + (idx.astype(np.float32) * w).sum(axis=1, keepdims=True)
 
 
-def make_bundle(root: Path, input_size=(16, 8), graph_size=None, extra_variants=None) -> Path:
-    """Write a bundle into ``root``; ``graph_size`` builds the graphs for another (h, w)."""
+def numpy_reference() -> Reference:
+    """The numpy twin of the tiny graphs as the gate's reference."""
+    return Reference(lambda images, modality: reference_extract(images, f"extractor_{modality}"),
+                     reference_transfer, name="numpy-tiny")
+
+
+def held_out(input_size=(16, 8), ids: int = 4, per_id: int = 2, seed: int = 0) -> HeldOut:
+    """Random held-out images for the gate: ``ids`` identities, ``per_id`` IR queries and RGB
+    gallery images each."""
+    rng = np.random.default_rng(seed)
+    h, w = input_size
+    pids = np.repeat(np.arange(ids, dtype=np.int64), per_id)
+    images = [rng.standard_normal((len(pids), 3, h, w)).astype(np.float32) for _ in range(2)]
+    return HeldOut(query=images[0], gallery=images[1], q_pids=pids, g_pids=pids.copy(),
+                   q_camids=np.full(len(pids), 3, np.int64),
+                   g_camids=np.full(len(pids), 1, np.int64), source=f"random (seed {seed})")
+
+
+def gate(root: Path, variants=None, **kwargs) -> dict:
+    """Re-run the real gate on a bundle made here (``export.verify.verify_bundle``)."""
+    from export.verify import verify_bundle
+
+    b = json.loads((Path(root) / "manifest.json").read_text())
+    size = tuple(b["model"]["input_size"])
+    return verify_bundle(root, reference=numpy_reference(), held_out=held_out(size),
+                         variants=variants, say=lambda m: None, **kwargs)
+
+
+def make_bundle(root: Path, input_size=(16, 8), graph_size=None, extra_variants=None,
+                gated: bool = True) -> Path:
+    """Write a bundle into ``root`` and publish it through the parity gate (numpy reference);
+    ``graph_size`` builds the graphs for another (h, w) (the gate then records a failure);
+    ``gated=False`` publishes it without the gate (opens only with allow_ungated)."""
     root.mkdir(parents=True, exist_ok=True)
     gh, gw = graph_size or input_size
     files = {}
@@ -98,5 +133,9 @@ def make_bundle(root: Path, input_size=(16, 8), graph_size=None, extra_variants=
         "versions": {"onnx": onnx.__version__},
         "created": "2025-01-01T00:00:00Z",
     }
-    write_manifest(root, manifest)
+    if not gated:
+        write_manifest(root, manifest)
+        return root
+    finalize(root, manifest, numpy_reference(), held_out(tuple(input_size)), variants=["fp32"],
+             tool="tests.bundle_factory", say=lambda m: None)
     return root

@@ -8,10 +8,13 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+EXPORT_SIZE = (64, 32)
+
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
-    """A 16x8 ONNX bundle from ``tests/bundle_factory.py`` (no trained model needed)."""
+    """A 16x8 ONNX bundle from ``tests/bundle_factory.py`` (no trained model needed), published
+    through the real parity gate against its numpy reference."""
     from tests.bundle_factory import make_bundle
 
     return make_bundle(tmp_path_factory.mktemp("tiny") / "bundle", input_size=(16, 8))
@@ -25,3 +28,33 @@ def tiny_runtime(tiny_bundle):
     rt = ReIDRuntime.open(tiny_bundle, backend="ort-cpu")
     yield rt
     rt.close()
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """One real ``ssft-export`` run (parity gate included) of the demo-size ResNet-18 at 64x32
+    with random weights: fp32, fp16, int8 (and ``--trt``, skipped without TensorRT). Shared by
+    the export and gate tests; tests copy the bundle before changing anything."""
+    import torch
+    from click.testing import CliRunner
+
+    from export.cli import main as cli_main
+    from ssft_deploy.datasets import synthetic
+    from tests.export_models import tiny_model
+    from train.model import save_checkpoint
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("export")
+    data = root / "data"
+    synthetic.generate_sysu(data, num_train=3, num_val=1, num_test=4, rgb_per_cam=2,
+                            size=EXPORT_SIZE)
+    model = tiny_model(*EXPORT_SIZE, seed=0)
+    ckpt = root / "model.pth"
+    save_checkpoint(model, ckpt)
+    bundle = root / "bundle"
+    res = CliRunner().invoke(cli_main, [str(ckpt), "--out", str(bundle), "--fp16", "--int8",
+                                        "--calib", str(data), "--calib-images", "16", "--trt",
+                                        "--verify-data", str(data)])
+    assert res.exit_code == 0, res.output
+    return {"root": root, "data": data, "model": model, "checkpoint": ckpt, "bundle": bundle,
+            "output": res.output}

@@ -260,7 +260,7 @@ def test_parity_gate_and_accuracy_against_torch_twin(tmp_path):
     variants = [("ort-cpu", "fp32"), ("ort-cpu", "int8")]
     gate, skipped = parity.gate_rows(_FactoryTwin(), info, data, variants)
     row = gate["variants"]["ort-cpu/fp32"]
-    assert row["status"] == "pass" and row["extractor_min_cos"] > 0.99999
+    assert row["verdict"] == "pass" and row["extractor_min_cos"] > 0.99999
     assert row["neighbour_overlap_mean"] == 1.0
     assert [s["name"] for s in skipped] == ["ort-cpu/int8"]  # the factory bundle has no int8
     acc = parity.accuracy(_TwinSource(info), info, data, ["ort-cpu/fp32"], trials=1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -93,7 +94,7 @@ def _with_trt_variant(root, **meta):
 def test_trt_engine_for_another_gpu_is_refused(tmp_path, monkeypatch):
     meta = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "tensorrt": "10.9.0"}
     root = _with_trt_variant(make_bundle(tmp_path / "b"), **meta)
-    b = load_bundle(root)
+    b = load_bundle(root, allow_ungated=True)  # the fake engine has no gate verdict
     a100 = TrtPlatform(tensorrt="10.9.0", gpu="NVIDIA A100-SXM4-80GB", compute_capability="8.0")
     monkeypatch.setattr(bundle_mod, "current_trt_platform", lambda: a100)
     with pytest.raises(BundleError, match="compute capability 9.0.*rebuild with ssft-export --trt"):
@@ -122,3 +123,82 @@ def test_check_io_refuses_other_input_size(tmp_path):
         b.check_io("extractor_rgb", bad_in, outs)
     with pytest.raises(BundleError, match="outputs"):
         b.check_io("extractor_rgb", good_in, {"shared": outs["shared"]})
+
+
+# -- bundles never read outside their folder (issue 15 item 6) ----------------------------------
+
+def _point_entry(root, graph: str, name: str) -> None:
+    """Manifest entry ``fp32/graph`` -> ``name`` with the sha256 of what ``name`` resolves to, and
+    the gate record updated alike (so only the folder check can refuse it)."""
+    m = json.loads((root / "manifest.json").read_text())
+    digest = sha256_file(root / name)
+    m["variants"]["fp32"][graph].update(file=name, sha256=digest)
+    m["gate"]["variants"]["fp32"]["files"][graph] = digest
+    write_manifest(root, m)
+
+
+def test_graph_symlinked_outside_the_folder_is_refused(tmp_path):
+    root = make_bundle(tmp_path / "b")
+    outside = tmp_path / "elsewhere.onnx"
+    (root / "extractor_rgb.onnx").rename(outside)  # same bytes, same sha256: only the path differs
+    (root / "extractor_rgb.onnx").symlink_to(outside)
+    b = load_bundle(root)
+    with pytest.raises(BundleError, match="outside the bundle folder"):
+        b.file("extractor_rgb")
+    with pytest.raises(BundleError, match="outside the bundle folder"):
+        load_bundle(root, verify=True)
+    (root / "passwd").symlink_to("/etc/passwd")
+    _point_entry(root, "extractor_ir", "passwd")
+    with pytest.raises(BundleError, match="outside the bundle folder"):
+        load_bundle(root).file("extractor_ir")
+
+
+def test_symlinked_folder_leaving_the_bundle_is_refused(tmp_path):
+    root = make_bundle(tmp_path / "b")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(root / "transfer.onnx", outside / "transfer.onnx")
+    (root / "graphs").symlink_to(outside, target_is_directory=True)
+    _point_entry(root, "transfer", "graphs/transfer.onnx")
+    with pytest.raises(BundleError, match="outside the bundle folder"):
+        load_bundle(root).file("transfer")
+
+
+def test_symlinks_that_stay_inside_are_fine(tmp_path):
+    root = make_bundle(tmp_path / "real")
+    (root / "sub").mkdir()
+    (root / "transfer.onnx").rename(root / "sub" / "transfer.onnx")
+    (root / "transfer.onnx").symlink_to(root / "sub" / "transfer.onnx")
+    link = tmp_path / "current"  # a bundle folder reached through a symlink (a deploy's "current")
+    link.symlink_to(root, target_is_directory=True)
+    b = load_bundle(link, verify=True)
+    assert b.file("transfer") == root.resolve() / "sub" / "transfer.onnx"
+
+
+def test_manifest_symlinked_outside_the_folder_is_refused(tmp_path):
+    root = make_bundle(tmp_path / "b")
+    outside = tmp_path / "manifest.json"
+    (root / "manifest.json").rename(outside)
+    (root / "manifest.json").symlink_to(outside)
+    with pytest.raises(BundleError, match="outside the bundle folder"):
+        load_bundle(root)
+
+
+def test_deeply_nested_manifest_is_a_bundle_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(BundleError, match="nests 100000 levels"):
+        load_bundle(tmp_path)
+
+
+def test_oversize_manifest_is_refused_before_parsing(tmp_path, monkeypatch):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT,
+                                                        "pad": "x" * (2 << 20)}))
+    monkeypatch.setattr(json, "loads", lambda *a, **k: pytest.fail("parsed an oversize file"))
+    with pytest.raises(BundleError, match="bytes"):
+        load_bundle(tmp_path)
+
+
+def test_strings_with_brackets_do_not_count_as_depth(tmp_path):
+    from ssft_deploy.bundle_io import json_depth
+
+    assert json_depth(b'{"a": "[[[[{{{{\\"]]]", "b": [[1]]}') == 3

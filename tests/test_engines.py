@@ -17,6 +17,7 @@ from tests.bundle_factory import (
     DS,
     DT,
     K,
+    gate,
     make_bundle,
     reference_extract,
     reference_transfer,
@@ -149,6 +150,7 @@ def test_tensorrt_engine_matches_ort(tmp_path):
 
     root = make_bundle(tmp_path / "b")
     add_trt_variant(root, "fp32", max_batch=8, max_n=64)
+    assert gate(root, ["trt-fp32"])["trt-fp32"]["verdict"] == "pass"  # the real parity gate
     trt_eng = open_engine(root, "extractor_rgb", backend="tensorrt")
     assert trt_eng.max_batch == 8
     ort_eng = open_engine(root, "extractor_rgb", backend="ort-cpu")

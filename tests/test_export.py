@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import onnx
@@ -14,17 +15,16 @@ import torch
 from click.testing import CliRunner
 
 from export import parity
-from export.bundle_writer import ExportOptions, write_bundle
 from export.cli import main as cli_main
+from export.errors import ExportError
 from export.images import held_out_images
 from export.onnx_graphs import export_extractor, op_counts
+from export.thresholds import THRESHOLDS
 from ssft_deploy.bundle import load_bundle, sha256_file
-from ssft_deploy.datasets import synthetic
 from ssft_deploy.engines import open_engine
 from ssft_deploy.errors import BundleError
 from ssft_deploy.preprocess import Preprocessor
 from tests.export_models import tiny_model
-from train.model import save_checkpoint
 
 H, W = 64, 32
 GRAPH_FILES = ["extractor_rgb", "extractor_ir", "transfer"]
@@ -41,21 +41,8 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("export")
-    data = root / "data"
-    synthetic.generate_sysu(data, num_train=3, num_val=1, num_test=4, rgb_per_cam=2, size=(H, W))
-    model = tiny_model(H, W, seed=0)
-    ckpt = root / "model.pth"
-    save_checkpoint(model, ckpt)
-    bundle = root / "bundle"
-    res = CliRunner().invoke(cli_main, [str(ckpt), "--out", str(bundle), "--fp16", "--int8",
-                                        "--calib", str(data), "--calib-images", "16",
-                                        "--trt", "--no-verify"])
-    assert res.exit_code == 0, res.output
-    output = res.output
-    return {"root": root, "data": data, "model": model, "bundle": bundle, "output": output}
+def setup(exported):
+    return exported
 
 
 def _extract(model, x: np.ndarray, modality: str):
@@ -106,14 +93,16 @@ def test_manifest_pins_every_file(setup):
     man = json.loads((setup["bundle"] / "manifest.json").read_text())
     assert man["format"] == "ssft-bundle/1"
     assert man["model"]["input_size"] == [H, W] and man["model"]["k"] == 4
-    assert set(man["variants"]) == {"fp32", "fp16", "int8"}
+    assert {"fp32", "fp16", "int8"} <= set(man["variants"])  # + trt-* where TensorRT runs
     for files in man["variants"].values():
         assert set(files) == set(GRAPH_FILES)
         for entry in files.values():
             assert entry["sha256"] == sha256_file(setup["bundle"] / entry["file"])
     assert torch.__version__.split("+")[0] == man["versions"]["torch"].split("+")[0]
     assert man["versions"]["onnxruntime"] == ort.__version__
-    load_bundle(setup["bundle"], verify=True)
+    assert set(man["gate"]["variants"]) == set(man["variants"])
+    assert load_bundle(setup["bundle"], verify=True).passed_variants() == list(man["variants"])
+    assert not (setup["bundle"] / "manifest.staging.json").exists()
 
 
 def test_trt_without_tensorrt_says_so(setup):
@@ -147,8 +136,10 @@ def test_graph_of_another_input_size_is_refused(setup, tmp_path):
     man = json.loads((copy / "manifest.json").read_text())
     man["variants"]["fp32"]["extractor_rgb"]["sha256"] = sha256_file(copy / "extractor_rgb.onnx")
     (copy / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(BundleError, match="input_size"):
+    with pytest.raises(BundleError, match="changed since it passed the parity gate"):
         open_engine(copy, "extractor_rgb", backend="ort-cpu")
+    with pytest.raises(BundleError, match="input_size"):
+        open_engine(copy, "extractor_rgb", backend="ort-cpu", allow_ungated=True)
 
 
 def test_fp16_variant_parity(setup):
@@ -200,56 +191,28 @@ def test_int8_u8_activations_for_ort_cpu(setup, tmp_path):
     assert dtypes == {onnx.TensorProto.UINT8}
     got = _session(dst).run(None, {"images": images})
     assert _cos(got[0], _extract(setup["model"], images, "rgb")[0]) >= 0.99
-    with pytest.raises(ValueError, match="activations"):
+    with pytest.raises(ExportError, match="activations"):  # an SSFTError: CLIs exit 2
         quantize_int8(setup["bundle"] / "extractor_rgb.onnx", tmp_path / "x.onnx", images,
                       activations="fp8")
+    with pytest.raises(ExportError, match="calibration method"):
+        quantize_int8(setup["bundle"] / "extractor_rgb.onnx", tmp_path / "x.onnx", images,
+                      method="magic")
 
 
-def test_parity_gate_passes_good_variants_and_fails_a_wrong_one(setup, tmp_path):
-    prep = Preprocessor((H, W))
-    data = held_out_images(prep, setup["data"], max_query=10, max_gallery=10)
-    res = parity.verify_bundle(setup["model"], setup["bundle"], ["fp32", "fp16", "int8"], data,
-                               4, ("shared", "specific"))
-    rows = res["variants"]
-    assert rows["fp32"]["extractor_min_cos"] >= 0.99999 and rows["fp32"]["status"] == "pass"
-    assert rows["fp16"]["extractor_min_cos"] >= 0.999 and rows["fp16"]["status"] == "pass"
-    assert rows["int8"]["status"] in ("pass", "warn")
-    assert rows["fp32"]["neighbour_overlap_mean"] == 1.0 and rows["fp32"]["rank1_diff"] == 0.0
-    assert parity.failures(res) == []
-    assert "fp16" in parity.format_table(res)
-    # A "variant" whose RGB extractor comes from another model must fail the gate.
-    copy = tmp_path / "bundle"
-    shutil.copytree(setup["bundle"], copy)
-    export_extractor(tiny_model(H, W, seed=1), "rgb", copy / "extractor_rgb.fp16.onnx", (H, W))
-    man = json.loads((copy / "manifest.json").read_text())
-    man["variants"]["fp16"]["extractor_rgb"]["sha256"] = sha256_file(
-        copy / "extractor_rgb.fp16.onnx")
-    (copy / "manifest.json").write_text(json.dumps(man))
-    bad = parity.verify_bundle(setup["model"], copy, ["fp16"], data, 4, ("shared", "specific"))
-    assert bad["variants"]["fp16"]["status"] == "fail"
-    assert parity.failures(bad) == ["fp16"]
-
-
-def test_failed_gate_refuses_the_bundle(setup, tmp_path, monkeypatch):
-    def fake_verify(model, bundle, variants, data, k, parts):
-        return {"data": "x", "queries": 1, "gallery": 1, "reference": {"rank1": 1, "mAP": 1},
-                "variants": {"fp32": {"extractor_max_abs": 1.0, "extractor_min_cos": 0.5,
-                                      "neighbour_overlap_mean": 0.1,
-                                      "transfer_graph_min_cos": 0.5, "transferred_min_cos": 0.5,
-                                      "rank1_diff": -1.0, "mAP_diff": -1.0,
-                                      "threshold": 0.99999, "status": "fail"}}}
-
-    out = tmp_path / "bundle"
-    shutil.copytree(setup["bundle"], out)
-    variants = json.loads((out / "manifest.json").read_text())["variants"]
-    (out / "manifest.json").unlink()
-    monkeypatch.setattr("export.bundle_writer.export_onnx_variants", lambda *a: variants)
-    monkeypatch.setattr(parity, "verify_bundle", fake_verify)
-    monkeypatch.setattr("export.images.held_out_images", lambda prep, root: None)
-    with pytest.raises(parity.ParityError, match="fp32"):
-        write_bundle(setup["model"], out, ExportOptions(), say=lambda m: None)
-    assert not (out / "manifest.json").exists()
-    assert json.loads((out / "manifest.failed.json").read_text())["parity"]["variants"]
+def test_export_gate_passes_the_good_variants(setup):
+    man = json.loads((setup["bundle"] / "manifest.json").read_text())
+    recs = man["gate"]["variants"]
+    for name in ("fp32", "fp16", "int8"):
+        rec = recs[name]
+        assert rec["verdict"] == "pass" and rec["failed"] == []
+        assert rec["reference"]["name"] == "torch-fp32" and rec["data"]["queries"] > 0
+        assert rec["thresholds"] == asdict(THRESHOLDS[rec["precision"]])
+        assert rec["files"] == {g: e["sha256"] for g, e in man["variants"][name].items()}
+    fp32 = recs["fp32"]["figures"]
+    assert fp32["extractor_min_cos"] >= 0.99999 and fp32["transfer_graph_min_cos"] >= 0.99999
+    assert fp32["neighbour_overlap_mean"] == 1.0 and fp32["d_rank1"] == 0.0
+    assert recs["fp16"]["figures"]["extractor_min_cos"] >= 0.999
+    assert "parity vs torch-fp32" in setup["output"] and "pass [int8]" in setup["output"]
 
 
 def test_cli_errors_exit_2_with_a_message(tmp_path):
@@ -260,6 +223,22 @@ def test_cli_errors_exit_2_with_a_message(tmp_path):
     assert "error" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(cli_main, [str(bad), "--int8"])
     assert res.exit_code == 2 and "--calib" in res.output
+
+
+def test_cli_refuses_contradictions_and_bad_out_before_the_work(setup, tmp_path, monkeypatch):
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr("train.model.load_model", no_load)
+    ckpt = str(setup["checkpoint"])
+    res = CliRunner().invoke(cli_main, [ckpt, "--trt", "--int8-activations", "u8"])
+    assert res.exit_code == 2 and "TensorRT cannot read" in res.output
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for flag in ("--out", "--triton-repo"):
+        res = CliRunner().invoke(cli_main, [ckpt, flag, str(blocker / "sub")])
+        assert res.exit_code == 2, res.output
+        assert "is not a folder" in res.output and "Traceback" not in res.output
 
 
 @pytest.mark.gpu

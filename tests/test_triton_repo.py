@@ -20,7 +20,8 @@ GRAPHS = ("extractor_rgb", "extractor_ir", "transfer")
 
 @pytest.fixture
 def bundle(tmp_path):
-    """A bundle whose files are placeholders: the repository only copies and hash-checks them."""
+    """A bundle whose files are placeholders: the repository only copies and hash-checks them
+    (so it has no gate verdict: the tests write it with allow_ungated=True)."""
     root = tmp_path / "bundle"
     root.mkdir()
     variants: dict = {"fp32": {}, "trt-fp16": {}}
@@ -43,14 +44,14 @@ def _parse(path):
 def test_repository_configs_parse_with_triton_schema(bundle, tmp_path, variant, platform,
                                                      filename):
     repo = write_repository(bundle, tmp_path / "repo", variant, max_batch=32,
-                            preferred=(4, 8, 16, 64), delay_us=1500)
+                            preferred=(4, 8, 16, 64), delay_us=1500, allow_ungated=True)
     tensor = model_config_pb2.DataType
     for g in GRAPHS:
         cfg = _parse(repo / g / "config.pbtxt")
         assert cfg.name == g and cfg.platform == platform
         copied = repo / g / "1" / filename
-        assert copied.read_bytes() == (bundle / load_bundle(bundle).entry(g, variant).file
-                                       ).read_bytes()
+        entry = load_bundle(bundle, allow_ungated=True).entry(g, variant)
+        assert copied.read_bytes() == (bundle / entry.file).read_bytes()
         if g == "transfer":
             assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
             dims = {t.name: (list(t.dims), t.data_type) for t in cfg.input}
@@ -69,13 +70,19 @@ def test_repository_configs_parse_with_triton_schema(bundle, tmp_path, variant, 
 
 def test_repository_refuses_missing_variant_and_tampered_file(bundle, tmp_path):
     with pytest.raises(BundleError, match="int8"):
-        write_repository(bundle, tmp_path / "repo", "int8")
+        write_repository(bundle, tmp_path / "repo", "int8", allow_ungated=True)
     (bundle / "transfer.onnx").write_bytes(b"changed")
     with pytest.raises(BundleError, match="sha256"):
-        write_repository(bundle, tmp_path / "repo2", "fp32")
+        write_repository(bundle, tmp_path / "repo2", "fp32", allow_ungated=True)
+
+
+def test_repository_refuses_a_variant_the_gate_did_not_pass(bundle, tmp_path):
+    with pytest.raises(BundleError, match="parity gate.*ssft-verify"):
+        write_repository(bundle, tmp_path / "repo", "fp32")
+    assert not (tmp_path / "repo").exists()
 
 
 def test_manifest_fixture_is_a_valid_bundle(bundle):
     man = json.loads((bundle / "manifest.json").read_text())
     assert man["format"] == "ssft-bundle/1"
-    assert load_bundle(bundle).model.input_size == (64, 32)
+    assert load_bundle(bundle, allow_ungated=True).model.input_size == (64, 32)

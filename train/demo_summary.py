@@ -22,7 +22,8 @@ def summarize(out: Path) -> dict[str, Any]:
     torch_eval = _accuracy(_read(out / "eval.json"))
     runtime_eval = _accuracy(_read(out / "eval_runtime.json"))
     manifest = _read(out / "bundle" / "manifest.json")
-    parity = manifest.get("parity", {}).get("variants", {})
+    parity = {name: {**r.get("figures", {}), "verdict": r.get("verdict")}  # export.gate records
+              for name, r in manifest.get("gate", {}).get("variants", {}).items()}
     bench = _read(out / "bench" / "latency.json").get("summary", {})
     video = _read(out / "video" / "matches.json")
 
@@ -35,9 +36,10 @@ def summarize(out: Path) -> dict[str, Any]:
               f"{rt.get('rank1', float('nan')):>12.2f}{rt.get('mAP', float('nan')):>13.2f}")
     print("parity of each exported variant against PyTorch fp32 (held-out synthetic images):")
     for name, r in parity.items():
-        print(f"  {name:<8} extractor min cos {r['extractor_min_cos']:.6f}  "
-              f"neighbour overlap {r['neighbour_overlap_mean']:.3f}  "
-              f"dRank-1 {r['rank1_diff']:+.3f}  dmAP {r['mAP_diff']:+.3f}  {r['status']}")
+        print(f"  {name:<8} extractor min cos {r.get('extractor_min_cos') or 0:.6f}  "
+              f"neighbour overlap {r.get('neighbour_overlap_mean') or 0:.3f}  "
+              f"dRank-1 {r.get('d_rank1') or 0:+.1f}  dmAP {r.get('d_mAP') or 0:+.1f} points  "
+              f"{r['verdict']}")
     if bench:
         print(f"throughput at batch {bench.get('reference_batch')} (images/s, this machine):")
         for name, v in sorted(bench.get("throughput", {}).items(), key=lambda kv: -kv[1]):
@@ -52,7 +54,7 @@ def summarize(out: Path) -> dict[str, Any]:
               f"{len(video.get('gallery_tracks', []))} RGB tracks"
               + (f", {right} correct at rank 1" if right is not None else ""))
     return {"accuracy_torch": torch_eval, "accuracy_runtime": runtime_eval,
-            "parity": {k: {m: v[m] for m in ("extractor_min_cos", "neighbour_overlap_mean",
-                                              "rank1_diff", "mAP_diff", "status")}
+            "parity": {k: {m: v.get(m) for m in ("extractor_min_cos", "neighbour_overlap_mean",
+                                                  "d_rank1", "d_mAP", "verdict")}
                        for k, v in parity.items()},
             "throughput": bench.get("throughput", {}), "targets_met": bench.get("targets_met", {})}

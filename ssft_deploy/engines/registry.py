@@ -103,15 +103,16 @@ def choose_backend(bundle: Bundle, graph: str, precision: str = "fp32",
 
 def open_engine(bundle: Bundle | str | os.PathLike, graph: str, precision: str = "fp32",
                 backend: str = "auto", *, intra_op_threads: int | None = None,
-                device_id: int = 0, rebuild: bool = False) -> Engine:
+                device_id: int = 0, rebuild: bool = False, allow_ungated: bool = False) -> Engine:
     """Open ``graph`` (``extractor_rgb`` / ``extractor_ir`` / ``transfer``) of a bundle.
 
     The file's hash (and, for TensorRT, GPU and version) is verified, and the engine's I/O is
     checked against the manifest (input size, dims, dtypes) -> BundleError on any mismatch.
     ``rebuild=True`` lets TensorRT build (and cache) an engine from the ONNX graph when the
     bundle's engine is missing or was built for another GPU / TensorRT version.
+    ``allow_ungated=True`` opens a variant without a pass verdict of the parity gate (warning).
     """
-    b = load_bundle(bundle)
+    b = load_bundle(bundle, allow_ungated=allow_ungated)
     cls = choose_backend(b, graph, precision, backend, rebuild)
     try:
         path = b.file(graph, cls.variant(precision))
