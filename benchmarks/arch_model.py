@@ -6,7 +6,8 @@ benchmark times both. This builds the RGB extractor of ``arch`` at ``size`` with
 weights (BatchNorm statistics re-estimated on synthetic person images so activations have real
 ranges), exports it with ``export.onnx_graphs`` and ``export.quantize`` (u8 QDQ int8, calibrated
 on synthetic *training-split* images) and writes a bundle with the fp32, int8 and OpenVINO
-variants plus the checkpoint for the torch baseline. Needs torch (the export side).
+variants plus the checkpoint for the torch baseline. The parity gate does not judge random
+weights: the bundle is ungated and opened with ``allow_ungated``. Needs torch (the export side).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def prepare(out: Path, arch: str, size: tuple[int, int], seed: int = 0,
     quantize_int8(root / f"{GRAPH}.onnx", root / f"{GRAPH}.int8.onnx", images, activations="u8")
     variants = {"fp32": {GRAPH: mf.file_entry(root, f"{GRAPH}.onnx")},
                 "int8": {GRAPH: mf.file_entry(root, f"{GRAPH}.int8.onnx", activations="u8")}}
-    variants.update(openvino_variants(variants))
+    variants.update(openvino_variants(root, variants, say))
     info = mf.model_section(model)
     mf.write(root, mf.build_manifest(info, variants, export={"random_model": want}))
     return root

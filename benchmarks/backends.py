@@ -76,12 +76,15 @@ def torch_runner(checkpoint: str, modality: str = "rgb", threads: int | None = N
     return Runner(*TORCH, run, actual="f32")
 
 
-def engine_runner(bundle, graph: str, backend: str, precision: str) -> Runner:
-    """A bundle graph opened by the runtime's engine layer (falls back as the runtime does)."""
+def engine_runner(bundle, graph: str, backend: str, precision: str,
+                  allow_ungated: bool = False) -> Runner:
+    """A bundle graph opened by the runtime's engine layer (falls back as the runtime does);
+    variants without a pass verdict of the parity gate only with ``allow_ungated``."""
     from ssft_deploy.engines import open_engine
     from ssft_deploy.engines.openvino import ort_precision
 
-    eng = open_engine(bundle, graph, precision=precision, backend=backend)
+    eng = open_engine(bundle, graph, precision=precision, backend=backend,
+                      allow_ungated=allow_ungated)
     actual = getattr(eng, "inference_precision", None) or ort_precision(precision)
     if getattr(eng, "fallback_reason", None):
         actual += f" (fell back to {eng.name}: {eng.fallback_reason})"
@@ -118,7 +121,8 @@ def make_runner(spec: dict[str, Any]) -> Runner:
     if kind == "torch":
         return torch_runner(spec["checkpoint"], spec.get("modality", "rgb"), spec.get("threads"))
     if kind == "engine":
-        return engine_runner(spec["bundle"], spec["graph"], spec["backend"], spec["precision"])
+        return engine_runner(spec["bundle"], spec["graph"], spec["backend"], spec["precision"],
+                             bool(spec.get("allow_ungated")))
     if kind == "gemm":
         return gemm_runner(spec["m_per_image"], spec["n"], spec["k"])
     raise ValueError(f"unknown runner kind {kind!r}")

@@ -107,7 +107,8 @@ def variant_specs(src: Source, info, modality: str, only: set[str] | None
             continue
         specs[f"{backend}/{precision}"] = {**base, "kind": "engine", "bundle": str(src.bundle),
                                            "graph": f"extractor_{modality}", "backend": backend,
-                                           "precision": precision}
+                                           "precision": precision,
+                                           "allow_ungated": src.kind == "arch"}
     return specs, skipped
 
 
@@ -116,7 +117,7 @@ def time_source(src: Source, modality: str, only, schedule, threads: int | None)
     from benchmarks.flops import extractor_flops, representative_gemm
     from ssft_deploy.bundle import load_bundle
 
-    info = load_bundle(src.bundle)
+    info = load_bundle(src.bundle, allow_ungated=src.kind == "arch")  # random weights: no gate
     graph = info.file(f"extractor_{modality}", "fp32")
     flops_per_image, gemms = extractor_flops(graph, info.input_size, batch=1)
     m, n, k = representative_gemm(gemms)
@@ -240,7 +241,7 @@ def main(ctx, bundle, checkpoint, arch, size, seed, batch_sizes, modality, backe
             from benchmarks.transfer_cost import measure_transfer
             from ssft_deploy.bundle import load_bundle
 
-            info = load_bundle(srcs[0].bundle)
+            info = load_bundle(srcs[0].bundle, allow_ungated=srcs[0].kind == "arch")
             click.echo(f"timing the transfer step at N = {SYSU_QUERY} + {SYSU_GALLERY}")
             transfer = measure_transfer(info if bundle_src else None, info.dims, info.k,
                                         info.transfer_parts, n_rgb=SYSU_GALLERY,

@@ -1,26 +1,44 @@
-"""OpenVINO variants of a bundle: manifest entries over graphs the export already wrote.
+"""OpenVINO variants of a bundle (``ssft-export --openvino``): entries over graphs already written.
 
 ``bf16`` runs the fp32 graphs with OpenVINO's bf16 inference precision: the same files, another
 arithmetic, so it is a variant of its own with its own gate verdict (never a stand-in for fp32).
-``ov-int8`` runs the int8 QDQ extractors (and the fp32 transfer graph) on OpenVINO: OpenVINO's
-int8 kernels round differently from ONNX Runtime's, so it is gated separately from ``int8``.
-The entries carry ``backend: openvino``: no other backend opens them.
+``ov-int8`` runs the int8 QDQ extractors (and the fp32 transfer graph) on OpenVINO: its int8
+kernels round differently from ONNX Runtime's, so it is gated separately from ``int8``. Both are
+in the gate's registry (``export/variants.py``); their entries carry ``backend: openvino`` so no
+other backend opens them. bf16 is only added where this CPU runs it natively (AVX512_BF16 / AMX):
+the gate must be able to judge it here.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
-#: variant -> (precision run by OpenVINO, the variant whose files it reads)
-OPENVINO_VARIANTS = {"bf16": ("bf16", "fp32"), "ov-int8": ("int8", "int8")}
+from export import variants as reg
+
+#: OpenVINO variant -> the variant whose files it reads
+SOURCES = {"bf16": "fp32", "ov-int8": "int8"}
 
 
-def openvino_variants(variants: dict[str, dict[str, dict[str, Any]]]
-                      ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Manifest entries of the OpenVINO variants whose source variant exists in ``variants``."""
+def openvino_variants(bundle_dir: str | os.PathLike, variants: dict[str, dict[str, Any]],
+                      say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Manifest entries of the OpenVINO variants whose source variant is in ``variants``."""
+    from ssft_deploy.engines.openvino import OpenVINOEngine
+
+    reason = OpenVINOEngine.unavailable_reason()
+    if reason:
+        say(f"OpenVINO variants skipped: {reason}")
+        return {}
     out = {}
-    for name, (precision, source) in OPENVINO_VARIANTS.items():
-        if source in variants:
-            out[name] = {g: {**e, "backend": "openvino", "precision": precision}
-                         for g, e in variants[source].items()}
+    for name, source in SOURCES.items():
+        if source not in variants:
+            continue
+        why = OpenVINOEngine.supports(reg.run_as(name))
+        if why:
+            say(f"OpenVINO {name} skipped: {why}")
+            continue
+        out[name] = reg.manifest_entries(bundle_dir, name, backend="openvino")
+        for g, e in out[name].items():  # keep what the source entry records (calibration...)
+            e.update({k: v for k, v in variants[source][g].items() if k not in e})
     return out

@@ -5,28 +5,30 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 
 import pytest
 
 from ssft_deploy.bundle import load_bundle, write_manifest
 from ssft_deploy.engines import autoselect
+from ssft_deploy.engines.openvino import cpu_capabilities
 from ssft_deploy.errors import EngineError
+from tests.bundle_factory import gate, make_bundle
 
 
 @pytest.fixture()
-def bundle(tiny_bundle, tmp_path, monkeypatch):
-    """The tiny bundle with an ``int8`` and a ``bf16`` variant (same files) and gate verdicts."""
+def bundle(tmp_path, monkeypatch):
+    """The tiny bundle with an ``int8`` and a ``bf16`` (OpenVINO) variant over the same files,
+    all three passed by the real parity gate."""
     monkeypatch.setenv("SSFT_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, root)
+    root = make_bundle(tmp_path / "bundle", input_size=(16, 8))
     man = json.loads((root / "manifest.json").read_text())
     fp32 = man["variants"]["fp32"]
     man["variants"]["int8"] = {g: dict(e) for g, e in fp32.items()}
     man["variants"]["bf16"] = {g: {**e, "backend": "openvino"} for g, e in fp32.items()}
-    man["parity"] = {"variants": {"fp32": {"status": "pass"}, "int8": {"status": "pass"},
-                                  "bf16": {"status": "pass"}}}
     write_manifest(root, man)
+    variants = ["int8", "bf16"] if "BF16" in cpu_capabilities() else ["int8"]
+    records = gate(root, variants=variants)
+    assert all(r["verdict"] == "pass" for r in records.values()), records
     return root
 
 
@@ -41,9 +43,9 @@ class Stub:
         return {f"{b}/{p}": self.speeds.get(f"{b}/{p}", 1.0) for b, p in pairs}
 
 
-def _set_verdict(root, variant, status):
+def _set_verdict(root, variant, verdict):
     man = json.loads((root / "manifest.json").read_text())
-    man["parity"]["variants"][variant]["status"] = status
+    man["gate"]["variants"][variant]["verdict"] = verdict
     write_manifest(root, man)
 
 
@@ -70,7 +72,13 @@ def test_measurement_is_cached_per_machine_and_bundle(bundle, monkeypatch):
     autoselect.choose(bundle, backend="ort-cpu", measure=stub)
     assert len(stub.calls) == 2
     # Another bundle (its manifest changed) too.
-    _set_verdict(bundle, "bf16", "warn")
+    _set_verdict(bundle, "int8", "fail")
+    stub2 = Stub({})
+    autoselect.choose(bundle, backend="ort-cpu", measure=stub2)  # one candidate left now
+    _set_verdict(bundle, "int8", "pass")
+    man = json.loads((bundle / "manifest.json").read_text())
+    man["created"] = "another export"
+    write_manifest(bundle, man)
     autoselect.choose(bundle, backend="ort-cpu", measure=stub)
     assert len(stub.calls) == 3
 
@@ -79,7 +87,7 @@ def test_ungated_variant_is_never_picked(bundle):
     _set_verdict(bundle, "int8", "fail")
     stub = Stub({"ort-cpu/int8": 10_000.0, "ort-cpu/fp32": 300.0})
     pairs, skipped = autoselect.candidates(load_bundle(bundle), "ort-cpu")
-    assert pairs == [("ort-cpu", "fp32")] and "fail" in skipped["ort-cpu/int8"]
+    assert pairs == [("ort-cpu", "fp32")] and "failed the parity gate" in skipped["ort-cpu/int8"]
     pick = autoselect.choose(bundle, backend="ort-cpu", measure=stub)
     assert pick.precision == "fp32" and stub.calls == []  # one candidate: nothing to measure
 
@@ -96,10 +104,9 @@ def test_explicit_precision_wins(bundle):
 
 
 def test_no_candidate_says_what_to_do(bundle):
-    for v in ("fp32", "int8", "bf16"):
-        _set_verdict(bundle, v, "fail")
+    _set_verdict(bundle, "int8", "fail")
     with pytest.raises(EngineError, match="parity gate"):
-        autoselect.choose(bundle, measure=Stub({}))
+        autoselect.choose(bundle, backend="ort-cpu", precision="int8", measure=Stub({}))
 
 
 def test_runtime_open_auto_uses_the_choice(bundle, monkeypatch):

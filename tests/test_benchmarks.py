@@ -158,10 +158,18 @@ def test_targets_use_only_gated_cpu_variants(tmp_path):
     from benchmarks.latency_report import targets
     from ssft_deploy.bundle import write_manifest
 
+    from tests.bundle_factory import gate
+
     bundle = make_bundle(tmp_path / "bundle")
     man = json.loads((bundle / "manifest.json").read_text())
-    man["parity"] = {"variants": {v: {"status": s} for v, s in (
-        ("fp32", "pass"), ("int8", "pass"), ("ov-int8", "pass"), ("bf16", "fail"))}}
+    fp32 = man["variants"]["fp32"]
+    man["variants"]["int8"] = {g: dict(e) for g, e in fp32.items()}
+    for v in ("ov-int8", "bf16"):
+        man["variants"][v] = {g: {**e, "backend": "openvino"} for g, e in fp32.items()}
+    write_manifest(bundle, man)
+    gate(bundle, variants=["int8", "ov-int8", "bf16"])
+    man = json.loads((bundle / "manifest.json").read_text())
+    man["gate"]["variants"]["bf16"]["verdict"] = "fail"
     write_manifest(bundle, man)
 
     def row(name, thr):
@@ -177,7 +185,7 @@ def test_targets_use_only_gated_cpu_variants(tmp_path):
     tgt = targets([demo, prod], None, {"ratio": 1.0}, 32)
     best = tgt["best_gated_cpu_vs_torch"]
     assert best["value"] == pytest.approx(45.0 / 5.0) and "openvino/int8" in best["target"]
-    assert "'fail'" in best["gated"]["openvino/bf16"]
+    assert "failed the parity gate" in best["gated"]["openvino/bf16"]
     assert tgt["openvino_int8_vs_ort_int8"]["value"] == pytest.approx(1.5)
     assert tgt["auto_picks_fastest"]["met"] is True
     assert tgt["transfer_vs_gemms"]["met"] is None

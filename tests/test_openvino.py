@@ -20,35 +20,51 @@ from ssft_deploy.engines import open_engine
 from ssft_deploy.engines import openvino as ovmod
 from ssft_deploy.errors import EngineError
 
-H, W = 64, 32
 GRAPHS = ("extractor_rgb", "extractor_ir", "transfer")
-# Minimum cosine to ONNX Runtime fp32 per precision: the parity gate's extractor thresholds.
-GATE_COS = {"fp32": 0.99999, "bf16": 0.999, "int8": 0.99}
+
+
+def _gate_cos(precision: str) -> float:
+    """The parity gate's extractor bound of ``precision`` (export/thresholds.py)."""
+    from export.thresholds import thresholds
+
+    return thresholds(precision).extractor_min_cos
 
 
 @pytest.fixture(scope="module")
-def demo_bundle(tmp_path_factory):
-    """The demo's architecture (ResNet-18, 64x32, random weights) exported with int8 and the
-    OpenVINO variants, plus held-out-like images and transfer inputs."""
-    import torch
+def demo_bundle(exported, tmp_path_factory):
+    """The shared demo-architecture export (ResNet-18 64x32, random weights, fp32 / fp16 / int8)
+    with the OpenVINO variants added and judged by the real parity gate, plus images."""
+    import shutil
 
-    from export.bundle_writer import ExportOptions, write_bundle
-    from ssft_deploy.datasets import synthetic
-    from tests.export_models import tiny_model
+    from export.gate import torch_reference
+    from export.images import held_out_images
+    from export.verify import verify_bundle
+    from ssft_deploy.preprocess import Preprocessor
 
-    torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("ov")
-    data = root / "data"
-    synthetic.generate_sysu(data, num_train=3, num_val=1, num_test=4, rgb_per_cam=2, size=(H, W))
-    bundle = root / "bundle"
-    opts = ExportOptions(int8=True, calib=str(data), calib_images=16, int8_activations="u8",
-                         verify=False)
-    manifest = write_bundle(tiny_model(H, W, seed=0), bundle, opts, say=lambda m: None)
-    manifest["variants"].update(openvino_variants(manifest["variants"]))
+    bundle = tmp_path_factory.mktemp("ov") / "bundle"
+    shutil.copytree(exported["bundle"], bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    added = openvino_variants(bundle, manifest["variants"], say=lambda m: None)
+    assert "ov-int8" in added
+    manifest["variants"].update(added)
     write_manifest(bundle, manifest)
+    held_out = held_out_images(Preprocessor(tuple(manifest["model"]["input_size"])),
+                               exported["data"])
+    records = verify_bundle(bundle, reference=torch_reference(exported["model"]),
+                            held_out=held_out, variants=sorted(added), say=lambda m: None)
     rng = np.random.default_rng(0)
-    images = rng.standard_normal((12, 3, H, W), dtype=np.float32)
-    return {"bundle": bundle, "images": images}
+    images = rng.standard_normal((12, 3, *manifest["model"]["input_size"]), dtype=np.float32)
+    return {"bundle": bundle, "images": images, "records": records}
+
+
+def test_openvino_variants_pass_the_gate(demo_bundle):
+    records = demo_bundle["records"]
+    for name, rec in records.items():
+        assert rec["verdict"] == "pass", (name, rec)
+        assert rec["backend"] == "openvino"
+    assert records["ov-int8"]["precision"] == "int8"
+    if "bf16" in records:
+        assert records["bf16"]["precision"] == "bf16"
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +94,7 @@ def test_parity_with_onnx_runtime(demo_bundle, precision):
     assert isinstance(ov, ovmod.OpenVINOEngine), getattr(ov, "fallback_reason", None)
     for got, want in zip(_extract(ov, x), _extract(ref, x)):
         assert np.isfinite(got).all()
-        assert _cos(got, want) >= GATE_COS[precision]
+        assert _cos(got, want) >= _gate_cos(precision)
     if precision == "fp32":  # forced f32 is fp32 arithmetic, not a bf16 approximation
         for got, want in zip(_extract(ov, x), _extract(ref, x)):
             np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)

@@ -74,10 +74,9 @@ def machine_key(intra_op_threads: int | None = None) -> dict[str, Any]:
                                                   "tensorrt")}}
 
 
-def gate_verdict(bundle: Bundle, variant: str) -> str | None:
-    """The parity gate's status of ``variant`` in the manifest (``pass``...), None if unjudged."""
-    row = (bundle.manifest.get("parity") or {}).get("variants", {}).get(variant)
-    return row.get("status") if isinstance(row, dict) else None
+def gate_verdict(bundle: Bundle, variant: str) -> str:
+    """``"pass"`` when ``variant`` passed the parity gate for its current files, else why not."""
+    return bundle.ungated_reason(variant) or "pass"
 
 
 def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto"
@@ -99,7 +98,7 @@ def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto"
             reason = _usable(bundle, GRAPH, cls, p)
             verdict = gate_verdict(bundle, variant)
             if reason is None and verdict != "pass":
-                reason = f"variant {variant!r} has gate verdict {verdict!r}, not 'pass'"
+                reason = f"variant {variant!r} {verdict}"
             if reason is None:
                 out.append((name, p))
             else:
