@@ -23,6 +23,8 @@ from typing import Any
 import click
 import numpy as np
 
+from ssft_deploy.fileio import durable_write
+
 SCHEMA = "ssft-bench/1"
 # SYSU-MM01 single-shot test set: 3803 IR queries + 301 RGB gallery images (paper Sec. 4.1).
 SYSU_QUERY, SYSU_GALLERY = 3803, 301
@@ -203,10 +205,7 @@ def write_json(path: Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (temp file + rename), creating parent folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-    return path
+    return durable_write(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
 
 
 def plot_series(path: Path, series: dict[str, tuple[list[float], list[float]]], xlabel: str,

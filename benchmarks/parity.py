@@ -31,28 +31,22 @@ SETTINGS = ("transfer", "shared-only")
 def engine_fns(bundle, backend: str, precision: str):
     """extract / transfer of one (backend, precision); the transfer graph falls back to fp32 on
     the same backend, then ORT CPU, when the variant has none (as ``ReIDRuntime`` does)."""
+    from export.variants import engine_pair
+    from ssft_deploy.bundle import EXTRACTORS
     from ssft_deploy.engines import open_engine
     from ssft_deploy.errors import SSFTError
 
-    ext = {m: open_engine(bundle, f"extractor_{m}", precision, backend) for m in ("rgb", "ir")}
+    engines = {g: open_engine(bundle, g, precision, backend) for g in EXTRACTORS}
     tried = [(backend, precision), (backend, "fp32"), ("ort-cpu", "fp32")]
     for b, p in tried:
         try:
-            tr = open_engine(bundle, "transfer", p, b)
+            engines["transfer"] = open_engine(bundle, "transfer", p, b)
             break
         except SSFTError:
             continue
     else:
         raise BenchError(f"no transfer graph can run for {backend}/{precision}")
-
-    def extract(images, modality):
-        out = ext[modality].run({"images": images})
-        return out["shared"], out["specific"]
-
-    def transfer(z, idx, w):
-        return tr.run({"z": z, "idx": idx, "w": w})["transferred"]
-
-    return extract, transfer, f"{b}/{p}"
+    return (*engine_pair(engines), f"{b}/{p}")
 
 
 def gate_rows(model, info, data_root: Path, variants) -> tuple[dict, list[dict]]:

@@ -15,12 +15,10 @@ from export import variants as reg
 from export.errors import ExportError, ParityError
 from export.onnx_graphs import DEFAULT_EXPORTER, export_extractor, export_transfer
 from export.precision import TRANSFER_FP16_OPS, convert_fp16
-from ssft_deploy.bundle import STAGING_NAME, unpublish_manifest, write_manifest
-from ssft_deploy.bundle_io import durable_unlink
+from ssft_deploy.bundle import EXTRACTORS, GRAPHS, STAGING_NAME, unpublish_manifest, write_manifest
 from ssft_deploy.engines.trt_build import TRANSFER_MAX_ROWS
+from ssft_deploy.fileio import durable_unlink
 from ssft_deploy.preprocess import Preprocessor
-
-GRAPHS = reg.GRAPHS
 
 
 @dataclass
@@ -87,14 +85,14 @@ def export_onnx_variants(model: Any, out: Path, info: dict, opts: ExportOptions,
         from export.quantize import quantize_int8
 
         prep = Preprocessor(size, tuple(info["mean"]), tuple(info["std"]))
-        for g in reg.EXTRACTORS:
+        for g in EXTRACTORS:
             images = calibration_images(opts.calib, g.removeprefix("extractor_"), prep,
                                         opts.calib_images)
             say(f"int8: calibrating {g} on {len(images)} training-split images")
             quantize_int8(out / fp32[g], out / reg.VARIANTS["int8"].files[g], images,
                           activations=opts.int8_activations)
         variants["int8"] = reg.manifest_entries(out, "int8")
-        for g in reg.EXTRACTORS:
+        for g in EXTRACTORS:
             variants["int8"][g].update(calibration="train split",
                                        activations=opts.int8_activations)
     if opts.openvino:

@@ -8,11 +8,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ssft_deploy.bundle import MANIFEST_FORMAT, sha256_file
+from ssft_deploy.bundle import GRAPHS, MANIFEST_FORMAT, sha256_file  # noqa: F401 (re-exported)
 from ssft_deploy.errors import CheckpointError
 from ssft_deploy.preprocess import MEAN, STD
-
-GRAPHS = ("extractor_rgb", "extractor_ir", "transfer")
 
 
 def model_section(model: Any) -> dict[str, Any]:

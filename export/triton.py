@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ssft_deploy.bundle import load_bundle
+from ssft_deploy.bundle import GRAPHS, load_bundle
 from ssft_deploy.errors import BundleError
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"),
@@ -54,7 +54,7 @@ def write_repository(bundle_dir: str | os.PathLike, repo_dir: str | os.PathLike,
     h, w = m.input_size
     ds, dp, dt, k2 = m.shared_dim, m.specific_dim, m.transfer_dim, 2 * m.k
     repo = Path(repo_dir)
-    for graph in ("extractor_rgb", "extractor_ir", "transfer"):
+    for graph in GRAPHS:
         entry = bundle.entry(graph, variant)
         platform, filename = PLATFORMS[entry.format]
         target = repo / graph / "1"

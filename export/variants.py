@@ -17,9 +17,7 @@ from typing import Any
 
 from export.errors import GateError
 from export.parity import ExtractFn, TransferFn
-
-GRAPHS = ("extractor_rgb", "extractor_ir", "transfer")
-EXTRACTORS = GRAPHS[:2]
+from ssft_deploy.bundle import GRAPHS
 
 
 def _files(suffix: str, transfer: str | None = None) -> dict[str, str]:
@@ -94,8 +92,12 @@ def engine_fns(bundle: Any, variant: str) -> tuple[ExtractFn, TransferFn]:
 
     check_engine_mapping(variant)
     s = spec(variant)
-    engines = {g: open_engine(bundle, g, precision=run_as(variant), backend=s.backend)
-               for g in GRAPHS}
+    return engine_pair({g: open_engine(bundle, g, precision=run_as(variant), backend=s.backend)
+                        for g in GRAPHS})
+
+
+def engine_pair(engines: dict[str, Any]) -> tuple[ExtractFn, TransferFn]:
+    """numpy-in / numpy-out extract and transfer over opened engines, one per graph name."""
 
     def extract(images, modality: str):
         out = engines[f"extractor_{modality}"].run({"images": images})

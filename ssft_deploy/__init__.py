@@ -15,13 +15,10 @@ from ssft_deploy.errors import (
     QueueFullError,
     SSFTError,
 )
+from ssft_deploy.modality import IR, RGB
 
 __version__ = "0.1.0"
-
-# Modality codes used everywhere (arrays carry the int, APIs accept either form).
-RGB, IR = 0, 1
 MODALITIES = {"rgb": RGB, "ir": IR}
-
 
 
 def __getattr__(name: str):

@@ -24,6 +24,7 @@ import numpy as np
 
 from ssft_deploy.errors import ConfigError, EngineError, InputError, QueueFullError, SSFTError
 from ssft_deploy.frames import Stretch, to_uint8
+from ssft_deploy.modality import NAMES, modality_name
 from ssft_deploy.preprocess import clip_box
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 ExtractFn = Callable[[np.ndarray, str], tuple[np.ndarray, np.ndarray]]
 PreprocessFn = Callable[[np.ndarray], np.ndarray]
 
-_MODALITIES = ("rgb", "ir")
 _LATENCY_WINDOW = 20000  # latencies kept for the percentiles (a ring buffer, so memory is bounded)
 log = logging.getLogger("ssft_deploy.batcher")
 
@@ -83,14 +83,6 @@ def _seconds_option(name: str, value: object) -> float:
             or not math.isfinite(value) or value < 0:
         raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
-
-
-def _modality_name(modality: str | int) -> str:
-    if isinstance(modality, (int, np.integer)) and int(modality) in (0, 1):
-        return _MODALITIES[int(modality)]
-    if isinstance(modality, str) and modality.lower() in _MODALITIES:
-        return modality.lower()
-    raise InputError(f"modality must be 'rgb'/'ir' or 0/1, got {modality!r}")
 
 
 def crop_box(frame: np.ndarray, box: Sequence[float]) -> np.ndarray:
@@ -256,7 +248,7 @@ class FrameBatcher:
                         "failed_batches": 0, "engine_faults": 0, "worker_restarts": 0}
         self._batch_sizes: dict[int, int] = {}
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
-        self._queues = {m: _ModalityQueue(self, m) for m in _MODALITIES}
+        self._queues = {m: _ModalityQueue(self, m) for m in NAMES}
         for q in self._queues.values():
             q.thread.start()
 
@@ -297,7 +289,7 @@ class FrameBatcher:
 
     def _submit_many(self, crops: list[Any], camera_id: Hashable, modality: str | int,
                      tags: list[Any]) -> list[Future]:
-        queue = self._queues[_modality_name(modality)]
+        queue = self._queues[modality_name(modality)]
         if self._closed:
             raise BatcherClosedError("the batcher is closed; no new crops are accepted")
         now = time.perf_counter()
@@ -351,7 +343,7 @@ class FrameBatcher:
                 it.future.set_exception(err)
             self._record(n, failed=True, latencies=())
             return
-        code = _MODALITIES.index(modality)
+        code = NAMES.index(modality)
         done = time.perf_counter()
         for i, it in enumerate(batch):
             it.future.set_result(CropFeatures(shared[i], specific[i], code, it.camera_id, it.tag,

@@ -37,6 +37,7 @@ from ssft_deploy.verdicts import gate_record, reverify_hint, ungated_reason
 log = logging.getLogger("ssft_deploy.bundle")
 
 GRAPHS = ("extractor_rgb", "extractor_ir", "transfer")
+EXTRACTORS = GRAPHS[:2]
 REEXPORT = "re-export with ssft-export"
 REBUILD_TRT = "rebuild with ssft-export --trt on this machine"
 

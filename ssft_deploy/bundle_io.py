@@ -1,7 +1,6 @@
-"""File I/O of bundles: durable writes, a bounded manifest read, and paths kept inside the folder.
+"""File I/O of bundles: a bounded manifest read, and paths kept inside the folder.
 
-Durable write = write a temporary file in the target's folder, fsync it, rename it over the
-target, fsync the folder (so the rename itself survives a crash). The manifest is read only when
+Writes go through ``ssft_deploy.fileio`` (durable: write, fsync, rename, fsync dir). The manifest is read only when
 it is a regular file inside the bundle folder, at most ``MAX_MANIFEST_BYTES`` long and nested at
 most ``MAX_MANIFEST_DEPTH`` levels (checked before ``json.loads``, which would otherwise recurse
 into a hostile file). A bundle file is read only when its real path (symlinks resolved) lies in
@@ -13,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ssft_deploy.errors import BundleError
+from ssft_deploy.fileio import durable_rename, durable_unlink, durable_write, fsync_dir  # noqa: F401
 
 MANIFEST_FORMAT = "ssft-bundle/1"
 MANIFEST_NAME = "manifest.json"
@@ -28,52 +27,6 @@ STAGING_NAME = "manifest.staging.json"  # written before the gate has run: never
 MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is ~10-30 KB
 MAX_MANIFEST_DEPTH = 32       # a real manifest nests 6 levels
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-
-
-def fsync_dir(folder: str | os.PathLike) -> None:
-    """fsync a folder so a rename inside it is durable (no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def durable_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Replace ``path`` by ``data`` atomically and durably (write, fsync, rename, fsync dir)."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
-    return target
-
-
-def durable_rename(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Rename ``src`` over ``dst`` and fsync the folder."""
-    os.replace(src, dst)
-    fsync_dir(Path(dst).parent)
-    return Path(dst)
-
-
-def durable_unlink(path: str | os.PathLike) -> None:
-    """Remove ``path`` if present, durably."""
-    p = Path(path)
-    if p.exists() or p.is_symlink():
-        p.unlink()
-        fsync_dir(p.parent)
 
 
 def json_depth(data: bytes) -> int:

@@ -8,21 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ssft_deploy.errors import InputError
-
-RGB, IR = 0, 1
-_NAMES = {"rgb": RGB, "ir": IR, "visible": RGB, "thermal": IR, "infrared": IR}
-
-
-def modality_code(modality: int | str) -> int:
-    """``"rgb"``/``"ir"`` (or 0/1) -> 0/1; anything else is an InputError."""
-    if isinstance(modality, str):
-        code = _NAMES.get(modality.strip().lower())
-        if code is None:
-            raise InputError(f"unknown modality {modality!r}: use 'rgb' or 'ir'")
-        return code
-    if isinstance(modality, (int, np.integer)) and int(modality) in (RGB, IR):
-        return int(modality)
-    raise InputError(f"unknown modality {modality!r}: use 'rgb' (0) or 'ir' (1)")
+from ssft_deploy.modality import IR, RGB, modality_code
 
 
 def _matrix(name: str, x: object) -> np.ndarray:

@@ -26,7 +26,7 @@ from ssft_deploy.engines.fallback import LazyEngine, unlimited_fallback
 from ssft_deploy.errors import BundleError, EngineError, GalleryError, InputError
 from ssft_deploy.features import Features, modality_code
 from ssft_deploy.frames import Stretch, to_uint8
-from ssft_deploy.gallery import MODES, Gallery, SearchResult
+from ssft_deploy.gallery import MODES, Gallery, GalleryStore, SearchResult, bundle_binding
 from ssft_deploy.preprocess import Batch, Preprocessor, raise_item_errors
 from ssft_deploy.transfer import SSTN, RollingAuxiliary, l2_distances
 
@@ -52,7 +52,7 @@ class ReIDRuntime:
 
     def __init__(self, bundle: Bundle, extractors: dict[int, Engine], transfer: Engine | None,
                  *, affinity: str = "auto", max_batch: int = 32, rolling_size: int = 300,
-                 gallery: Gallery | None = None,
+                 gallery: GalleryStore | None = None,
                  transfer_fallback: LazyEngine | None = None) -> None:
         if max_batch < 1:
             raise InputError(f"max_batch must be >= 1, got {max_batch}")
@@ -67,14 +67,16 @@ class ReIDRuntime:
                          affinity=affinity, max_rows=transfer.max_batch if transfer else None,
                          fallback=self.fallback_transfer_fn if transfer_fallback else None)
         self.rolling = RollingAuxiliary(rolling_size)
-        self.gallery = gallery if gallery is not None else Gallery(bundle.dims["shared"],
-                                                                   bundle.dims["specific"])
+        self.binding = bundle_binding(bundle)
+        self.gallery = gallery if gallery is not None else Gallery(*self.binding.dims,
+                                                                   self.binding.model_hash)
+        self.gallery.bind(self.binding)  # GalleryError for another bundle's gallery
 
     @classmethod
     def open(cls, bundle: str | os.PathLike | Bundle, precision: str = "fp32",
              backend: str = "auto", affinity: str = "auto", *, max_batch: int = 32,
              intra_op_threads: int | None = None, device_id: int = 0, rolling_size: int = 300,
-             gallery: Gallery | None = None, allow_ungated: bool = False) -> ReIDRuntime:
+             gallery: GalleryStore | None = None, allow_ungated: bool = False) -> ReIDRuntime:
         """Load and verify ``bundle``, open both extractors and the transfer graph.
 
         ``precision="auto"`` picks the fastest gated (backend, precision) on this machine from a
@@ -199,21 +201,24 @@ class ReIDRuntime:
         return l2_distances(query.shared, gallery.shared)  # "shared"
 
     def search(self, query: Features, top: int = 10, mode: str = "all-queries",
-               gallery: Gallery | None = None, cross_modality: bool = True
-               ) -> list[SearchResult]:
+               gallery: GalleryStore | None = None, cross_modality: bool = True,
+               **options: object) -> list[SearchResult]:
         """The ``top`` identities of ``gallery`` (default: :attr:`gallery`) for each query, best
-        first, through :meth:`Gallery.search` with this runtime's SSTN (and, for "rolling", its
-        rolling auxiliary set). With ``cross_modality`` a query searches the other modality."""
+        first, through :meth:`GalleryStore.search` with this runtime's SSTN (and, for "rolling",
+        its rolling auxiliary set). With ``cross_modality`` a query searches the other modality;
+        ``options``: ``shortlist`` (two-stage search), ``since`` / ``until`` (time window)."""
         _check_mode(mode)
         gallery = self.gallery if gallery is None else gallery
-        if not isinstance(gallery, Gallery):
-            raise InputError(f"gallery must be a ssft_deploy.gallery.Gallery, got "
-                             f"{type(gallery).__name__}")
+        if not isinstance(gallery, GalleryStore):
+            raise InputError(f"gallery must be a ssft_deploy.gallery store (Gallery, "
+                             f"open_gallery(...)), got {type(gallery).__name__}")
+        if gallery is not self.gallery:
+            gallery.bind(self.binding)
         if len(gallery) == 0:
             raise GalleryError("the gallery is empty: add features before searching")
         return gallery.search(query, top, transfer=self.sstn, mode=mode,
                               auxiliary=self.rolling if mode == "rolling" else None,
-                              cross_modality=cross_modality)
+                              cross_modality=cross_modality, **options)
 
     # -- evaluation ---------------------------------------------------------------------------
     def as_feature_source(self, progress: bool = True) -> BundleFeatureSource:

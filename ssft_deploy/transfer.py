@@ -7,10 +7,9 @@ all queries (Sec. 4.5, transductive), single query (Eq. 22) and a rolling auxili
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -149,7 +148,7 @@ class SSTN:
         self.affinity, self.affinity_options = affinity, affinity_options
         self.max_rows, self.fallback = max_rows, fallback
         self._cache_lock = threading.Lock()
-        self._gallery_cache: tuple[bytes, SingleQueryGraph, np.ndarray] | None = None
+        self._gallery_cache: tuple[Hashable, SingleQueryGraph, np.ndarray] | None = None
 
     def _transfer_for(self, rows: int, what: str) -> TransferFn:
         """The function that takes a graph of ``rows`` rows: ``transfer_fn`` within the limit,
@@ -198,11 +197,14 @@ class SSTN:
         t = self.all_queries(Features.concat(parts + [gallery]))
         return l2_distances(t[:len(query)], t[len(t) - len(gallery):])
 
-    def single_query_distances(self, query: Features, gallery: Features) -> np.ndarray:
+    def single_query_distances(self, query: Features, gallery: Features,
+                               cache_key: Hashable | None = None) -> np.ndarray:
         """Eq. 22: each query propagates with the gallery only -> distances [Q, G]. Queries are
         batched as independent blocks of ``G + 1`` rows, as many per ``transfer_fn`` call as
         ``max_rows`` (and SINGLE_QUERY_ROWS) allow; the gallery's neighbour lists and padded
-        features are computed once. A gallery too large for one block uses ``fallback``."""
+        features are computed once per call, and kept for the next call with the same
+        ``cache_key`` (a live gallery passes its version). A gallery too large for one block uses
+        ``fallback``."""
         if len(gallery) == 0 or len(query) == 0:
             raise InputError("single-query transfer needs at least one query and one gallery sample")
         size = len(gallery) + 1
@@ -210,7 +212,7 @@ class SSTN:
         limit = self.max_rows if fn is self.transfer_fn else None
         rows = min(limit or SINGLE_QUERY_ROWS, SINGLE_QUERY_ROWS)
         chunk = max(1, rows // size)
-        graph, z_g = self._gallery_graph(gallery)
+        graph, z_g = self._gallery_graph(gallery, cache_key)
         z_q = self.pad(query)
         dist = np.empty((len(query), len(gallery)), np.float32)
         for s in range(0, len(query), chunk):
@@ -224,18 +226,18 @@ class SSTN:
             dist[s:s + c] = np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
         return dist
 
-    def _gallery_graph(self, gallery: Features) -> tuple[SingleQueryGraph, np.ndarray]:
-        """Eq. 22's query-independent part, cached for the last gallery seen (by content), so a
-        live gallery that did not change is not re-ranked for every query batch."""
-        h = hashlib.blake2b(digest_size=16)
-        for a in (gallery.shared, gallery.specific, gallery.modality):
-            h.update(memoryview(a).cast("B"))
-        key = h.digest()
+    def _gallery_graph(self, gallery: Features, key: Hashable | None
+                       ) -> tuple[SingleQueryGraph, np.ndarray]:
+        """Eq. 22's query-independent part, cached for the last ``key`` seen (a gallery's
+        identity and version, bumped on every add / remove), so a live gallery that did not change
+        is not re-ranked for every query batch; no key, no cache."""
         with self._cache_lock:
-            if self._gallery_cache is not None and self._gallery_cache[0] == key:
+            if key is not None and self._gallery_cache is not None and \
+                    self._gallery_cache[0] == key:
                 return self._gallery_cache[1], self._gallery_cache[2]
         graph = SingleQueryGraph(gallery, *self.neighbours(gallery), self.k)
         z_g = self.pad(gallery)
-        with self._cache_lock:
-            self._gallery_cache = (key, graph, z_g)
+        if key is not None:
+            with self._cache_lock:
+                self._gallery_cache = (key, graph, z_g)
         return graph, z_g

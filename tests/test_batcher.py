@@ -119,7 +119,9 @@ def test_bad_box_fails_only_its_own_future():
 def test_bad_modality_and_default_preprocess_check():
     with FrameBatcher(StandInEngine()) as b:
         with pytest.raises(InputError):
-            b.submit(crop(0), modality="thermal")
+            b.submit(crop(0), modality="depth")
+        with pytest.raises(InputError):
+            b.submit(crop(0), modality=True)
         err = b.submit(np.zeros((3, H, W), np.float64)).exception(5)
         assert isinstance(err, InputError) and "float32" in str(err)
 

@@ -202,8 +202,11 @@ def test_single_query_reuses_the_gallery_graph_until_it_changes(monkeypatch):
     real = sstn.neighbours
     monkeypatch.setattr(sstn, "neighbours", lambda f: calls.append(len(f)) or real(f))
     query, gallery = make(3, 1, seed=11), make(15, 0, seed=12)
-    first = sstn.single_query_distances(query, gallery)
-    np.testing.assert_array_equal(sstn.single_query_distances(query, gallery), first)
+    first = sstn.single_query_distances(query, gallery, cache_key=("g", 1))
+    np.testing.assert_array_equal(sstn.single_query_distances(query, gallery, ("g", 1)), first)
     assert calls == [15]
-    sstn.single_query_distances(query, gallery.take(slice(0, 14)))
+    sstn.single_query_distances(query, gallery.take(slice(0, 14)), cache_key=("g", 2))
     assert calls == [15, 14]
+    sstn.single_query_distances(query, gallery)           # no key: computed, never cached
+    sstn.single_query_distances(query, gallery)
+    assert calls == [15, 14, 15, 15]

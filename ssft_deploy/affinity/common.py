@@ -30,6 +30,7 @@ from ssft_deploy.errors import InputError
 from ssft_deploy.features import Features
 
 # candidates(q_units [nq,D] f32, base_units [nb,D] f32, c) -> int64 [nq, c] local base indices,
+# -1 where a method found fewer than c (refine ranks those last; assemble pads them as (i, 0));
 # or (indices, float32 scores [nq, c]) ordered by descending score (see refine_checked)
 Candidates = Callable[[np.ndarray, np.ndarray, int], Any]
 
@@ -106,7 +107,8 @@ def refine(q: np.ndarray, base: np.ndarray, cand: np.ndarray, k: int
     """Exact top-k among candidate columns: d in float64, order (-d, index).
 
     q [nq,D], base [nb,D] float64 unit vectors (``unit(x, np.float64)``); cand [nq,c] local base
-    indices. Returns local indices [nq, min(k,c)] and d (float64) of the same shape.
+    indices, -1 for none. Returns local indices [nq, min(k,c)] and d (float64) of the same shape;
+    a slot without a candidate holds index -1 and d = -inf.
     """
     nq, c = cand.shape
     kk = min(k, c)
@@ -117,7 +119,8 @@ def refine(q: np.ndarray, base: np.ndarray, cand: np.ndarray, k: int
         ci = cand[s:s + REFINE_ROWS]
         # einsum, not a batched matmul: BLAS may round the same pair differently at different
         # positions, which would break exact ties between identical samples
-        d = d_from_cos(np.einsum("bd,bcd->bc", q[s:s + REFINE_ROWS], base[ci]))
+        d = d_from_cos(np.einsum("bd,bcd->bc", q[s:s + REFINE_ROWS], base[ci.clip(min=0)]))
+        d[ci < 0] = -np.inf
         top = _order(d, ci)[:, :kk]
         out_i[s:s + REFINE_ROWS] = np.take_along_axis(ci, top, axis=1)
         out_d[s:s + REFINE_ROWS] = np.take_along_axis(d, top, axis=1)
@@ -182,13 +185,15 @@ def assemble(feats: Features, k: int, candidates: Candidates, slack: int = SLACK
                 continue
             c = min(cols.size, k + slack)
             (q64, q), (base64, base) = get(kind, m), get(kind, other)
-            found = candidates(q, base, c)
-            if isinstance(found, tuple):  # scores too: re-rank only near-tie rows
-                loc, d = refine_checked(q64, base64, np.asarray(found[0], dtype=np.int64),
-                                        np.asarray(found[1], dtype=np.float32), k)
+            proposed = candidates(q, base, c)
+            if isinstance(proposed, tuple):  # scores too: re-rank only near-tie rows
+                loc, d = refine_checked(q64, base64, np.asarray(proposed[0], dtype=np.int64),
+                                        np.asarray(proposed[1], dtype=np.float32), k)
             else:
-                loc, d = refine(q64, base64, np.asarray(found, dtype=np.int64), k)
+                loc, d = refine(q64, base64, np.asarray(proposed, dtype=np.int64), k)
             kk = loc.shape[1]
-            idx[rows, half * k: half * k + kk] = cols[loc]
-            w[rows, half * k: half * k + kk] = d.astype(np.float32)
+            found = loc >= 0  # slots the method could not fill keep the (i, 0) padding
+            idx[rows, half * k: half * k + kk] = np.where(found, cols[loc.clip(min=0)],
+                                                          rows[:, None])
+            w[rows, half * k: half * k + kk] = np.where(found, d, 0.0).astype(np.float32)
     return idx, w

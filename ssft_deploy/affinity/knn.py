@@ -62,18 +62,14 @@ def build_index(base: np.ndarray, index: str = "flat", nlist: int | None = None,
 
 
 def search(ix: Any, q: np.ndarray, c: int, nprobe: int = 16, ef_search: int = 64) -> np.ndarray:
-    """Indices [nq, c] of the c best inner products (missing results, -1, are replaced by the
-    best found so far so the refinement still sees valid rows)."""
+    """Indices [nq, c] of the c best inner products; a slot the index could not fill (an IVF
+    probe that reached fewer than c points) stays -1, which ``assemble`` pads as ``(i, 0)``."""
     if hasattr(ix, "nprobe"):
         ix.nprobe = nprobe
     if hasattr(ix, "hnsw"):
         ix.hnsw.efSearch = max(ef_search, c)
     _, found = ix.search(np.ascontiguousarray(q, dtype=np.float32), c)
-    found = found.astype(np.int64)
-    missing = found < 0
-    if missing.any():
-        found = np.where(missing, found[:, :1].clip(min=0), found)
-    return found
+    return found.astype(np.int64)
 
 
 def candidate_fn(index: str = "flat", nprobe: int = 16, ef_search: int = 64,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RGB, IR = 0, 1
+from ssft_deploy.modality import IR, RGB  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from ssft_deploy.bundle import (
 )
 from ssft_deploy.engines.tensorrt import _import_trt
 from ssft_deploy.errors import EngineError
+from ssft_deploy.fileio import durable_write
 
 log = logging.getLogger("ssft_deploy.engines")
 
@@ -88,11 +89,9 @@ def build_plan(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *, ma
     if plan is None:
         raise EngineError(f"TensorRT failed to build an engine from {onnx_path} (see its log)")
     plan_path = Path(plan_path)
-    tmp = plan_path.with_suffix(plan_path.suffix + ".tmp")
-    tmp.write_bytes(bytes(plan))
-    os.replace(tmp, plan_path)
+    durable_write(plan_path, bytes(plan))
     if cache_path:
-        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        durable_write(cache_path, bytes(config.get_timing_cache().serialize()))
     here = current_trt_platform()
     return {"file": plan_path.name, "sha256": sha256_file(plan_path), "format": "tensorrt",
             "gpu": here.gpu, "compute_capability": here.compute_capability,

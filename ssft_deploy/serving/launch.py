@@ -115,6 +115,7 @@ class TritonServerProcess:
         self.python = python or triton_python()
         self.args = ["--max-batch", str(max_batch), "--queue-delay-us", str(queue_delay_us),
                      "--precision", precision, "--backend", backend, "--top", str(top)]
+        self.gallery = gallery
         if gallery is not None:
             self.args += ["--gallery", str(gallery)]
         if allow_remote:
@@ -149,6 +150,12 @@ class TritonServerProcess:
         return env
 
     def start(self) -> TritonServerProcess:
+        if self.gallery is not None:  # refuse another bundle's gallery before anything starts
+            from ssft_deploy.bundle import load_bundle
+            from ssft_deploy.gallery import bundle_binding
+            from ssft_deploy.serving.pytriton_server import load_gallery
+
+            load_gallery(self.gallery, bundle_binding(load_bundle(self.bundle)))
         check_ports_free(self.host, {"http": self.http_port, "grpc": self.grpc_port,
                                      "metrics": self.metrics_port})
         reason = unavailable_reason(self.python)

@@ -137,15 +137,19 @@ def save_gallery(path: str | os.PathLike, feats, pids: np.ndarray, camids: np.nd
              pids=np.asarray(pids, np.int64), camids=np.asarray(camids, np.int64))
 
 
-def load_gallery(path: str | os.PathLike) -> Gallery:
-    """A ``Gallery.save`` file or a ``save_gallery`` ``.npz`` (entry ids = its rows) -> Gallery."""
+def load_gallery(path: str | os.PathLike, binding=None) -> Gallery:
+    """A ``Gallery.save`` file or a ``save_gallery`` ``.npz`` (entry ids = its rows) -> Gallery;
+    with ``binding`` (the served bundle's), GalleryError for another bundle's gallery."""
     from ssft_deploy.features import Features
     from ssft_deploy.gallery import MAGIC, Gallery
 
-    with open(path, "rb") as fh:
-        is_gallery = fh.read(len(MAGIC)) == MAGIC
+    try:
+        with open(path, "rb") as fh:
+            is_gallery = fh.read(len(MAGIC)) == MAGIC
+    except OSError as exc:
+        raise GalleryError(f"cannot read gallery file {path}: {exc}") from exc
     if is_gallery:
-        return Gallery.load(path)
+        return Gallery.load(path, binding)
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in GALLERY_KEYS if k not in z.files]
@@ -157,6 +161,8 @@ def load_gallery(path: str | os.PathLike) -> Gallery:
         raise GalleryError(f"cannot read gallery file {path}: {exc}") from exc
     feats = Features(arrays["shared"], arrays["specific"], arrays["modality"])
     gallery = Gallery(*feats.dims)
+    if binding is not None:
+        gallery.bind(binding)
     gallery.add(feats, arrays["pids"], arrays["camids"])
     return gallery
 
@@ -224,7 +230,9 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
 
     runtime = ReIDRuntime.open(bundle, precision=precision, backend=backend,
                                max_batch=max_batch)
-    gal = load_gallery(gallery) if gallery else None
+    from ssft_deploy.gallery import bundle_binding
+
+    gal = load_gallery(gallery, bundle_binding(runtime.bundle)) if gallery else None
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host,
                           grpc_port=grpc_port, metrics_address=host, metrics_port=metrics_port,
                           exit_timeout_secs=5, log_verbose=0)

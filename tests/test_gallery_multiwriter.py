@@ -1,0 +1,132 @@
+"""Many writers, nothing lost (issue 13 item 4): several processes add and remove entries in one
+local store while another process searches; the final count is adds minus removes and no search
+raises. (Milvus Lite admits one process, so this runs on the local store's multi-process mode.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ssft_deploy.gallery import open_gallery
+
+pytest.importorskip("faiss", reason="the local store's k-NN needs faiss (pip install faiss-cpu)")
+ROOT = Path(__file__).resolve().parents[1]
+DIMS = (16, 8)
+
+WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    import numpy as np
+    from ssft_deploy.features import Features
+    from ssft_deploy.gallery import open_gallery
+    path, wid, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    g = open_gallery(path, {dims!r})
+    rng = np.random.default_rng(wid)
+    adds = removes = 0
+    for r in range(rounds):
+        n = 3
+        ids = wid * 100000 + r * 10 + np.arange(n)
+        f = Features(rng.standard_normal((n, {ds})), rng.standard_normal((n, {dp})), r % 2)
+        g.add(f, pids=ids % 50, camids=wid, entry_ids=ids)
+        g.add(f, pids=ids % 50, camids=wid, entry_ids=ids)      # a retried batch: idempotent
+        adds += n
+        if r % 3 == 2:
+            removes += g.remove(entry_ids=ids[:2])
+    print(adds, removes, flush=True)
+""")
+
+SEARCHER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    import numpy as np
+    from ssft_deploy.features import Features
+    from ssft_deploy.gallery import open_gallery
+    path, stop = sys.argv[1], sys.argv[2]
+    g = open_gallery(path, {dims!r})
+    rng = np.random.default_rng(99)
+    searches = 0
+    import os
+    while not os.path.exists(stop) or searches < 5:
+        q = Features(rng.standard_normal((2, {ds})), rng.standard_normal((2, {dp})), [0, 1])
+        if len(g):
+            g.search(q, top=5, shortlist=4)
+            g.search(q, top=5)
+        searches += 1
+    print(searches, flush=True)
+""")
+
+
+def test_writers_and_a_searcher_share_one_local_store(tmp_path):
+    path = tmp_path / "shared.gallery"
+    open_gallery(path, DIMS)                                # create it once
+    fmt = {"root": str(ROOT), "dims": DIMS, "ds": DIMS[0], "dp": DIMS[1]}
+    (tmp_path / "w.py").write_text(WRITER.format(**fmt))
+    (tmp_path / "s.py").write_text(SEARCHER.format(**fmt))
+    stop = tmp_path / "stop"
+    searcher = subprocess.Popen([sys.executable, str(tmp_path / "s.py"), str(path), str(stop)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writers = [subprocess.Popen([sys.executable, str(tmp_path / "w.py"), str(path), str(i), "12"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(1, 4)]
+    adds = removes = 0
+    for w in writers:
+        out, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err
+        a, r = map(int, out.split())
+        adds, removes = adds + a, removes + r
+    stop.touch()
+    out, err = searcher.communicate(timeout=300)
+    assert searcher.returncode == 0, err                   # no search raised
+    assert int(out) >= 5
+    assert removes == 3 * 4 * 2
+    assert len(open_gallery(path, DIMS)) == adds - removes
+
+
+KILLED = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    import numpy as np
+    from ssft_deploy.features import Features
+    from ssft_deploy.gallery import open_gallery
+    g = open_gallery(sys.argv[1], {dims!r})
+    rng = np.random.default_rng(1)
+    def fsync(fd):                       # stop for good inside the write, before the rename
+        print("in-write", flush=True)
+        time.sleep(60)
+    os.fsync = fsync
+    g.add(Features(rng.standard_normal((50, {ds})), rng.standard_normal((50, {dp})), 0),
+          pids=np.arange(50), camids=1)
+""")
+
+
+def test_a_writer_killed_mid_batch_leaves_none_of_it(tmp_path):
+    import os
+    import signal
+
+    import numpy as np
+
+    from ssft_deploy.features import Features
+
+    path = tmp_path / "g.gallery"
+    g = open_gallery(path, DIMS)
+    rng = np.random.default_rng(0)
+    g.add(Features(rng.standard_normal((5, 16)), rng.standard_normal((5, 8)), 1), pids=np.arange(5),
+          camids=1)
+    script = tmp_path / "k.py"
+    script.write_text(KILLED.format(root=str(ROOT), dims=DIMS, ds=DIMS[0], dp=DIMS[1]))
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "in-write"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    again = open_gallery(path, DIMS)                         # the lock died with the writer
+    assert len(again) == 5 and len(g) == 5
+    again.add(Features(rng.standard_normal((1, 16)), rng.standard_normal((1, 8)), 0), pids=[9],
+              camids=1)
+    assert len(g) == 6                                       # the other handle sees the write
