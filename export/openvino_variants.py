@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from export import variants as reg
+from export.manifest import file_entry
 
 #: OpenVINO variant -> the variant whose files it reads
 SOURCES = {"bf16": "fp32", "ov-int8": "int8"}
@@ -38,7 +39,9 @@ def openvino_variants(bundle_dir: str | os.PathLike, variants: dict[str, dict[st
         if why:
             say(f"OpenVINO {name} skipped: {why}")
             continue
-        out[name] = reg.manifest_entries(bundle_dir, name, backend="openvino")
-        for g, e in out[name].items():  # keep what the source entry records (calibration...)
-            e.update({k: v for k, v in variants[source][g].items() if k not in e})
+        files = reg.spec(name).files
+        # the graphs the source variant has (a timing bundle may hold one extractor only),
+        # keeping what its entries record (calibration, activations...)
+        out[name] = {g: {**e, **file_entry(bundle_dir, files[g]), "backend": "openvino"}
+                     for g, e in variants[source].items()}
     return out

@@ -204,3 +204,21 @@ def test_unsupported_precision_is_refused_by_auto(demo_bundle):
         open_engine(b, "extractor_rgb", "fp16", "openvino")
     if "BF16" in ovmod.cpu_capabilities():
         assert choose_backend(b, "extractor_rgb", "bf16").name == "openvino"
+
+
+def test_openvino_variants_cover_the_graphs_the_source_has(tmp_path):
+    """A timing bundle with one extractor gets OpenVINO entries for that graph only."""
+    from export.manifest import file_entry
+
+    for name in ("extractor_rgb.onnx", "extractor_rgb.int8.onnx"):
+        (tmp_path / name).write_bytes(name.encode())
+    variants = {"fp32": {"extractor_rgb": file_entry(tmp_path, "extractor_rgb.onnx")},
+                "int8": {"extractor_rgb": file_entry(tmp_path, "extractor_rgb.int8.onnx",
+                                                     activations="u8")}}
+    out = openvino_variants(tmp_path, variants, say=lambda m: None)
+    assert set(out["ov-int8"]) == {"extractor_rgb"}
+    assert out["ov-int8"]["extractor_rgb"]["file"] == "extractor_rgb.int8.onnx"
+    assert out["ov-int8"]["extractor_rgb"]["activations"] == "u8"
+    assert all(e["backend"] == "openvino" for v in out.values() for e in v.values())
+    if "BF16" in ovmod.cpu_capabilities():
+        assert out["bf16"]["extractor_rgb"]["file"] == "extractor_rgb.onnx"
