@@ -62,6 +62,7 @@ def prepare(out: Path, arch: str, size: tuple[int, int], seed: int = 0,
     from export.onnx_graphs import export_extractor
     from export.openvino_variants import openvino_variants
     from export.quantize import quantize_int8
+    from ssft_deploy.bundle import write_manifest
     from ssft_deploy.datasets import synthetic
     from ssft_deploy.preprocess import Preprocessor
     from train.model import save_checkpoint
@@ -82,5 +83,5 @@ def prepare(out: Path, arch: str, size: tuple[int, int], seed: int = 0,
                 "int8": {GRAPH: mf.file_entry(root, f"{GRAPH}.int8.onnx", activations="u8")}}
     variants.update(openvino_variants(root, variants, say))
     info = mf.model_section(model)
-    mf.write(root, mf.build_manifest(info, variants, export={"random_model": want}))
+    write_manifest(root, mf.build_manifest(info, variants, export={"random_model": want}))
     return root
