@@ -157,7 +157,6 @@ def test_figures_come_from_clean_rounds_when_there_are_some():
 def test_targets_use_only_gated_cpu_variants(tmp_path):
     from benchmarks.latency_report import targets
     from ssft_deploy.bundle import write_manifest
-
     from tests.bundle_factory import gate
 
     bundle = make_bundle(tmp_path / "bundle")
