@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(VPY) -m pip install -q -e '.[train,export,knn,dev,video,milvus]'
+	$(VPY) -m pip install -q -e '.[train,export,knn,dev,video,milvus,openvino]'
 	touch $(STAMP)
 
 setup: $(STAMP)

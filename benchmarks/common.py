@@ -165,8 +165,11 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from ssft_deploy.engines.autoselect import cpu_info
+
     return {
         "cpu": _cpu_model(),
+        "isa": cpu_info()["isa"],
         "logical_cores": os.cpu_count(),
         "physical_cores": _physical_cores(),
         "usable_cores": usable,
@@ -176,8 +179,8 @@ def machine_info() -> dict[str, Any]:
         "threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                         "MKL_NUM_THREADS")},
         "python": platform.python_version(),
-        "versions": {d: _version(d) for d in ("numpy", "onnxruntime", "onnxruntime-gpu", "torch",
-                                              "faiss-cpu", "tensorrt", "ssft-deploy")},
+        "versions": {d: _version(d) for d in ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino",
+                                              "torch", "faiss-cpu", "tensorrt", "ssft-deploy")},
     }
 
 

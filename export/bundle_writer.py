@@ -37,6 +37,7 @@ class ExportOptions:
     exporter: str = DEFAULT_EXPORTER
     verify: bool = True
     verify_data: str | None = None
+    openvino: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -94,6 +95,10 @@ def export_onnx_variants(model: Any, out: Path, info: dict, opts: ExportOptions,
         for g in EXTRACTORS:
             variants["int8"][g].update(calibration="train split",
                                        activations=opts.int8_activations)
+    if opts.openvino:
+        from export.openvino_variants import openvino_variants
+
+        variants.update(openvino_variants(out, variants, say))
     return variants
 
 

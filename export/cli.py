@@ -34,6 +34,9 @@ def _say(msg: str) -> None:
               show_default=True,
               help="s8: symmetric (TensorRT-readable); u8: asymmetric, ~3x faster on ORT CPU "
                    "but not usable by TensorRT; auto: s8 with --trt, else u8.")
+@click.option("--openvino", is_flag=True,
+              help="Add OpenVINO variants, each gated: bf16 (the fp32 graphs at bf16, where this "
+                   "CPU has AVX512_BF16 / AMX) and, with --int8, ov-int8 (the QDQ graphs).")
 @click.option("--trt", is_flag=True, help="Build TensorRT engines (needs tensorrt and a GPU).")
 @click.option("--workspace", type=click.IntRange(1 << 20), default=4 << 30, show_default=True,
               help="TensorRT workspace limit in bytes.")
@@ -60,7 +63,8 @@ def _say(msg: str) -> None:
 def main(model_path: str, out: str | None, fp16: bool, int8: bool, calib: str | None,
          calib_images: int, int8_activations: str, trt: bool, workspace: int, max_batch: int,
          max_n: int, exporter: str, no_verify: bool, verify_data: str | None,
-         triton_repo: str | None, triton_variant: str | None, allow_ungated: bool) -> None:
+         triton_repo: str | None, triton_variant: str | None, allow_ungated: bool,
+         openvino: bool) -> None:
     """Export the cm-SSFT checkpoint MODEL_PATH to a bundle the ssft_deploy runtime loads."""
     try:
         if int8 and not calib:
@@ -83,7 +87,8 @@ def main(model_path: str, out: str | None, fp16: bool, int8: bool, calib: str | 
         opts = ExportOptions(fp16=fp16, int8=int8, calib=calib, calib_images=calib_images,
                              int8_activations=int8_activations,
                              trt=trt, workspace=workspace, max_batch=max_batch, max_n=max_n,
-                             exporter=exporter, verify=not no_verify, verify_data=verify_data)
+                             exporter=exporter, verify=not no_verify, verify_data=verify_data,
+                             openvino=openvino)
         manifest = write_bundle(model, out_dir, opts, _say)
         _say(f"bundle written: {out_dir} (variants: {', '.join(manifest['variants'])})")
         if triton_repo:

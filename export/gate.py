@@ -60,6 +60,8 @@ def runnable(bundle: Bundle, variant: str) -> str | None:
         return f"not in the gate's registry (export/variants.py: {sorted(reg.VARIANTS)})"
     backend = reg.VARIANTS[variant].backend
     reason = BACKENDS[backend].unavailable_reason() if backend in BACKENDS else "unknown backend"
+    if reason is None and hasattr(BACKENDS[backend], "supports"):  # e.g. bf16 without AVX512_BF16
+        reason = BACKENDS[backend].supports(reg.run_as(variant))
     return None if reason is None else f"backend {backend!r} unavailable here: {reason}"
 
 

@@ -50,6 +50,11 @@ VARIANTS: dict[str, VariantSpec] = {
     "trt-fp32": VariantSpec("fp32", "tensorrt", _files(".plan")),
     "trt-fp16": VariantSpec("fp16", "tensorrt", _files(".fp16.plan")),
     "trt-int8": VariantSpec("int8", "tensorrt", _files(".int8.plan", transfer="transfer.plan")),
+    # OpenVINO (export/openvino_variants.py): bf16 runs the fp32 graphs at bf16 inference
+    # precision; ov-int8 the int8 QDQ extractors (fp32 transfer) on OpenVINO's int8 kernels
+    "bf16": VariantSpec("bf16", "openvino", FP32_FILES),
+    "ov-int8": VariantSpec("int8", "openvino", _files(".int8.onnx", transfer="transfer.onnx"),
+                           run_as="int8"),
 }
 
 

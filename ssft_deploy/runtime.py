@@ -79,10 +79,19 @@ class ReIDRuntime:
              gallery: GalleryStore | None = None, allow_ungated: bool = False) -> ReIDRuntime:
         """Load and verify ``bundle``, open both extractors and the transfer graph.
 
-        The transfer graph falls back to fp32 when the bundle has none at ``precision``.
-        Variants without a pass verdict of the parity gate are refused unless ``allow_ungated``.
+        ``precision="auto"`` picks the fastest gated (backend, precision) on this machine from a
+        short measurement cached per machine and bundle (``engines.autoselect``); an explicit
+        ``backend`` restricts it. The transfer graph falls back to fp32 when the bundle has none
+        at ``precision``. Variants without a pass verdict of the parity gate are refused unless
+        ``allow_ungated`` (``precision="auto"`` never picks them).
         """
         b = load_bundle(bundle, allow_ungated=allow_ungated)
+        pick = None
+        if precision == "auto":
+            from ssft_deploy.engines.autoselect import choose
+
+            pick = choose(b, backend, batch=min(max_batch, 8), intra_op_threads=intra_op_threads)
+            backend, precision = pick.backend, pick.precision
         opts = {"intra_op_threads": intra_op_threads, "device_id": device_id}
         extractors = {m: open_engine(b, g, precision, backend, **opts)
                       for m, g in _EXTRACTORS.items()}
@@ -97,10 +106,12 @@ class ReIDRuntime:
             transfer = open_engine(b, "transfer", t_precision, backend, **opts)
         log.info("runtime: %s %s, extractors on %s, transfer on %s", b.root, precision,
                  extractors[0].name, transfer.name)
-        return cls(b, extractors, transfer, affinity=affinity, max_batch=max_batch,
-                   rolling_size=rolling_size, gallery=gallery,
-                   transfer_fallback=unlimited_fallback(b, "transfer", t_precision, transfer,
-                                                        **opts))
+        rt = cls(b, extractors, transfer, affinity=affinity, max_batch=max_batch,
+                 rolling_size=rolling_size, gallery=gallery,
+                 transfer_fallback=unlimited_fallback(b, "transfer", t_precision, transfer,
+                                                      **opts))
+        rt.selection = pick  # the autoselect.Choice behind precision="auto" (None: explicit)
+        return rt
 
     # -- extraction ---------------------------------------------------------------------------
     def extract_array(self, images: np.ndarray, modality: str | int) -> tuple[np.ndarray,

@@ -55,3 +55,90 @@ def test_worker_threads_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch
         out[threads] = topk_affinity(shared, specific, modality, k=4, method="dense")
     np.testing.assert_array_equal(out["1"][0], out["3"][0])
     np.testing.assert_array_equal(out["1"][1], out["3"][1])
+
+
+def test_row_major_order_matches_lexsort() -> None:
+    rng = np.random.default_rng(7)
+    n = 3000
+    rows = rng.integers(0, 40, n)
+    cols = rng.permutation(n) % 700             # unique (row, col) is not required for order
+    s = np.round(rng.standard_normal(n), 1).astype(np.float32)  # many exact ties
+    s[:50] = 0.0
+    s[50:100] = -0.0                            # equal to +0.0: ties broken by column
+    ref = np.lexsort((cols, -s, rows))
+    got = dense.row_major_order(rows, s, cols, 40, 700)
+    key = list(zip(rows[got], -s[got], cols[got]))
+    assert key == list(zip(rows[ref], -s[ref], cols[ref]))
+    # too many bits for one uint64 key: the lexsort fallback
+    np.testing.assert_array_equal(dense.row_major_order(rows, s, cols, 1 << 31, 1 << 20),
+                                  np.lexsort((cols, -s, rows)))
+
+
+def _near_tie_inputs(n: int = 600, dim: int = 24, seed: int = 11):
+    """Features where many rows have a float32-unresolvable tie at the k-th place: clusters of
+    copies perturbed by ~1e-7 (far below float32 score resolution)."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n // 6, dim))
+    x = np.repeat(base, 6, axis=0) + 1e-7 * rng.standard_normal((n, dim))
+    return x.astype(np.float32)
+
+
+def test_checked_selection_equals_full_refinement(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ssft_deploy.affinity import common
+
+    for tied, x in ((True, _near_tie_inputs()),
+                    (False, np.random.default_rng(3).standard_normal((600, 24)))):
+        u64 = common.unit(x, np.float64)
+        u32 = u64.astype(np.float32)
+        cand, scores = dense.candidates(u32, u32, 8, with_scores=True)
+        np.testing.assert_array_equal(scores, np.take_along_axis(u32 @ u32.T, cand, axis=1))
+        full_i, full_d = common.refine(u64, u64, cand, 4)
+        seen: list[int] = []
+        real = common.refine
+
+        def counting(q, base, c, k, real=real, seen=seen):
+            if c.shape[1] > k:
+                seen.append(len(q))   # rows re-ranked over all candidates
+            return real(q, base, c, k)
+
+        monkeypatch.setattr(common, "refine", counting)
+        got_i, got_d = common.refine_checked(u64, u64, cand, scores, 4)
+        monkeypatch.setattr(common, "refine", real)
+        np.testing.assert_array_equal(got_i, full_i)
+        np.testing.assert_array_equal(got_d, full_d)
+        near = int(((scores[:, 3] - scores[:, 4]) <= common.tie_margin(24)).sum())
+        assert seen == ([near] if near else [])
+        # copies tie at the k-th place on every row; random rows are mostly clear and skip the
+        # float64 re-ranking of all candidates
+        assert near == len(x) if tied else near < len(x) // 10
+
+
+def test_float32_tie_at_kth_place_is_settled_in_float64() -> None:
+    from ssft_deploy.affinity import common, topk_affinity
+
+    # b (index 2) is a one-ulp nudge of a (index 1) towards q: exactly closer to q, but their
+    # float32 scores tie, and a float32 ranking would keep the smaller index, a.
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal(16).astype(np.float32)
+    a = rng.standard_normal(16).astype(np.float32)
+    b = a.copy()
+    b[8] = np.nextafter(b[8], np.float32(np.inf) * np.sign(q[8]))
+    specific = np.stack([q, a, b, -q])
+    u64 = common.unit(specific, np.float64)
+    u32 = u64.astype(np.float32)
+    assert (u64 @ u64[0])[2] > (u64 @ u64[0])[1] and (u32 @ u32[0])[1] >= (u32 @ u32[0])[2]
+    idx, _ = topk_affinity(specific, specific, np.zeros(4, np.int64), k=2, method="dense")
+    assert list(idx[0, :2]) == [0, 2]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("faiss") is None,
+                    reason="faiss-cpu is not installed")
+def test_dense_checked_and_knn_full_refinement_identical_on_near_ties() -> None:
+    from ssft_deploy.affinity import topk_affinity
+
+    shared, specific = _near_tie_inputs(seed=1), _near_tie_inputs(seed=2)
+    modality = (np.arange(600) % 3 == 0).astype(np.int64)
+    i_dense, w_dense = topk_affinity(shared, specific, modality, k=4, method="dense")
+    i_knn, w_knn = topk_affinity(shared, specific, modality, k=4, method="knn")
+    np.testing.assert_array_equal(i_dense, i_knn)
+    np.testing.assert_array_equal(w_dense, w_knn)

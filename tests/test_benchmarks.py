@@ -82,33 +82,114 @@ def test_transfer_gemms_and_ratio():
     assert res["ratio_dense_to_gemms"] == pytest.approx(res["steps"]["dense"] / res["gemms_s"])
 
 
-def test_latency_cli_quick(tmp_path, monkeypatch):
+def test_latency_cli_quick(tmp_path):
     from benchmarks import latency
 
     bundle = make_bundle(tmp_path / "bundle")
     out = tmp_path / "bench"
     res = CliRunner().invoke(latency.main, [
         "--bundle", str(bundle), "--checkpoint", str(tmp_path / "none.pth"), "--quick",
-        "--batch-sizes", "1,4", "--no-transfer", "--out", str(out)])
+        "--batch-sizes", "1,4", "--no-transfer", "--no-autoselect", "--out", str(out)])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "latency.json").read_text())
     assert (out / "latency.png").stat().st_size > 0
     assert data["summary"]["reference_batch"] == 4
-    assert set(data["summary"]["throughput"]) == {"ort-cpu/fp32"}
-    assert [r["batch"] for r in data["results"]] == [1, 4]
-    assert {s["name"] for s in data["skipped"]} >= {"torch/fp32", "ort-cpu/int8"}
-    assert set(data["targets"]) == {"ort_fp32_vs_torch", "ort_fp32_gemm_fraction",
-                                    "int8_vs_ort_fp32", "transfer_vs_gemms"}
+    assert data["config"]["process_per_variant"] is True
+    assert set(data["machine"]["isa"]) >= {"amx_tile", "avx512_bf16", "avx512_vnni", "avx2"}
+    model = data["models"][0]
+    names = {r["name"] for r in model["results"]}
+    assert "ort-cpu/fp32" in names and set(data["summary"]["throughput"]) == names
+    assert [r["batch"] for r in model["results"] if r["name"] == "ort-cpu/fp32"] == [1, 4]
+    for r in model["results"]:  # real precision and the load record on every row
+        assert r["actual_precision"] and r["rounds"] == 2 and 0 <= r["rounds_under_load"] <= 2
+        assert len(r["load_before"]) == len(r["load_after"]) == 2
+    assert all({"load_before", "load_after", "under_load"} <= set(rec) for rec in model["rounds"])
+    assert model["parity"]["ort-cpu/fp32"]["min_cos"] == pytest.approx(1.0)
+    assert {s["name"] for s in model["skipped"]} >= {"torch/fp32", "ort-cpu/int8"}
+    assert {"best_gated_cpu_vs_torch", "openvino_int8_vs_ort_int8", "auto_picks_fastest",
+            "transfer_vs_gemms"} <= set(data["targets"])
     # the tiny graph is GlobalAveragePool + two [B,3] @ [3,D] MatMuls
-    assert data["extractor_gflop_per_image"] == pytest.approx(2 * 3 * (6 + 5) / 1e9)
+    assert model["gflop_per_image"] == pytest.approx(2 * 3 * (6 + 5) / 1e9)
 
 
-def test_latency_without_bundle_says_make_demo(tmp_path):
+def test_latency_with_a_missing_bundle_says_make_demo(tmp_path):
     from benchmarks import latency
 
     res = CliRunner().invoke(latency.main, ["--bundle", str(tmp_path / "missing")])
     assert res.exit_code == 2
     assert "make demo" in res.output
+
+
+def test_slices_under_load_are_flagged(monkeypatch):
+    from benchmarks import workers
+
+    spec = {"kind": "gemm", "m_per_image": 8, "n": 8, "k": 8, "input_size": [4, 4],
+            "mean": [0, 0, 0], "std": [1, 1, 1]}
+    w = workers.Worker("gemm", spec)
+    try:
+        assert w.ok, w.reason
+        busy = iter([100.0, 100.0])  # nobody else busy
+        monkeypatch.setattr(workers, "busy_seconds", lambda: next(busy))
+        quiet = w.time(batch=1, budget_s=0.05, warmup=0)
+        busy = iter([100.0, 200.0])  # others took 100 CPU-seconds during the slice
+        loaded = w.time(batch=1, budget_s=0.05, warmup=0)
+    finally:
+        w.close()
+    assert quiet["others_cores"] == 0.0 and not quiet["under_load"]
+    assert loaded["others_cores"] > workers.LOAD_FLAG_CORES and loaded["under_load"]
+    assert quiet["samples"] and quiet["load_before"] is not None
+
+
+def test_figures_come_from_clean_rounds_when_there_are_some():
+    from benchmarks.latency_report import summarize_slices
+
+    def sl(t, loaded):
+        return {"samples": [t] * 4, "under_load": loaded, "others_cores": 1.0 if loaded else 0.0,
+                "load_before": 1.0, "load_after": 1.0}
+
+    mixed = summarize_slices([sl(0.1, False), sl(1.0, True)], items=10, flops=None)
+    assert mixed["throughput"] == pytest.approx(100.0) and mixed["from_rounds"] == "clean"
+    assert mixed["rounds_under_load"] == 1 and mixed["throughput_all_rounds"] < 100.0
+    loaded = summarize_slices([sl(1.0, True)], items=10, flops=None)
+    assert loaded["throughput"] == pytest.approx(10.0) and loaded["from_rounds"].startswith("all")
+
+
+def test_targets_use_only_gated_cpu_variants(tmp_path):
+    from benchmarks.latency_report import targets
+    from ssft_deploy.bundle import write_manifest
+    from tests.bundle_factory import gate
+
+    bundle = make_bundle(tmp_path / "bundle")
+    man = json.loads((bundle / "manifest.json").read_text())
+    fp32 = man["variants"]["fp32"]
+    man["variants"]["int8"] = {g: dict(e) for g, e in fp32.items()}
+    for v in ("ov-int8", "bf16"):
+        man["variants"][v] = {g: {**e, "backend": "openvino"} for g, e in fp32.items()}
+    write_manifest(bundle, man)
+    gate(bundle, variants=["int8", "ov-int8", "bf16"])
+    man = json.loads((bundle / "manifest.json").read_text())
+    man["gate"]["variants"]["bf16"]["verdict"] = "fail"
+    write_manifest(bundle, man)
+
+    def row(name, thr):
+        b, p = name.split("/")
+        return {"name": name, "backend": b, "precision": p, "batch": 32, "throughput": thr}
+
+    speeds = {"torch/fp32": 5.0, "ort-cpu/fp32": 10.0, "ort-cpu/int8": 30.0,
+              "openvino/int8": 45.0, "openvino/bf16": 60.0}  # bf16 failed its gate
+    prod = {"kind": "arch", "label": "r50", "results": [row(n, t) for n, t in speeds.items()],
+            "parity": {}, "gemm": []}
+    demo = {"kind": "bundle", "label": "bundle", "bundle": str(bundle), "parity": {},
+            "results": [row("ort-cpu/fp32", 300.0)], "gemm": []}
+    tgt = targets([demo, prod], None, {"ratio": 1.0}, 32)
+    best = tgt["best_gated_cpu_vs_torch"]
+    assert best["value"] == pytest.approx(45.0 / 5.0) and "openvino/int8" in best["target"]
+    assert "failed the parity gate" in best["gated"]["openvino/bf16"]
+    assert tgt["openvino_int8_vs_ort_int8"]["value"] == pytest.approx(1.5)
+    assert tgt["auto_picks_fastest"]["met"] is True
+    assert tgt["transfer_vs_gemms"]["met"] is None
+    # without a bundle nothing is gated: no figure rather than an unverified one
+    assert targets([prod], None, None, 32)["best_gated_cpu_vs_torch"]["value"] is None
 
 
 def test_transfer_scaling_subprocess_point(tmp_path):

@@ -88,7 +88,7 @@ def test_auto_picks_ort_cpu_here_and_logs(bundle, caplog):
 
 def test_named_unavailable_or_unknown_backend(bundle):
     with pytest.raises(EngineError, match="unknown backend"):
-        open_engine(bundle, "extractor_rgb", backend="openvino")
+        open_engine(bundle, "extractor_rgb", backend="nosuch")
     for name in ("ort-cuda", "tensorrt"):
         reason = backend_status()[name]
         if reason is None:

@@ -21,7 +21,7 @@ def test_without_gpu_every_step_says_why_and_the_json_is_written(tmp_path):
     steps = report["steps"]
     assert steps["probe"]["status"] == "skip" and "no GPU" in steps["probe"]["reason"]
     assert steps["probe"]["importable"]["numpy"] != "no"
-    assert set(steps["probe"]["backends"]) == {"tensorrt", "ort-cuda", "ort-cpu"}
+    assert set(steps["probe"]["backends"]) == {"tensorrt", "ort-cuda", "ort-cpu", "openvino"}
     assert steps["affinity"] == {"status": "skip", "seconds": steps["affinity"]["seconds"],
                                  "reason": "no GPU usable through CuPy or pycuda"}
     assert steps["nosuch"]["reason"] == "unknown step"

@@ -81,8 +81,8 @@ def main(out_dir: str, config: str, force: bool, trials: int) -> None:
           "--trials", str(trials), "--out", out / "eval.json",
           "--plot", out / "cmc.png"])
     step("export", bundle / "manifest.json",
-         [PY, "-m", "export.cli", model, "--out", bundle, "--fp16", "--int8", "--calib", data,
-          "--verify-data", data, "--triton-repo", out / "triton_repo"])
+         [PY, "-m", "export.cli", model, "--out", bundle, "--fp16", "--int8", "--openvino",
+          "--calib", data, "--verify-data", data, "--triton-repo", out / "triton_repo"])
     step("runtime-eval", out / "eval_runtime.json",
          [PY, "-m", "train.evaluate", bundle, "--data", data, *EVAL_ARGS,
           "--trials", str(trials), "--out", out / "eval_runtime.json"])

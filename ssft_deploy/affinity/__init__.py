@@ -59,8 +59,8 @@ def topk_affinity(shared: Any, specific: Any, modality: Any, k: int = 4, method:
         raise InputError(f"unknown option(s) {sorted(unknown)} for affinity method {method!r}; "
                          f"it takes {sorted(OPTIONS[method])}")
     if method == "dense":
-        def cand(q: np.ndarray, base: np.ndarray, c: int) -> np.ndarray:
-            return dense.candidates(q, base, c, **options)
+        def cand(q: np.ndarray, base: np.ndarray, c: int):
+            return dense.candidates(q, base, c, with_scores=True, **options)
     elif method == "knn":
         from ssft_deploy.affinity import knn
 

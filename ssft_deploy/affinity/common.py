@@ -6,6 +6,14 @@ largest inner products of unit vectors, since ``d`` of Eq. 7 is monotone in cosi
 and keeps the best ``k`` ordered by (descending d, ascending index). So dense, knn and cuda return
 the same neighbours and weights: float32 rounding of a method only matters if it pushes a true
 top-k neighbour below ``c`` candidates, which ``slack`` extra candidates guard against.
+
+A method that also returns its float32 scores lets most rows skip the float64 re-ranking of all
+``c`` candidates: a float32 score of unit vectors is within ``(D + 3) * 2**-24`` of the exact
+cosine (rounding of the unit vectors plus the worst-case error of any summation order), so where
+the k-th and (k+1)-th scores of a row differ by more than four times that (:func:`tie_margin`),
+the float32 top k *is* the exact top k and only its order is settled in float64 (``d`` of those k,
+needed for the weights anyway). Rows with a near-tie at the k-th place go through ``refine``.
+Both paths compute ``d`` of a pair with the same float64 code, so results stay identical.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ from ssft_deploy.errors import InputError
 from ssft_deploy.features import Features
 
 # candidates(q_units [nq,D] f32, base_units [nb,D] f32, c) -> int64 [nq, c] local base indices,
-# -1 where a method found fewer than c (refine ranks those last; assemble pads them as (i, 0))
-Candidates = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+# -1 where a method found fewer than c (refine ranks those last; assemble pads them as (i, 0));
+# or (indices, float32 scores [nq, c]) ordered by descending score (see refine_checked)
+Candidates = Callable[[np.ndarray, np.ndarray, int], Any]
 
 EPS = 1e-12  # same clamp as torch.nn.functional.normalize, so a zero vector maps to 0
 SLACK = 4    # extra candidates per half, re-ranked exactly by refine
@@ -120,6 +129,26 @@ def refine(q: np.ndarray, base: np.ndarray, cand: np.ndarray, k: int
     return out_i, out_d
 
 
+def tie_margin(dim: int) -> float:
+    """Smallest k-th / (k+1)-th float32 score gap that proves the float32 top k exact: four
+    times the float32 error bound of a unit-vector cosine in ``dim`` dimensions (see above)."""
+    return 4.0 * (dim + 3) * 2.0 ** -24 * 1.01
+
+
+def refine_checked(q: np.ndarray, base: np.ndarray, cand: np.ndarray, scores: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``refine``'s result from candidates already ordered by float32 ``scores`` (descending):
+    float64 ``d`` for the first k only, except on rows with a near-tie at the k-th place."""
+    if cand.shape[1] <= k:
+        return refine(q, base, cand, k)
+    near = (scores[:, k - 1] - scores[:, k]) <= tie_margin(q.shape[1])
+    out_i, out_d = refine(q, base, cand[:, :k], k)
+    if near.any():
+        rows = np.flatnonzero(near)
+        out_i[rows], out_d[rows] = refine(q[rows], base, cand[rows], k)
+    return out_i, out_d
+
+
 def _order(d: np.ndarray, ci: np.ndarray) -> np.ndarray:
     # Per-row order by descending d, ties by ascending index: sort by index first, then a
     # stable sort by -d keeps the index order among equal d.
@@ -156,8 +185,12 @@ def assemble(feats: Features, k: int, candidates: Candidates, slack: int = SLACK
                 continue
             c = min(cols.size, k + slack)
             (q64, q), (base64, base) = get(kind, m), get(kind, other)
-            cand = np.asarray(candidates(q, base, c), dtype=np.int64)
-            loc, d = refine(q64, base64, cand, k)
+            proposed = candidates(q, base, c)
+            if isinstance(proposed, tuple):  # scores too: re-rank only near-tie rows
+                loc, d = refine_checked(q64, base64, np.asarray(proposed[0], dtype=np.int64),
+                                        np.asarray(proposed[1], dtype=np.float32), k)
+            else:
+                loc, d = refine(q64, base64, np.asarray(proposed, dtype=np.int64), k)
             kk = loc.shape[1]
             found = loc >= 0  # slots the method could not fill keep the (i, 0) padding
             idx[rows, half * k: half * k + kk] = np.where(found, cols[loc.clip(min=0)],

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssft_deploy.affinity.common import parallel_map
+from ssft_deploy.affinity.common import parallel_map, workers
 
 COL_BLOCK = 8192
 TILE_ELEMS = 1 << 24   # scores per tile (64 MiB): large sgemm calls, bounded memory
-SELECT_ROWS = 256      # rows per selection pass, so its passes over the tile stay in cache
+SELECT_ELEMS = 1 << 20  # scores per selection pass (4 MiB), so its passes stay in cache
+SELECT_ROWS = 256      # fewest rows per selection pass (fewer Python-level calls on narrow tiles)
 GROUP = 16             # most columns per interleaved group (the wide tiles' best here)
 
 
@@ -45,6 +46,23 @@ def top_by_score(scores: np.ndarray, cols: np.ndarray, c: int) -> tuple[np.ndarr
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(cols, order, axis=1)
 
 
+def row_major_order(rows: np.ndarray, s: np.ndarray, cols: np.ndarray, nr: int, nb: int
+                    ) -> np.ndarray:
+    """Permutation sorting entries by row, then descending score, then column: one sort of a
+    packed uint64 key (an order-preserving bit pattern of the float32 score) where it fits, else
+    ``np.lexsort`` (several times slower)."""
+    col_bits, row_bits = max(1, int(nb - 1).bit_length()), max(1, int(nr - 1).bit_length())
+    if row_bits + 32 + col_bits > 64:
+        return np.lexsort((cols, -s, rows))
+    bits = (np.asarray(s, np.float32) + np.float32(0.0)).view(np.uint32)  # -0.0 -> +0.0
+    # float order -> unsigned order, then flipped so larger scores come first
+    up = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))
+    key = rows.astype(np.uint64) << np.uint64(32 + col_bits)
+    key |= (~up).astype(np.uint64) << np.uint64(col_bits)
+    key |= cols.astype(np.uint64)
+    return np.argsort(key)
+
+
 def tile_top(tile: np.ndarray, c: int, group: int | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
     """Best c (scores, local columns) per row of a C-contiguous score tile, exact; see the module
@@ -56,28 +74,36 @@ def tile_top(tile: np.ndarray, c: int, group: int | None = None
     if ng <= 2 * c:  # narrow tile: grouping would not prune much
         return top_by_score(tile, np.arange(nb, dtype=np.int64)[None], min(c, nb))
     body = ng * group
-    gmax = tile[:, :body].reshape(nr, group, ng).max(axis=1)          # [nr, ng]
+    groups = tile[:, :body].reshape(nr, group, ng)
+    # group maxima as contiguous elementwise passes (numpy's reduce over the middle axis of
+    # this view does not vectorise and costs twice as much)
+    gmax = np.maximum(groups[:, 0], groups[:, 1])
+    for j in range(2, group):
+        np.maximum(gmax, groups[:, j], out=gmax)
     t = np.partition(gmax, ng - c, axis=1)[:, ng - c]
-    # the groups reaching t (c per row unless maxima tie), expanded to their columns
+    # the groups reaching t (c per row unless maxima tie), gathered whole: [selected, group]
     g_rows, g = np.nonzero(gmax >= t[:, None])
-    rows = np.repeat(g_rows, group)
-    cols = (g[:, None] + ng * np.arange(group)).reshape(-1)
+    vals = groups[g_rows, :, g]
+    sel, member = np.nonzero(vals >= t[g_rows, None])
+    rows, cols, s = g_rows[sel], g[sel] + ng * member, vals[sel, member]
     if body < nb:  # columns outside every group
         t_rows, t_cols = np.nonzero(tile[:, body:] >= t[:, None])
-        rows, cols = np.concatenate([rows, t_rows]), np.concatenate([cols, t_cols + body])
-    s = tile.reshape(-1)[rows * nb + cols]
-    keep = s >= t[rows]
-    rows, cols, s = rows[keep], cols[keep], s[keep]
-    order = np.lexsort((cols, -s, rows))                  # by row, then (-score, column)
+        rows = np.concatenate([rows, t_rows])
+        cols = np.concatenate([cols, t_cols + body])
+        s = np.concatenate([s, tile[t_rows, t_cols + body]])
+    order = row_major_order(rows, s, cols, nr, nb)         # by row, then (-score, column)
     counts = np.bincount(rows, minlength=nr)              # >= c per row, see above
     pick = order[(np.cumsum(counts) - counts)[:, None] + np.arange(c)]
     return s[pick], cols[pick].astype(np.int64, copy=False)
 
 
 def select_rows(tile: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """``tile_top`` over row slices that stay in cache, on the worker threads."""
-    sel = parallel_map(lambda s0: tile_top(tile[s0:s0 + SELECT_ROWS], c),
-                       range(0, tile.shape[0], SELECT_ROWS))
+    """``tile_top`` over row slices that stay in cache, on the worker threads (at least one
+    slice per worker)."""
+    nr, nb = tile.shape
+    step = max(SELECT_ROWS, SELECT_ELEMS // max(nb, 1))
+    step = max(1, min(step, -(-nr // workers())))
+    sel = parallel_map(lambda s0: tile_top(tile[s0:s0 + step], c), range(0, nr, step))
     return np.concatenate([p[0] for p in sel]), np.concatenate([p[1] for p in sel])
 
 
@@ -90,10 +116,11 @@ def _merge(parts: list[tuple[np.ndarray, np.ndarray]], c: int) -> tuple[np.ndarr
 
 
 def candidates(q: np.ndarray, base: np.ndarray, c: int, row_block: int | None = None,
-               col_block: int = COL_BLOCK) -> np.ndarray:
+               col_block: int = COL_BLOCK, with_scores: bool = False):
     """Indices [nq, c] of the c largest inner products q_i . base_j per row (unit vectors), in
-    (descending score, ascending index) order. ``row_block`` defaults to as many rows as fit in
-    ``TILE_ELEMS`` scores next to ``col_block`` columns."""
+    (descending score, ascending index) order; with ``with_scores`` also their float32 scores.
+    ``row_block`` defaults to as many rows as fit in ``TILE_ELEMS`` scores next to
+    ``col_block`` columns."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     base = np.ascontiguousarray(base, dtype=np.float32)
     nq, nb = q.shape[0], base.shape[0]
@@ -102,6 +129,7 @@ def candidates(q: np.ndarray, base: np.ndarray, c: int, row_block: int | None = 
         row_block = max(SELECT_ROWS, TILE_ELEMS // col_block)
     row_block = min(row_block, nq)
     out = np.empty((nq, c), np.int64)
+    out_s = np.empty((nq, c), np.float32)
     flat = np.empty(row_block * col_block, np.float32)  # reused tile memory
     for r0 in range(0, nq, row_block):
         qb = q[r0:r0 + row_block]
@@ -114,5 +142,5 @@ def candidates(q: np.ndarray, base: np.ndarray, c: int, row_block: int | None = 
             parts.append((s, i + c0))
             if len(parts) > 1:  # running merge keeps memory at one tile plus [rows, 2c]
                 parts = [_merge(parts, c)]
-        out[r0:r0 + row_block] = parts[0][1]
-    return out
+        out_s[r0:r0 + row_block], out[r0:r0 + row_block] = parts[0]
+    return (out, out_s) if with_scores else out

@@ -11,13 +11,14 @@ import os
 
 from ssft_deploy.bundle import Bundle, load_bundle
 from ssft_deploy.engines.base import Engine, log
+from ssft_deploy.engines.openvino import OpenVINOEngine, open_openvino
 from ssft_deploy.engines.ort import OrtCpuEngine, OrtCudaEngine
 from ssft_deploy.engines.tensorrt import TensorRTEngine
 from ssft_deploy.errors import BundleError, EngineError
 
 BACKENDS: dict[str, type[Engine]] = {
-    cls.name: cls for cls in sorted((TensorRTEngine, OrtCudaEngine, OrtCpuEngine),
-                                    key=lambda c: -c.priority)
+    cls.name: cls for cls in sorted(
+        (TensorRTEngine, OrtCudaEngine, OrtCpuEngine, OpenVINOEngine), key=lambda c: -c.priority)
 }
 
 
@@ -49,13 +50,28 @@ def _usable(bundle: Bundle, graph: str, cls: type[Engine], precision: str,
     entry = bundle.entry(graph, variant)
     if entry.format not in cls.formats:
         return f"{entry.file} is {entry.format!r}, this backend runs {cls.formats}"
-    reason = cls.unavailable_reason()
+    reason = _backend_mismatch(bundle, graph, cls, precision) or cls.unavailable_reason()
     if reason is None and entry.format == "tensorrt":
         try:
             bundle.file(graph, variant)  # hash + GPU / TensorRT version check
         except BundleError as exc:
             reason = str(exc)
     return reason
+
+
+def _backend_mismatch(bundle: Bundle, graph: str, cls: type[Engine], precision: str
+                      ) -> str | None:
+    """Why ``cls`` must not run this variant: it is meant for another backend (a ``bf16``
+    variant holds fp32 graphs that only OpenVINO's bf16 hint turns into bf16), or the backend
+    cannot run the precision on this machine."""
+    variant = cls.variant(precision)
+    if bundle.has(graph, variant):
+        meant = bundle.entry(graph, variant).meta.get("backend")
+        if meant is not None and meant != cls.name:
+            return f"variant {variant!r} is for backend {meant!r}"
+    if cls is OpenVINOEngine:
+        return OpenVINOEngine.supports(precision)
+    return None
 
 
 def choose_backend(bundle: Bundle, graph: str, precision: str = "fp32",
@@ -69,6 +85,9 @@ def choose_backend(bundle: Bundle, graph: str, precision: str = "fp32",
         reason = cls.unavailable_reason()
         if reason:
             raise EngineError(f"backend {backend!r} is unavailable here: {reason}")
+        reason = _backend_mismatch(bundle, graph, cls, precision)
+        if reason:
+            raise EngineError(f"backend {backend!r} cannot run {precision!r}: {reason}")
         return cls
     skipped = {}
     for name, cls in BACKENDS.items():
@@ -107,7 +126,10 @@ def open_engine(bundle: Bundle | str | os.PathLike, graph: str, precision: str =
     kwargs: dict = {"device_id": device_id}
     if cls is not TensorRTEngine:
         kwargs["intra_op_threads"] = intra_op_threads
-    engine = cls(path, **kwargs)
+    if cls is OpenVINOEngine:  # falls back to ONNX Runtime (logged) when OpenVINO fails
+        engine = open_openvino(path, precision, **kwargs)
+    else:
+        engine = cls(path, **kwargs)
     try:
         b.check_io(graph, engine.inputs, engine.outputs, source=str(path))
     except BundleError:

@@ -1,0 +1,205 @@
+"""``precision="auto"``: the fastest gated (backend, precision) of a bundle on this machine.
+
+Which engine and precision are fastest depends on the CPU (AMX, AVX-512 BF16 / VNNI) as much as on
+the engines: the choice is measured, not assumed. Candidates are the bundle's variants that passed
+the parity gate and that a backend can run here; each is timed on the RGB extractor in short
+interleaved rounds, and the throughputs are cached per machine and bundle (CPU model, ISA flags,
+cores, engine versions, manifest hash in the key) under ``$SSFT_CACHE/autoselect``, so the
+measurement runs once. What was picked and why is logged. An explicit backend or precision
+restricts the candidates (explicit choices win).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssft_deploy.bundle import Bundle, load_bundle, sha256_file
+from ssft_deploy.errors import EngineError
+
+log = logging.getLogger("ssft_deploy.engines.autoselect")
+
+PRECISIONS = ("int8", "bf16", "fp16", "fp32")
+#: /proc/cpuinfo flags that decide which precision is fast (in the cache key and benchmark JSON)
+ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f",
+             "avx_vnni", "avx2", "fma", "f16c")
+GRAPH = "extractor_rgb"
+# Measure: batch (capped by the runtime's max batch), rounds, seconds per candidate per round.
+BATCH, ROUNDS, BUDGET_S, SETTLE_S = 8, 2, 0.4, 0.05
+
+Measure = Callable[[Bundle, list[tuple[str, str]], int, "int | None"], dict[str, float]]
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model, the ISA flags of :data:`ISA_FLAGS` (name -> present) and usable cores."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key == "model name" and value.strip():
+                model = value.strip()
+            elif key in ("flags", "features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"model": model, "isa": {f: f in flags for f in ISA_FLAGS}, "usable_cores": cores}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_key(intra_op_threads: int | None = None) -> dict[str, Any]:
+    """What a measured choice depends on besides the bundle."""
+    threads = intra_op_threads or os.environ.get("SSFT_ORT_THREADS") or os.environ.get(
+        "OMP_NUM_THREADS")
+    return {"cpu": cpu_info(), "threads": threads,
+            "versions": {d: _version(d) for d in ("onnxruntime", "onnxruntime-gpu", "openvino",
+                                                  "tensorrt")}}
+
+
+def gate_verdict(bundle: Bundle, variant: str) -> str:
+    """``"pass"`` when ``variant`` passed the parity gate for its current files, else why not."""
+    return bundle.ungated_reason(variant) or "pass"
+
+
+def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto"
+               ) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """``[(backend, precision)]`` that run here and passed the gate, and why others are out."""
+    from ssft_deploy.engines.registry import BACKENDS, _usable
+
+    names = list(BACKENDS) if backend == "auto" else [backend]
+    precisions = PRECISIONS if precision == "auto" else (precision,)
+    if backend != "auto" and backend not in BACKENDS:
+        raise EngineError(f"unknown backend {backend!r}; choose from {['auto', *BACKENDS]}")
+    out, skipped = [], {}
+    for name in names:
+        cls = BACKENDS[name]
+        for p in precisions:
+            variant = cls.variant(p)
+            if not bundle.has(GRAPH, variant):
+                continue
+            reason = _usable(bundle, GRAPH, cls, p)
+            verdict = gate_verdict(bundle, variant)
+            if reason is None and verdict != "pass":
+                reason = f"variant {variant!r} {verdict}"
+            if reason is None:
+                out.append((name, p))
+            else:
+                skipped[f"{name}/{p}"] = reason
+    return out, skipped
+
+
+def measure_throughput(bundle: Bundle, pairs: list[tuple[str, str]], batch: int = BATCH,
+                       intra_op_threads: int | None = None) -> dict[str, float]:
+    """Images/s of the RGB extractor per ``backend/precision``, interleaved rounds, warm-up and
+    a settle pause (other engines' spinning threads stop) before each timed slice."""
+    from ssft_deploy.engines.registry import open_engine
+
+    h, w = bundle.input_size
+    images = np.random.default_rng(0).standard_normal((batch, 3, h, w), dtype=np.float32)
+    engines = {f"{b}/{p}": open_engine(bundle, GRAPH, p, b, intra_op_threads=intra_op_threads)
+               for b, p in pairs}
+    calls = {name: [0, 0.0] for name in engines}
+    try:
+        for eng in engines.values():
+            eng.run({"images": images})
+        for r in range(ROUNDS):
+            order = list(engines)[r % len(engines):] + list(engines)[:r % len(engines)]
+            for name in order:
+                time.sleep(SETTLE_S)
+                t0 = time.perf_counter()
+                while True:
+                    engines[name].run({"images": images})
+                    calls[name][0] += 1
+                    if time.perf_counter() - t0 >= BUDGET_S:
+                        break
+                calls[name][1] += time.perf_counter() - t0
+    finally:
+        for eng in engines.values():
+            eng.close()
+    return {name: batch * n / s for name, (n, s) in calls.items()}
+
+
+@dataclass
+class Choice:
+    """The picked ``backend`` / ``precision``, every candidate's images/s, and why."""
+
+    backend: str
+    precision: str
+    throughput: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    cached: bool = False
+
+
+def cache_path(bundle: Bundle, key: dict[str, Any]) -> Path:
+    root = Path(os.environ.get("SSFT_CACHE", Path.home() / ".cache" / "ssft_deploy"))
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return root / "autoselect" / f"{digest}.json"
+
+
+def choose(bundle: Bundle | str | os.PathLike, backend: str = "auto", precision: str = "auto",
+           *, batch: int = BATCH, intra_op_threads: int | None = None,
+           measure: Measure = measure_throughput, use_cache: bool = True) -> Choice:
+    """The fastest gated (backend, precision) here; see the module docstring."""
+    b = load_bundle(bundle)
+    pairs, skipped = candidates(b, backend, precision)
+    why_not = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "none"
+    if not pairs:
+        raise EngineError(f"no gated variant of {b.root} runs here with backend={backend!r}, "
+                          f"precision={precision!r} ({why_not}); re-run the parity gate "
+                          "(ssft-export) or pick an explicit precision")
+    if len(pairs) == 1:
+        choice = Choice(*pairs[0], reason="the only gated candidate")
+    else:
+        key = {"bundle": sha256_file(b.root / "manifest.json"), "pairs": pairs, "batch": batch,
+               "machine": machine_key(intra_op_threads)}
+        path = cache_path(b, key)
+        thr = _cached(path) if use_cache else None
+        cached = thr is not None
+        if thr is None or set(thr) != {f"{x}/{y}" for x, y in pairs}:
+            thr, cached = measure(b, pairs, batch, intra_op_threads), False
+            if use_cache:
+                _store(path, key, thr)
+        best = max(pairs, key=lambda bp: thr[f"{bp[0]}/{bp[1]}"])
+        ranked = ", ".join(f"{n} {v:.1f}" for n, v in sorted(thr.items(), key=lambda kv: -kv[1]))
+        choice = Choice(*best, throughput=thr, cached=cached,
+                        reason=f"fastest gated candidate at batch {batch} (images/s: {ranked}; "
+                               f"{'cached' if cached else 'measured now'} for "
+                               f"{cpu_info()['model']})")
+    log.info("auto-selected backend %s, precision %s: %s (not candidates: %s)", choice.backend,
+             choice.precision, choice.reason, why_not)
+    return choice
+
+
+def _cached(path: Path) -> dict[str, float] | None:
+    try:
+        return {k: float(v) for k, v in json.loads(path.read_text())["throughput"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _store(path: Path, key: dict[str, Any], throughput: dict[str, float]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "throughput": throughput}, indent=2))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache costs a re-measurement next time, nothing more
+        log.info("could not cache the auto-selection in %s: %s", path, exc)
