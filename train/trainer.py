@@ -61,7 +61,7 @@ def deterministic(on: bool) -> Iterator[None]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    atomic_save(data, path, lambda obj, p: Path(p).write_text(json.dumps(obj, indent=1)))
+    atomic_save(data, path, lambda obj, fh: fh.write(json.dumps(obj, indent=1).encode()))
 
 
 class Trainer:

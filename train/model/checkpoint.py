@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ssft_deploy.errors import CheckpointError, SSFTError
+from ssft_deploy.fileio import durable_write
 from train.config import SSFTConfig
 from train.model.ssft import SSFTModel
 
@@ -20,17 +20,11 @@ TRAIN_FORMAT = "ssft-train/1"   # trainer state; its "model" entry is a FORMAT c
 
 
 def atomic_save(obj: Any, path: str | os.PathLike, saver=torch.save) -> None:
-    """Write through a temporary file in the same folder, then rename (no half-written file)."""
+    """``saver(obj, open_file)`` through ``ssft_deploy.fileio.durable_write`` (no half-written
+    file survives a crash), creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        saver(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    durable_write(path, lambda fh: saver(obj, fh))
 
 
 def checkpoint_dict(model: SSFTModel) -> dict[str, Any]:
@@ -41,14 +35,14 @@ def checkpoint_dict(model: SSFTModel) -> dict[str, Any]:
 
 def save_checkpoint(model: SSFTModel, path: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``path`` (.pth) and its ``.safetensors`` twin; returns both paths."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     payload = checkpoint_dict(model)
     pth = Path(path)
     twin = pth.with_suffix(".safetensors")
     atomic_save(payload, pth)
     meta = {"format": FORMAT, "config": json.dumps(payload["config"])}
-    atomic_save(payload["state_dict"], twin, lambda obj, p: save_file(obj, p, metadata=meta))
+    atomic_save(payload["state_dict"], twin, lambda obj, fh: fh.write(save(obj, metadata=meta)))
     return pth, twin
 
 

@@ -12,23 +12,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ssft_deploy.errors import InputError
+from ssft_deploy.modality import modality_name
 from train.config import ConfigError, SSFTConfig
 from train.model.backbone import MODALITIES, TwoStream
 from train.model.blocks import FeatureBlock
 from train.model.complementary import Decoder, modality_discriminator, projection
-from train.model.sstn import PARTS, SSTN, affinity, neighbour_weights, neighbours, pad
+from train.model.sstn import PARTS, TransferNetwork, affinity, neighbour_weights, neighbours, pad
 
 ADVERSARY_PREFIXES = ("discriminator.", "projections.")
-
-
-def modality_name(modality: str | int) -> str:
-    """``"rgb"``/``"ir"`` or 0/1 -> ``"rgb"``/``"ir"`` (InputError otherwise)."""
-    names = {"rgb": "rgb", "ir": "ir", 0: "rgb", 1: "ir"}
-    key = modality.lower() if isinstance(modality, str) else modality
-    if isinstance(key, bool) or key not in names:
-        raise InputError(f"unknown modality {modality!r}: use 'rgb' or 'ir'")
-    return names[key]
 
 
 class SSFTModel(nn.Module):
@@ -46,7 +37,7 @@ class SSFTModel(nn.Module):
                       "transfer": (config.transfer_dim or c) if config.uses_transfer else None}
         self.feat_shared = FeatureBlock(c, n, neck, pool)
         self.feat_specific = nn.ModuleDict({m: FeatureBlock(c, n, neck, pool) for m in MODALITIES})
-        self.sstn = (SSTN(c, c, self._dims["transfer"], n, neck) if config.uses_transfer else None)
+        self.sstn = (TransferNetwork(c, c, self._dims["transfer"], n, neck) if config.uses_transfer else None)
         self.discriminator = (modality_discriminator(c, config.disc_hidden)
                               if config.modality_adaptation else None)
         self.projections = (nn.ModuleDict({m: projection(c, c) for m in MODALITIES})

@@ -3,7 +3,7 @@
 ``pad`` (Eq. 5), ``affinity`` (Eq. 6-8 as neighbour lists, the ``topk_affinity`` contract),
 ``neighbour_weights`` (the same weights with autograd, for end-to-end training) and
 ``propagate`` (``D^-1/2 A D^-1/2 Z``, the ``propagate`` contract) follow docs/ARCHITECTURE.md.
-``SSTN.forward(z, idx, w)`` is what is exported as ``transfer.onnx``: gathers and sums only, no
+``TransferNetwork.forward(z, idx, w)`` is what is exported as ``transfer.onnx``: gathers and sums only, no
 scatter and no shape that depends on values, so N stays dynamic.
 """
 
@@ -111,8 +111,9 @@ def propagate(z: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tens
     return out
 
 
-class SSTN(nn.Module):
-    """Eq. 10-11: propagate, ``W`` (no bias: Eq. 10 is ``ZW``), ReLU, then ``Feat^t``."""
+class TransferNetwork(nn.Module):
+    """The SSTN's learned part, Eq. 10-11: propagate, ``W`` (no bias: Eq. 10 is ``ZW``), ReLU,
+    then ``Feat^t`` (the runtime's ``ssft_deploy.transfer.SSTN`` wraps its exported graph)."""
 
     def __init__(self, shared_dim: int, specific_dim: int, transfer_dim: int, num_classes: int,
                  neck: str) -> None:
