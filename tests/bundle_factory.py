@@ -57,14 +57,19 @@ def transfer_model(seed: int = 7) -> onnx.ModelProto:
         helper.make_node("ReduceSum", ["prod", "axes"], ["rsum"], keepdims=1),
         helper.make_node("Add", ["zw", "rsum"], ["transferred"]),
     ]
+    return transfer_graph(nodes, [numpy_helper.from_array(wt["wt"], "wt"),
+                                  numpy_helper.from_array(np.array([1], np.int64), "axes")])
+
+
+def transfer_graph(nodes: list, initializers: list) -> onnx.ModelProto:
+    """A transfer model with the bundle's I/O (z, idx, w -> transferred) around ``nodes``."""
     graph = helper.make_graph(
         nodes, "transfer",
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2 * DP + DS]),
          helper.make_tensor_value_info("idx", TensorProto.INT64, ["N", 2 * K]),
          helper.make_tensor_value_info("w", TensorProto.FLOAT, ["N", 2 * K])],
         [helper.make_tensor_value_info("transferred", TensorProto.FLOAT, ["N", DT])],
-        [numpy_helper.from_array(wt["wt"], "wt"),
-         numpy_helper.from_array(np.array([1], np.int64), "axes")])
+        initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 

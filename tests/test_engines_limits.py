@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from ssft_deploy.engines import open_engine
 from ssft_deploy.engines.fallback import unlimited_fallback
@@ -16,7 +16,7 @@ from ssft_deploy.errors import EngineLimitError
 from ssft_deploy.features import Features
 from ssft_deploy.gallery import Gallery
 from ssft_deploy.runtime import ReIDRuntime
-from tests.bundle_factory import DP, DS, DT, K
+from tests.bundle_factory import DP, DS, DT, transfer_graph
 from tests.test_engines_trt_fake import TRANSFER_REFS, _bundle_with_plan, fake_gpu  # noqa: F401
 
 LIMIT = 64
@@ -38,15 +38,9 @@ def gather_transfer_model() -> onnx.ModelProto:
         helper.make_node("Add", ["z", "agg"], ["zs"]),
         helper.make_node("MatMul", ["zs", "wt"], ["transferred"]),
     ]
-    graph = helper.make_graph(
-        nodes, "transfer",
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2 * DP + DS]),
-         helper.make_tensor_value_info("idx", TensorProto.INT64, ["N", 2 * K]),
-         helper.make_tensor_value_info("w", TensorProto.FLOAT, ["N", 2 * K])],
-        [helper.make_tensor_value_info("transferred", TensorProto.FLOAT, ["N", DT])],
-        [numpy_helper.from_array(WT, "wt"), numpy_helper.from_array(np.array([1]), "ax1"),
-         numpy_helper.from_array(np.array([2]), "ax2")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    return transfer_graph(nodes, [numpy_helper.from_array(WT, "wt"),
+                                  numpy_helper.from_array(np.array([1]), "ax1"),
+                                  numpy_helper.from_array(np.array([2]), "ax2")])
 
 
 TRANSFER_REFS["gather"] = gather_transfer
