@@ -110,18 +110,6 @@ def gemm_case(m: int, n: int, k: int, name: str = "gemm", seed: int = 0) -> Case
     return Case(name, lambda: np.matmul(a, b, out=out), items=1, flops=2.0 * m * n * k)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "processor\t: ")) and ":" in line:
-                value = line.split(":", 1)[1].strip()
-                if value and not value.isdigit():
-                    return value
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _physical_cores() -> int | None:
     try:
         cores = set()
@@ -164,15 +152,15 @@ def machine_info() -> dict[str, Any]:
                 mem_gib = round(int(line.split()[1]) / 2**20, 1)
     except OSError:
         pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     from ssft_deploy.engines.autoselect import cpu_info
 
+    cpu = cpu_info()
     return {
-        "cpu": _cpu_model(),
-        "isa": cpu_info()["isa"],
+        "cpu": cpu["model"],
+        "isa": cpu["isa"],
         "logical_cores": os.cpu_count(),
         "physical_cores": _physical_cores(),
-        "usable_cores": usable,
+        "usable_cores": cpu["usable_cores"],
         "memory_gib": mem_gib,
         "gpus": gpu_names(),
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

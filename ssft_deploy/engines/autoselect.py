@@ -27,6 +27,7 @@ import numpy as np
 
 from ssft_deploy.bundle import Bundle, load_bundle, sha256_file
 from ssft_deploy.errors import EngineError
+from ssft_deploy.fileio import durable_write
 
 log = logging.getLogger("ssft_deploy.engines.autoselect")
 
@@ -198,8 +199,6 @@ def _cached(path: Path) -> dict[str, float] | None:
 def _store(path: Path, key: dict[str, Any], throughput: dict[str, float]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "throughput": throughput}, indent=2))
-        os.replace(tmp, path)
+        durable_write(path, json.dumps({"key": key, "throughput": throughput}, indent=2).encode())
     except OSError as exc:  # a read-only cache costs a re-measurement next time, nothing more
         log.info("could not cache the auto-selection in %s: %s", path, exc)
