@@ -31,7 +31,9 @@ from ssft_deploy.features import Features
 
 # candidates(q_units [nq,D] f32, base_units [nb,D] f32, c) -> int64 [nq, c] local base indices,
 # -1 where a method found fewer than c (refine ranks those last; assemble pads them as (i, 0));
-# or (indices, float32 scores [nq, c]) ordered by descending score (see refine_checked)
+# or (indices, float32 scores [nq, c]) ordered by descending score (see refine_checked).
+# A method may also offer ``symmetric(x, c)`` (x against itself) and ``pair(a, b, c_ab, c_ba)``
+# (both cross blocks from one product); assemble then asks for those blocks through them.
 Candidates = Callable[[np.ndarray, np.ndarray, int], Any]
 
 EPS = 1e-12  # same clamp as torch.nn.functional.normalize, so a zero vector maps to 0
@@ -175,6 +177,7 @@ def assemble(feats: Features, k: int, candidates: Candidates, slack: int = SLACK
             units[kind, m] = u64, u64.astype(np.float32)
         return units[kind, m]
 
+    pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # cross block computed with its mirror
     for m in (0, 1):
         rows = groups[m]
         if rows.size == 0:
@@ -185,7 +188,17 @@ def assemble(feats: Features, k: int, candidates: Candidates, slack: int = SLACK
                 continue
             c = min(cols.size, k + slack)
             (q64, q), (base64, base) = get(kind, m), get(kind, other)
-            proposed = candidates(q, base, c)
+            if half == 0 and hasattr(candidates, "symmetric"):
+                proposed = candidates.symmetric(q, c)
+            elif half == 1 and hasattr(candidates, "pair"):
+                if m not in pending:
+                    mine, pending[other] = candidates.pair(
+                        q, base, c, min(rows.size, k + slack))
+                    proposed = mine
+                else:
+                    proposed = pending.pop(m)
+            else:
+                proposed = candidates(q, base, c)
             if isinstance(proposed, tuple):  # scores too: re-rank only near-tie rows
                 loc, d = refine_checked(q64, base64, np.asarray(proposed[0], dtype=np.int64),
                                         np.asarray(proposed[1], dtype=np.float32), k)
