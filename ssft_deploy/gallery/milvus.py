@@ -7,6 +7,10 @@ The collection's properties record the bundle binding (refused when another bund
 version token renewed after every write (the searchers' caches key on it). Writes are upserts by
 entry id (idempotent) in one request per batch, which Milvus applies entirely or not at all;
 a row is written whole, so a search never sees half an entry.
+
+A search that follows this client's own writes first flushes them (``flush``: the rows leave
+the growing segment, which Milvus Lite searches by a slow brute-force path, for sealed, indexed
+segments); at 10k entries that made each search request 4-6x faster here (README).
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ssft_deploy.errors import GalleryError, InputError
-from ssft_deploy.gallery.base import GalleryStore, Window
+from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window
 from ssft_deploy.gallery.binding import GalleryBinding
 from ssft_deploy.gallery.table import Entries
 
@@ -64,11 +68,15 @@ class MilvusGallery(GalleryStore):
 
     def __init__(self, uri: str, binding: GalleryBinding, *, client_uri: str | None = None,
                  collection: str = "ssft_gallery", token: str | None = None,
-                 index: str = "flat", nprobe: int = 16, timeout_s: float = 10.0) -> None:
+                 index: str = "flat", nprobe: int = 16, shortlist_nprobe: int | None = None,
+                 timeout_s: float = 10.0) -> None:
         if index not in INDEXES:
             raise InputError(f"unknown Milvus index {index!r}: use one of {', '.join(INDEXES)}")
         super().__init__(binding, uri)
         self.collection, self.nprobe = collection, int(nprobe)
+        self._unflushed = False
+        self.shortlist_nprobe = shortlist_nprobe or max(self.nprobe, int(np.ceil(
+            SHORTLIST_PROBE_FRACTION * INDEXES["ivf"][1]["nlist"])))
         self._client = connect(client_uri or uri, token, timeout_s)
         try:
             if self._client.has_collection(collection):
@@ -128,7 +136,15 @@ class MilvusGallery(GalleryStore):
         except Exception as exc:
             raise GalleryError(f"Milvus at {self.uri} failed to {what}: {exc}") from exc
 
+    @contextlib.contextmanager
+    def _pinned(self) -> Iterator[None]:
+        if self._unflushed:  # seal this client's writes before searching (module docstring)
+            self._call("flush", self._client.flush, self.collection)
+            self._unflushed = False
+        yield
+
     def _bump(self) -> None:
+        self._unflushed = True
         self._call("record a new version", self._client.alter_collection_properties,
                    self.collection, properties={"ssft.version": _token()})
 
@@ -196,11 +212,13 @@ class MilvusGallery(GalleryStore):
                                ids=ids[s:s + CHUNK], output_fields=_ALL)
         return self._entries(rows)
 
-    def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int
-             ) -> np.ndarray:
+    def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
+             shortlist: bool = False) -> np.ndarray:
         out = np.full((len(q), limit), -1, np.int64)
         expr = _filter((modality,), window)
-        params = {"metric_type": "COSINE", "params": {"nprobe": self.nprobe}}
+        params = {"metric_type": "COSINE", "params": {
+            "nprobe": self.shortlist_nprobe if shortlist else self.nprobe,
+            "ef": max(64, 8 * limit) if shortlist else 64}}
         for s in range(0, len(q), CHUNK):
             res = self._call("search", self._client.search, self.collection,
                              data=list(q[s:s + CHUNK]), anns_field=field, filter=expr,
