@@ -247,17 +247,21 @@ def run_sweep(out: Path, sizes: list[int], ds: int, dp: int, queries: int, m: in
                    f"tol {r['recall_at_m_tol']:.3f}  load {r['loadavg'][0]:.1f}")
     write_json(out / "gallery_sweep.json", {**header("gallery_sweep"), "dims": [ds, dp],
                                             "shortlist": m, "rows": rows})
-    series = {}
+    plot_sweep(rows, out / "gallery_sweep.png", m, ds)
+    click.echo(f"wrote {out / 'gallery_sweep.json'} and {out / 'gallery_sweep.png'}")
+
+
+def plot_sweep(rows: list[dict], path: Path, m: int, ds: int) -> None:
+    """Recall@M against stage-one p50 latency, one line per (size, index)."""
+    series: dict[str, tuple[list, list]] = {}
     for r in rows:
         if not r.get("neighbour_lists"):
             name = f"{r['n'] // 1000}k {r['index']}" + (f" {r['nlist']}" if r["nlist"] else "")
             xs, ys = series.setdefault(name, ([], []))
             xs.append(r["p50_ms"])
             ys.append(r["recall_at_m"])
-    plot_series(out / "gallery_sweep.png", series, "stage-one p50 latency per query (ms)",
-                f"recall@{m} vs exact", f"stage one: recall vs latency per knob, dims {ds}",
-                loglog=False)
-    click.echo(f"wrote {out / 'gallery_sweep.json'} and {out / 'gallery_sweep.png'}")
+    plot_series(path, series, "stage-one p50 latency per query (ms)", f"recall@{m} vs exact",
+                f"stage one: recall vs latency per knob, dims {ds}", logx=True)
 
 
 @click.command()
