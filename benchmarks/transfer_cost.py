@@ -39,9 +39,10 @@ def transfer_fn(bundle, dims: dict[str, int], seed: int = 0) -> TransferFn:
     numpy equivalent sigma(D^-1/2 A D^-1/2 Z W) (Eq. 10-11 before Feat^t) with a random W."""
     if bundle is not None:
         from ssft_deploy.engines import open_engine
+        from ssft_deploy.transfer import transfer_feeds
 
         eng = open_engine(bundle, "transfer", precision="fp32", backend="ort-cpu")
-        return lambda z, idx, w: eng.run({"z": z, "idx": idx, "w": w})["transferred"]
+        return lambda z, idx, w: eng.run(transfer_feeds(eng, z, idx, w))["transferred"]
     from ssft_deploy.transfer import propagate
 
     dz = 2 * dims["specific"] + dims["shared"]
