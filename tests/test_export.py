@@ -104,6 +104,17 @@ def test_eq22_over_a_gallery_of_both_modalities_runs_on_the_exported_graph(setup
         got = getattr(SSTN(graph_fn, k=bundle.k), mode)(query, gallery)
         ref = getattr(SSTN(torch_fn, k=bundle.k), mode)(query, gallery)
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    # two-stage search builds 2k + 1 wide single-query subgraphs, here on the exported graph
+    from ssft_deploy.gallery import Gallery
+
+    g = Gallery(512, 512)
+    g.add(gallery, pids=np.arange(24) % 6, camids=np.r_[np.full(12, 1), np.full(12, 3)],
+          entry_ids=np.arange(24))
+    got, ref = (g.search(query, top=5, transfer=SSTN(fn, k=bundle.k), mode="single-query",
+                         shortlist=6, cross_modality=False) for fn in (graph_fn, torch_fn))
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a.entry_ids, b.entry_ids)
+        np.testing.assert_allclose(a.distances, b.distances, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("graph", GRAPH_FILES)
