@@ -13,7 +13,13 @@ from typing import Any
 from export import manifest as mf
 from export import variants as reg
 from export.errors import ExportError, ParityError
-from export.onnx_graphs import DEFAULT_EXPORTER, export_extractor, export_transfer
+from export.images import GATE_IMAGES
+from export.onnx_graphs import (
+    DEFAULT_EXPORTER,
+    export_extractor,
+    export_transfer,
+    transfer_width,
+)
 from export.precision import TRANSFER_FP16_OPS, convert_fp16
 from ssft_deploy.bundle import EXTRACTORS, GRAPHS, STAGING_NAME, unpublish_manifest, write_manifest
 from ssft_deploy.engines.trt_build import TRANSFER_MAX_ROWS
@@ -37,6 +43,7 @@ class ExportOptions:
     exporter: str = DEFAULT_EXPORTER
     verify: bool = True
     verify_data: str | None = None
+    gate_images: int = GATE_IMAGES
     openvino: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -133,7 +140,7 @@ def write_bundle(model: Any, out: str | os.PathLike, opts: ExportOptions,
     out.mkdir(parents=True, exist_ok=True)
     unpublish_manifest(out)  # files are rewritten in place: never loadable in between
     durable_unlink(out / STAGING_NAME)
-    info = mf.model_section(model)
+    info = {**mf.model_section(model), "transfer_width": transfer_width(model.config.k)}
     variants = export_onnx_variants(model, out, info, opts, say)
     trt_version = build_engines(out, variants, opts, say) if opts.trt else None
     record = {"exporter": opts.exporter, "max_batch": opts.max_batch, "max_n": opts.max_n,
@@ -148,7 +155,7 @@ def write_bundle(model: Any, out: str | os.PathLike, opts: ExportOptions,
 
     say("parity gate: every variant against PyTorch fp32")
     prep = Preprocessor(tuple(info["input_size"]), tuple(info["mean"]), tuple(info["std"]))
-    data = held_out_images(prep, opts.verify_data)
+    data = held_out_images(prep, opts.verify_data, opts.gate_images, opts.gate_images)
     final = finalize(out, manifest, torch_reference(model), data, say=say)
     records = final["gate"]["variants"]
     say(format_table(records))

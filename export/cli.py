@@ -11,6 +11,7 @@ import click
 
 from export.bundle_writer import ExportOptions, check_writable_dir, write_bundle
 from export.errors import ExportError
+from export.images import GATE_IMAGES
 from export.onnx_graphs import DEFAULT_EXPORTER, EXPORTERS
 from ssft_deploy.engines.trt_build import TRANSFER_MAX_ROWS
 from ssft_deploy.errors import SSFTError
@@ -53,6 +54,9 @@ def _say(msg: str) -> None:
 @click.option("--verify-data", type=click.Path(exists=True, file_okay=False), default=None,
               help="SYSU-style dataset whose test split feeds the parity gate "
                    "[default: a small synthetic set].")
+@click.option("--gate-images", type=click.IntRange(8, 100000), default=GATE_IMAGES,
+              show_default=True,
+              help="Most IR queries (and RGB gallery entries) of the gate's held-out trial.")
 @click.option("--triton-repo", type=click.Path(file_okay=False), default=None,
               help="Also write a Triton model repository here.")
 @click.option("--triton-variant", default=None,
@@ -62,7 +66,7 @@ def _say(msg: str) -> None:
                    "(experts; logs a warning).")
 def main(model_path: str, out: str | None, fp16: bool, int8: bool, calib: str | None,
          calib_images: int, int8_activations: str, trt: bool, workspace: int, max_batch: int,
-         max_n: int, exporter: str, no_verify: bool, verify_data: str | None,
+         max_n: int, exporter: str, no_verify: bool, verify_data: str | None, gate_images: int,
          triton_repo: str | None, triton_variant: str | None, allow_ungated: bool,
          openvino: bool) -> None:
     """Export the cm-SSFT checkpoint MODEL_PATH to a bundle the ssft_deploy runtime loads."""
@@ -88,6 +92,7 @@ def main(model_path: str, out: str | None, fp16: bool, int8: bool, calib: str | 
                              int8_activations=int8_activations,
                              trt=trt, workspace=workspace, max_batch=max_batch, max_n=max_n,
                              exporter=exporter, verify=not no_verify, verify_data=verify_data,
+                             gate_images=gate_images,
                              openvino=openvino)
         manifest = write_bundle(model, out_dir, opts, _say)
         _say(f"bundle written: {out_dir} (variants: {', '.join(manifest['variants'])})")

@@ -16,6 +16,7 @@ import click
 
 from export.errors import GateError
 from export.gate import Reference, failures, format_table, gate_variants, runnable, with_records
+from export.images import GATE_IMAGES
 from ssft_deploy.bundle import open_for_gate, write_manifest
 from ssft_deploy.errors import SSFTError
 from ssft_deploy.preprocess import Preprocessor
@@ -39,6 +40,7 @@ def checkpoint_reference(checkpoint: str | os.PathLike, bundle) -> Reference:
 def verify_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *,
                   reference: Reference | None = None, data: str | os.PathLike | None = None,
                   held_out=None, variants: Sequence[str] | None = None,
+                  gate_images: int = GATE_IMAGES,
                   say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Re-run the gate on ``variants`` (default: every variant that can run here) against the
     model of ``checkpoint`` (or ``reference``) on ``data``'s test split (default: synthetic) or
@@ -59,7 +61,8 @@ def verify_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike |
             raise GateError("the gate needs a reference: pass --checkpoint MODEL.pth")
         reference = checkpoint_reference(checkpoint, bundle)
     if held_out is None:
-        held_out = held_out_images(Preprocessor.from_bundle(bundle), data)
+        held_out = held_out_images(Preprocessor.from_bundle(bundle), data, gate_images,
+                                   gate_images)
     records = gate_variants(bundle, reference, held_out, variants, tool="ssft-verify", say=say)
     write_manifest(bundle.root, with_records(bundle.manifest, records))
     return records
@@ -73,11 +76,16 @@ def verify_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike |
               help="SYSU-style dataset whose test split feeds the gate [default: synthetic].")
 @click.option("--variants", default=None,
               help="Comma-separated variants [default: every one that can run here].")
-def main(bundle: str, checkpoint: str, data: str | None, variants: str | None) -> None:
+@click.option("--gate-images", type=click.IntRange(8, 100000), default=GATE_IMAGES,
+              show_default=True,
+              help="Most IR queries (and RGB gallery entries) of the held-out trial.")
+def main(bundle: str, checkpoint: str, data: str | None, variants: str | None,
+         gate_images: int) -> None:
     """Re-run the parity gate on BUNDLE; record the verdicts; exit 0 pass, 2 fail."""
     names = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
     try:
         records = verify_bundle(bundle, checkpoint, data=data, variants=names,
+                                gate_images=gate_images,
                                 say=lambda m: click.echo(f"[ssft-verify] {m}"))
     except SSFTError as exc:
         click.echo(f"ssft-verify: error: {exc}", err=True)

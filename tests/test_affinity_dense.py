@@ -142,3 +142,54 @@ def test_dense_checked_and_knn_full_refinement_identical_on_near_ties() -> None:
     i_knn, w_knn = topk_affinity(shared, specific, modality, k=4, method="knn")
     np.testing.assert_array_equal(i_dense, i_knn)
     np.testing.assert_array_equal(w_dense, w_knn)
+
+
+@pytest.mark.parametrize("kind", ["random", "rounded", "zeros"])
+def test_column_selection_equals_row_selection_of_the_transpose(kind: str) -> None:
+    rng = np.random.default_rng(13)
+    tile = rng.standard_normal((901, 37)).astype(np.float32)
+    if kind == "rounded":
+        tile = np.round(tile)
+    elif kind == "zeros":
+        tile[:] = 0
+    for c in (1, 8):
+        got = dense.tile_top_cols(tile, c)
+        ref = dense.tile_top(np.ascontiguousarray(tile.T), c)
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])
+        sel = dense.select_cols(tile, c)    # column slices on the worker threads
+        np.testing.assert_array_equal(sel[1], ref[1])
+
+
+@pytest.mark.parametrize("kind", ["rounded", "duplicates"])
+def test_joint_blocks_equal_the_plain_products(kind: str) -> None:
+    from ssft_deploy.affinity import joint
+
+    rng = np.random.default_rng(17)
+    x = np.round(rng.standard_normal((130, 6))).astype(np.float32)  # exact scores, many ties
+    y = np.round(rng.standard_normal((75, 6))).astype(np.float32)
+    if kind == "duplicates":
+        x[65:] = x[:65]
+    for block in (7, 50, 130):          # 19, 3 and 1 row blocks
+        i, s = joint.self_candidates(x, 9, block=block)
+        np.testing.assert_array_equal(i, brute(x, x, 9))
+        np.testing.assert_array_equal(s, np.take_along_axis(x @ x.T, i, axis=1))
+    for col_block in (11, 75):
+        (i_xy, _), (i_yx, _) = joint.pair_candidates(x, y, 9, 5, col_block=col_block)
+        np.testing.assert_array_equal(i_xy, brute(x, y, 9))
+        np.testing.assert_array_equal(i_yx, brute(y, x, 5))
+
+
+def test_joint_path_gives_the_plain_path_neighbours(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ssft_deploy.affinity import joint, topk_affinity
+
+    rng = np.random.default_rng(19)
+    shared = rng.standard_normal((900, 24)).astype(np.float32)
+    specific = rng.standard_normal((900, 20)).astype(np.float32)
+    specific[450:600] = specific[:150]                 # exact duplicates across row blocks
+    modality = (rng.random(900) < 0.6).astype(np.int64)
+    monkeypatch.setattr(joint.self_candidates, "__defaults__", (128,))  # several row blocks
+    got = topk_affinity(shared, specific, modality, k=4, method="dense")
+    ref = topk_affinity(shared, specific, modality, k=4, method="dense", col_block=8192)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])

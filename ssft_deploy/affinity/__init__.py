@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ssft_deploy.affinity import dense
+from ssft_deploy.affinity import dense, joint
 from ssft_deploy.affinity.common import assemble, check_inputs
 from ssft_deploy.errors import InputError
 
@@ -59,8 +59,7 @@ def topk_affinity(shared: Any, specific: Any, modality: Any, k: int = 4, method:
         raise InputError(f"unknown option(s) {sorted(unknown)} for affinity method {method!r}; "
                          f"it takes {sorted(OPTIONS[method])}")
     if method == "dense":
-        def cand(q: np.ndarray, base: np.ndarray, c: int):
-            return dense.candidates(q, base, c, with_scores=True, **options)
+        cand = DenseCandidates(**options)
     elif method == "knn":
         from ssft_deploy.affinity import knn
 
@@ -70,6 +69,19 @@ def topk_affinity(shared: Any, specific: Any, modality: Any, k: int = 4, method:
 
         cand = cuda.candidate_fn(**options)
     return assemble(feats, k, cand)
+
+
+class DenseCandidates:
+    """The dense method for ``assemble``: the symmetric and mirrored blocks from fewer products
+    (``joint``) unless tile sizes are given, which pin the plain blocked path."""
+
+    def __init__(self, **tiles: Any) -> None:
+        self.tiles = tiles
+        if not tiles:
+            self.symmetric, self.pair = joint.self_candidates, joint.pair_candidates
+
+    def __call__(self, q: np.ndarray, base: np.ndarray, c: int):
+        return dense.candidates(q, base, c, with_scores=True, **self.tiles)
 
 
 __all__ = ["METHODS", "resolve_method", "topk_affinity"]

@@ -31,12 +31,14 @@ from ssft_deploy.features import Features
 
 # candidates(q_units [nq,D] f32, base_units [nb,D] f32, c) -> int64 [nq, c] local base indices,
 # -1 where a method found fewer than c (refine ranks those last; assemble pads them as (i, 0));
-# or (indices, float32 scores [nq, c]) ordered by descending score (see refine_checked)
+# or (indices, float32 scores [nq, c]) ordered by descending score (see refine_checked).
+# A method may also offer ``symmetric(x, c)`` (x against itself) and ``pair(a, b, c_ab, c_ba)``
+# (both cross blocks from one product); assemble then asks for those blocks through them.
 Candidates = Callable[[np.ndarray, np.ndarray, int], Any]
 
 EPS = 1e-12  # same clamp as torch.nn.functional.normalize, so a zero vector maps to 0
 SLACK = 4    # extra candidates per half, re-ranked exactly by refine
-REFINE_ROWS = 64
+REFINE_ROWS = 256
 MAX_WORKERS = 8
 
 _pool: ThreadPoolExecutor | None = None
@@ -166,15 +168,21 @@ def assemble(feats: Features, k: int, candidates: Candidates, slack: int = SLACK
     idx = np.repeat(np.arange(n, dtype=np.int64)[:, None], 2 * k, axis=1)
     w = np.zeros((n, 2 * k), np.float32)
     groups = {m: feats.of_modality(m) for m in (0, 1)}
-    # unit vectors per (kind, modality): float64 for refine, float32 for the candidate search
-    units: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    # unit vectors per (kind, modality): float64 for refine, float32 for the candidate search;
+    # the four sets on the worker threads, largest first
+    keys = sorted(((kind, m) for kind in ("specific", "shared") for m in (0, 1)),
+                  key=lambda km: -groups[km[1]].size)
+
+    def to_unit(key: tuple[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        u64 = unit(getattr(feats, key[0])[groups[key[1]]], np.float64)
+        return u64, u64.astype(np.float32)
+
+    units = dict(zip(keys, parallel_map(to_unit, keys)))
 
     def get(kind: str, m: int) -> tuple[np.ndarray, np.ndarray]:
-        if (kind, m) not in units:
-            u64 = unit(getattr(feats, kind)[groups[m]], np.float64)
-            units[kind, m] = u64, u64.astype(np.float32)
         return units[kind, m]
 
+    pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # cross block computed with its mirror
     for m in (0, 1):
         rows = groups[m]
         if rows.size == 0:
@@ -185,7 +193,17 @@ def assemble(feats: Features, k: int, candidates: Candidates, slack: int = SLACK
                 continue
             c = min(cols.size, k + slack)
             (q64, q), (base64, base) = get(kind, m), get(kind, other)
-            proposed = candidates(q, base, c)
+            if half == 0 and hasattr(candidates, "symmetric"):
+                proposed = candidates.symmetric(q, c)
+            elif half == 1 and hasattr(candidates, "pair"):
+                if m not in pending:
+                    mine, pending[other] = candidates.pair(
+                        q, base, c, min(rows.size, k + slack))
+                    proposed = mine
+                else:
+                    proposed = pending.pop(m)
+            else:
+                proposed = candidates(q, base, c)
             if isinstance(proposed, tuple):  # scores too: re-rank only near-tie rows
                 loc, d = refine_checked(q64, base64, np.asarray(proposed[0], dtype=np.int64),
                                         np.asarray(proposed[1], dtype=np.float32), k)

@@ -63,13 +63,17 @@ def row_major_order(rows: np.ndarray, s: np.ndarray, cols: np.ndarray, nr: int, 
     return np.argsort(key)
 
 
+def group_size(n: int, c: int) -> int:
+    """Members per interleaved group for selecting c of n: ~sqrt(n / c), within [4, GROUP]."""
+    return int(min(GROUP, max(4, np.sqrt(n / max(c, 1)))))
+
+
 def tile_top(tile: np.ndarray, c: int, group: int | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
     """Best c (scores, local columns) per row of a C-contiguous score tile, exact; see the module
-    docstring. ``group`` defaults to ~sqrt(columns / c), at most ``GROUP``."""
+    docstring. ``group`` defaults to ``group_size(columns, c)``."""
     nr, nb = tile.shape
-    if group is None:
-        group = int(min(GROUP, max(4, np.sqrt(nb / max(c, 1)))))
+    group = group or group_size(nb, c)
     ng = nb // group
     if ng <= 2 * c:  # narrow tile: grouping would not prune much
         return top_by_score(tile, np.arange(nb, dtype=np.int64)[None], min(c, nb))
@@ -91,8 +95,44 @@ def tile_top(tile: np.ndarray, c: int, group: int | None = None
         rows = np.concatenate([rows, t_rows])
         cols = np.concatenate([cols, t_cols + body])
         s = np.concatenate([s, tile[t_rows, t_cols + body]])
-    order = row_major_order(rows, s, cols, nr, nb)         # by row, then (-score, column)
-    counts = np.bincount(rows, minlength=nr)              # >= c per row, see above
+    return _best_per_row(rows, cols, s, nr, nb, c)
+
+
+def tile_top_cols(tile: np.ndarray, c: int, group: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``tile_top`` of the transposed tile without transposing it: best c (scores, local rows)
+    per column, as ``[columns, c]``. Groups are row slabs here, so their maxima are contiguous
+    passes too (a symmetric or mirrored block is selected from the one tile computed)."""
+    nr, nb = tile.shape
+    group = group or group_size(nr, c)
+    ng = nr // group
+    if ng <= 2 * c:
+        return top_by_score(np.ascontiguousarray(tile.T), np.arange(nr, dtype=np.int64)[None],
+                            min(c, nr))
+    body = ng * group
+    slabs = tile[:body].reshape(group, ng, nb)            # group g = rows g, g + ng, ...
+    gmax = np.maximum(slabs[0], slabs[1])
+    for j in range(2, group):
+        np.maximum(gmax, slabs[j], out=gmax)
+    gmax = np.ascontiguousarray(gmax.T)                    # [nb, ng], small
+    t = np.partition(gmax, ng - c, axis=1)[:, ng - c]
+    g_cols, g = np.nonzero(gmax >= t[:, None])
+    vals = slabs[:, g, g_cols].T                           # [selected, group]
+    sel, member = np.nonzero(vals >= t[g_cols, None])
+    cols, rows, s = g_cols[sel], g[sel] + ng * member, vals[sel, member]
+    if body < nr:  # rows outside every group
+        t_rows, t_cols = np.nonzero(tile[body:] >= t[None, :])
+        cols = np.concatenate([cols, t_cols])
+        rows = np.concatenate([rows, t_rows + body])
+        s = np.concatenate([s, tile[t_rows + body, t_cols]])
+    return _best_per_row(cols, rows, s, nb, nr, c)
+
+
+def _best_per_row(rows: np.ndarray, cols: np.ndarray, s: np.ndarray, nr: int, nb: int, c: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    # entries that reach their row's threshold (>= c per row): the best c by (-score, column)
+    order = row_major_order(rows, s, cols, nr, nb)
+    counts = np.bincount(rows, minlength=nr)
     pick = order[(np.cumsum(counts) - counts)[:, None] + np.arange(c)]
     return s[pick], cols[pick].astype(np.int64, copy=False)
 
@@ -107,7 +147,18 @@ def select_rows(tile: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p[0] for p in sel]), np.concatenate([p[1] for p in sel])
 
 
-def _merge(parts: list[tuple[np.ndarray, np.ndarray]], c: int) -> tuple[np.ndarray, np.ndarray]:
+def select_cols(tile: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """``tile_top_cols`` over column slices on the worker threads: per column of the tile, its
+    best c rows."""
+    nr, nb = tile.shape
+    step = max(SELECT_ROWS, SELECT_ELEMS // max(nr, 1))
+    step = max(1, min(step, -(-nb // workers())))
+    sel = parallel_map(lambda s0: tile_top_cols(tile[:, s0:s0 + step], c), range(0, nb, step))
+    return np.concatenate([p[0] for p in sel]), np.concatenate([p[1] for p in sel])
+
+
+def merge(parts: list[tuple[np.ndarray, np.ndarray]], c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best c of each row over several (scores, columns) candidate lists of the same rows."""
     if len(parts) == 1:
         return parts[0]
     s = np.concatenate([p[0] for p in parts], axis=1)
@@ -141,6 +192,6 @@ def candidates(q: np.ndarray, base: np.ndarray, c: int, row_block: int | None = 
             s, i = select_rows(tile, min(c, bt.shape[0]))
             parts.append((s, i + c0))
             if len(parts) > 1:  # running merge keeps memory at one tile plus [rows, 2c]
-                parts = [_merge(parts, c)]
+                parts = [merge(parts, c)]
         out_s[r0:r0 + row_block], out[r0:r0 + row_block] = parts[0]
     return (out, out_s) if with_scores else out
