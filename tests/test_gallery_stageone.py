@@ -85,3 +85,37 @@ def test_milvus_flushes_its_own_writes_once_before_searching(tmp_path):
         assert len(flushes) == 2
     finally:
         g.close()
+
+
+def test_sweep_recall_measurement():
+    """The benchmark's recall: exact answers score 1, a half-right answer 0.5, and an entry tied
+    with the exact M-th counts under the tolerant recall only."""
+    from benchmarks import gallery_sweep
+
+    base = unit(np.random.default_rng(0).standard_normal((300, 16)))
+    base = np.concatenate([base, base[:1]])            # row 300 ties row 0 exactly
+    q = base[[5, 9]] + 0.01
+    exact, mth = gallery_sweep.exact_top(q, base, 10)
+    assert (gallery_sweep.recalls(exact, exact, mth, q, base)["recall_at_m"]) == 1.0
+    half = exact.copy()
+    half[:, 5:] = np.setdiff1d(np.arange(len(base)), exact.ravel())[:5]
+    assert gallery_sweep.recalls(half, exact, mth, q, base)["recall_at_m"] == 0.5
+    top1, mth1 = gallery_sweep.exact_top(base[:1] + 0.01, base, 1)   # rows 0 and 300 tie
+    assert top1[0, 0] == 0                                            # ties by index
+    r = gallery_sweep.recalls(np.array([[300]]), top1, mth1, base[:1] + 0.01, base)
+    assert r["recall_at_m"] == 0.0 and r["recall_at_m_tol"] == 1.0
+
+
+def test_sweep_rows_flat_exact_and_ivf_all_lists_exact():
+    from benchmarks import gallery_sweep
+
+    gallery, _, query = scattered(n_ids=200, per_id=5, queries=10)
+    base, q = unit(gallery.shared), unit(query.shared)
+    rows = gallery_sweep.sweep(base, q, 20, [("flat", {}, [{}]),
+                                             ("ivf", {"nlist": 16}, [{"nprobe": 1}, {"nprobe": 16}])],
+                               spec=unit(gallery.specific), nl_rows=50)
+    search = [r for r in rows if not r.get("neighbour_lists")]
+    assert [r["recall_at_m"] for r in search][0] == 1.0 and search[2]["recall_at_m"] == 1.0
+    assert search[1]["recall_at_m"] < 1.0
+    assert all(r["p99_ms"] >= r["p50_ms"] > 0 and len(r["loadavg"]) == 3 for r in search)
+    assert {r["nprobe"] for r in rows if r.get("neighbour_lists")} == {16, 32, 64}
