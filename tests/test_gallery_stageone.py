@@ -119,3 +119,29 @@ def test_sweep_rows_flat_exact_and_ivf_all_lists_exact():
     assert search[1]["recall_at_m"] < 1.0
     assert all(r["p99_ms"] >= r["p50_ms"] > 0 and len(r["loadavg"]) == 3 for r in search)
     assert {r["nprobe"] for r in rows if r.get("neighbour_lists")} == {16, 32, 64}
+
+
+def test_milvus_fetches_each_row_once_per_search(tmp_path):
+    pytest.importorskip("pymilvus", reason="Milvus Lite needs pip install 'pymilvus[milvus-lite]'")
+    from benchmarks.gallery_scale import stand_in_sstn
+
+    gallery, pids, query = scattered(n_ids=30, per_id=4, queries=3)
+    g = open_gallery(f"milvus:{tmp_path / 'g.db'}", (32, 8))
+    ref = Gallery(32, 8)
+    try:
+        for s in (g, ref):
+            s.add(gallery, pids=pids, camids=0, entry_ids=np.arange(len(pids)))
+        fetched = []
+        real = g._client.get
+        g._client.get = lambda name, ids, **kw: (fetched.extend(ids), real(name, ids=ids, **kw))[1]
+        sstn = stand_in_sstn(32, 8)
+        got = g.search(query, top=8, transfer=sstn, mode="single-query", shortlist=10)
+        assert fetched and len(fetched) == len(set(fetched))   # no row fetched twice
+        want = ref.search(query, top=8, transfer=sstn, mode="single-query", shortlist=10)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a.entry_ids, b.entry_ids)
+        fetched.clear()
+        g.search(query, top=8, transfer=sstn, mode="single-query", shortlist=10)
+        assert fetched                                         # the cache lasts one search
+    finally:
+        g.close()

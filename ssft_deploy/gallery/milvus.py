@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import threading
 import time
 from collections.abc import Hashable, Iterator
 from typing import Any
@@ -75,6 +76,7 @@ class MilvusGallery(GalleryStore):
         super().__init__(binding, uri)
         self.collection, self.nprobe = collection, int(nprobe)
         self._unflushed = False
+        self._search = threading.local()  # rows fetched by this thread's current search
         self.shortlist_nprobe = shortlist_nprobe or max(self.nprobe, int(np.ceil(
             SHORTLIST_PROBE_FRACTION * INDEXES["ivf"][1]["nlist"])))
         self._client = connect(client_uri or uri, token, timeout_s)
@@ -138,10 +140,19 @@ class MilvusGallery(GalleryStore):
 
     @contextlib.contextmanager
     def _pinned(self) -> Iterator[None]:
-        if self._unflushed:  # seal this client's writes before searching (module docstring)
+        """One search: this client's writes flushed first (module docstring); rows fetched once
+        per search (a shortlist's neighbours are also the next level's entries)."""
+        if self._unflushed:
             self._call("flush", self._client.flush, self.collection)
             self._unflushed = False
-        yield
+        if getattr(self._search, "rows", None) is not None:
+            yield
+            return
+        self._search.rows = {}
+        try:
+            yield
+        finally:
+            self._search.rows = None
 
     def _bump(self) -> None:
         self._unflushed = True
@@ -205,12 +216,17 @@ class MilvusGallery(GalleryStore):
         return self._entries(self._query(_filter(modalities, window), _ALL)), key
 
     def _fetch(self, ids: np.ndarray) -> Entries:
-        rows: list[dict] = []
+        cache = getattr(self._search, "rows", None)
         ids = ids.tolist()
-        for s in range(0, len(ids), CHUNK):
+        todo = ids if cache is None else [i for i in ids if i not in cache]
+        rows: list[dict] = []
+        for s in range(0, len(todo), CHUNK):
             rows += self._call("fetch entries", self._client.get, self.collection,
-                               ids=ids[s:s + CHUNK], output_fields=_ALL)
-        return self._entries(rows)
+                               ids=todo[s:s + CHUNK], output_fields=_ALL)
+        if cache is None:
+            return self._entries(rows)
+        cache.update((r["id"], r) for r in rows)
+        return self._entries([cache[i] for i in ids if i in cache])
 
     def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
              shortlist: bool = False) -> np.ndarray:
