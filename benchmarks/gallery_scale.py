@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import gallery_sweep
 from benchmarks.common import (
     SYSU_GALLERY,
     SYSU_QUERY,
@@ -46,9 +47,19 @@ from ssft_deploy.transfer import SSTN, propagate
 K, TOP = 4, 10
 
 
-def stand_in_sstn(ds: int, dp: int, seed: int = 0) -> SSTN:
-    """Eq. 10 with a fixed random W (the runtime's transfer_fn contract, no model)."""
-    w_t = np.random.default_rng(seed).standard_normal((2 * dp + ds, 64)).astype(np.float32)
+STAND_INS = ("orthogonal", "random-64")
+
+
+def stand_in_sstn(ds: int, dp: int, seed: int = 0, kind: str = "orthogonal") -> SSTN:
+    """Eq. 10 without a trained W (the runtime's transfer_fn contract, no model). "orthogonal":
+    a random orthogonal W, which keeps every distance of the propagated features (the graph
+    propagation is all the transfer does); "random-64": a fixed Gaussian W onto 64 dims, which
+    also discards information at random (a distortion a trained W would not add)."""
+    rng, d = np.random.default_rng(seed), 2 * dp + ds
+    if kind == "orthogonal":
+        w_t = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
+    else:
+        w_t = rng.standard_normal((d, 64)).astype(np.float32)
     return SSTN(lambda z, idx, w: propagate(z, idx, w) @ w_t, k=K)
 
 
@@ -72,16 +83,16 @@ class People:
 
 # -- accuracy: two-stage vs full SSTN on the synthetic SYSU split --------------------------------
 def accuracy(trials: int, shortlists: list[int], ds: int = 64, dp: int = 64, seed: int = 0,
-             noise: float = 1.6) -> dict:
+             noise: float = 1.6, stand_in: str = "orthogonal") -> dict:
     rng = np.random.default_rng(seed)
     people = People(96, ds, dp, seed)
     q_pids = rng.integers(0, 96, SYSU_QUERY)
     q_cams = rng.choice([3, 6], SYSU_QUERY)
     query = people.sample(rng, q_pids, 1, q_cams, noise)
     pairs = [(p, c) for p in range(96) for c in (1, 2, 4, 5)][:SYSU_GALLERY]
-    sstn = stand_in_sstn(ds, dp)
+    sstn = stand_in_sstn(ds, dp, kind=stand_in)
     rows: dict[str, list] = {"full": [], **{f"M={m}": [] for m in shortlists}}
-    for t in tqdm(range(trials), desc="accuracy trials"):
+    for t in tqdm(range(trials), desc=f"accuracy trials ({stand_in} W)"):
         t_rng = np.random.default_rng(seed + 1 + t)       # one image per (identity, camera)
         g_pids = np.array([p for p, _ in pairs])
         g_cams = np.array([c for _, c in pairs])
@@ -92,7 +103,7 @@ def accuracy(trials: int, shortlists: list[int], ds: int = 64, dp: int = 64, see
         rows["full"].append(_metrics(full, q_pids, g_pids, q_cams, g_cams))
         shared_d = np.sqrt(np.maximum(2 - 2 * _unit(query.shared) @ _unit(gallery.shared).T, 0))
         for m in shortlists:
-            dist = 4.0 + shared_d                      # entries outside a shortlist rank last
+            dist = 4.0 + shared_d  # beyond the shortlist: after it, in stage one's order
             ranked = twostage.distances(g, query, (0,), (None, None), m, "single-query", sstn,
                                         None)
             for i, (d, cols) in enumerate(ranked):
@@ -144,36 +155,45 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def scale_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, seed: int = 0
-                ) -> dict:
+def scale_data(n: int, ds: int, dp: int, queries: int, seed: int = 0
+               ) -> tuple[Features, np.ndarray, np.ndarray, Features]:
+    """n RGB entries of n/10 identities (10 entries each, cameras 1, 2, 4, 5) and IR queries of
+    random identities from cameras 3 and 6 (noise 0.8 around the identity and camera centres)."""
     rng = np.random.default_rng(seed)
     people = People(max(1, n // 10), ds, dp, seed)
     pids = np.arange(n) % (max(1, n // 10))
     cams = rng.choice([1, 2, 4, 5], n)
+    gallery = people.sample(rng, pids, 0, cams, 0.8)
+    q_pids = rng.integers(0, max(1, n // 10), queries)
+    return gallery, pids, cams, people.sample(rng, q_pids, 1, rng.choice([3, 6], queries), 0.8)
+
+
+def scale_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, seed: int = 0
+                ) -> dict:
+    feats, pids, cams, q = scale_data(n, ds, dp, queries, seed)
     tmp = Path(tempfile.mkdtemp(prefix="ssft-gallery-bench-"))
     t0 = time.perf_counter()
     if store == "local":
         g = open_gallery(tmp / "g.gallery", (ds, dp))
-        g.add(people.sample(rng, pids, 0, cams, 0.8), pids=pids, camids=cams,
-              entry_ids=np.arange(n))
+        g.add(feats, pids=pids, camids=cams, entry_ids=np.arange(n))
     else:
         g = open_gallery(f"milvus:{tmp / 'g.db'}", (ds, dp), index="ivf" if n >= 50_000 else "flat")
         for s in tqdm(range(0, n, 10_000), desc=f"milvus insert {n}", leave=False):
             e = slice(s, min(n, s + 10_000))
-            g.add(people.sample(rng, pids[e], 0, cams[e], 0.8), pids=pids[e], camids=cams[e],
+            g.add(feats.take(np.arange(n)[e]), pids=pids[e], camids=cams[e],
                   entry_ids=np.arange(n)[e])
+    del feats
     load_s = time.perf_counter() - t0
     sstn = stand_in_sstn(ds, dp)
-    q_pids = rng.integers(0, max(1, n // 10), queries)
-    q = people.sample(rng, q_pids, 1, rng.choice([3, 6], queries), 0.8)
     t0 = time.perf_counter()
     g.search(q.take([0]), top=TOP, transfer=sstn, mode="single-query", shortlist=m)  # indexes
     index_s = time.perf_counter() - t0
-    lat = []
+    lat, loads = [], []
     for i in tqdm(range(queries), desc=f"{store} {n} queries", leave=False):
         t0 = time.perf_counter()
         g.search(q.take([i]), top=TOP, transfer=sstn, mode="single-query", shortlist=m)
         lat.append(time.perf_counter() - t0)
+        loads.append(os.getloadavg()[0])
     recall = shortlist_recall(g, q, m)
     mem = rss_mib()
     g.close()
@@ -185,22 +205,63 @@ def scale_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, seed
             "load_s": load_s, "first_search_s": index_s, "p50_ms": float(np.percentile(lat_ms, 50)),
             "p99_ms": float(np.percentile(lat_ms, 99)), "rss_mib": mem,
             "peak_rss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "shortlist_recall": recall, "loadavg": os.getloadavg()}
+            "shortlist_recall": recall["recall_at_m"], "recalls": recall,
+            "loadavg": os.getloadavg(), "loadavg_during": [min(loads), max(loads)]}
 
 
-def shortlist_recall(g, q: Features, m: int, chunk: int = 16) -> float:
-    """Stage one's shortlist against exact k-NN (brute force over all shared features, in query
-    chunks so 1M entries stay within memory)."""
+def shortlist_recall(g, q: Features, m: int) -> dict[str, float]:
+    """Stage one's shortlists, as two-stage search takes them (``twostage.shortlists``), against
+    exact k-NN over all RGB entries' shared features (float64, query chunks)."""
     feats, cols = g.entries("rgb")
     base = _unit(feats.shared)
     del feats
-    got = g.knn(q.shared, "shared", "rgb", m)
-    hits = 0
-    for s in range(0, len(q), chunk):
-        sim = _unit(q.shared[s:s + chunk]) @ base.T
-        exact = np.argpartition(-sim, m - 1, axis=1)[:, :m]
-        hits += sum(len(np.intersect1d(cols["ids"][e], f)) for e, f in zip(exact, got[s:]))
-    return hits / (m * len(q))
+    got = twostage.shortlists(g, q, (0,), (None, None), m)
+    pos = np.argsort(cols["ids"])
+    found = np.stack([pos[np.searchsorted(cols["ids"], s, sorter=pos)] for s in got])
+    qs = _unit(q.shared)
+    exact, mth = gallery_sweep.exact_top(qs, base, m)
+    return gallery_sweep.recalls(found, exact, mth, qs, base)
+
+
+def run_sweep(out: Path, sizes: list[int], ds: int, dp: int, queries: int, m: int,
+              hnsw_max: int) -> None:
+    """Stage one's recall against latency per index knob (see gallery_sweep)."""
+    rows = []
+    for n in sizes:
+        feats, _, _, q = scale_data(n, ds, dp, queries)
+        base, spec = _unit(feats.shared), _unit(feats.specific)
+        del feats
+        rows += gallery_sweep.sweep(base, _unit(q.shared), m,
+                                    gallery_sweep.default_configs(n, hnsw=n <= hnsw_max), spec)
+        del base, spec
+    for r in rows:
+        if r.get("neighbour_lists"):
+            knob = {k: r[k] for k in ("nlist", "nprobe", "m", "ef_search") if r.get(k)}
+            click.echo(f"n={r['n']:>8d} {r['index']:5s} {knob} neighbour lists: "
+                       f"recall@{r['k']} {r['recall_at_k']:.3f}  p50 {r['p50_ms']:.2f} ms")
+            continue
+        knob = {k: r[k] for k in ("nlist", "nprobe", "m", "ef_search") if r.get(k)}
+        click.echo(f"n={r['n']:>8d} {r['index']:5s} {knob}  build {r['build_s']:.1f} s "
+                   f"{r['index_mib']:.0f} MiB  p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms  "
+                   f"recall@{m} {r['recall_at_m']:.3f} @10 {r['recall_at_10']:.3f} "
+                   f"tol {r['recall_at_m_tol']:.3f}  load {r['loadavg'][0]:.1f}")
+    write_json(out / "gallery_sweep.json", {**header("gallery_sweep"), "dims": [ds, dp],
+                                            "shortlist": m, "rows": rows})
+    plot_sweep(rows, out / "gallery_sweep.png", m, ds)
+    click.echo(f"wrote {out / 'gallery_sweep.json'} and {out / 'gallery_sweep.png'}")
+
+
+def plot_sweep(rows: list[dict], path: Path, m: int, ds: int) -> None:
+    """Recall@M against stage-one p50 latency, one line per (size, index)."""
+    series: dict[str, tuple[list, list]] = {}
+    for r in rows:
+        if not r.get("neighbour_lists"):
+            name = f"{r['n'] // 1000}k {r['index']}" + (f" {r['nlist']}" if r["nlist"] else "")
+            xs, ys = series.setdefault(name, ([], []))
+            xs.append(r["p50_ms"])
+            ys.append(r["recall_at_m"])
+    plot_series(path, series, "stage-one p50 latency per query (ms)", f"recall@{m} vs exact",
+                f"stage one: recall vs latency per knob, dims {ds}", logx=True)
 
 
 @click.command()
@@ -218,22 +279,29 @@ def shortlist_recall(g, q: Features, m: int, chunk: int = 16) -> float:
 @click.option("--shortlist", "m", default=100, show_default=True)
 @click.option("--skip-accuracy", is_flag=True)
 @click.option("--no-milvus", is_flag=True, help="local store only")
+@click.option("--sweep", is_flag=True, help="only stage one's recall vs latency per index knob")
+@click.option("--sweep-sizes", default="100000,1000000", callback=int_list, show_default=True)
+@click.option("--sweep-hnsw-max", default=100_000, show_default=True,
+              help="largest size the sweep builds HNSW at (1M: about 7 min per build here)")
 @click.option("--point", default=None, hidden=True, help="STORE:N (internal: one scale point)")
 def main(out, trials, shortlists, sizes, milvus_sizes, dims, queries, milvus_queries, m,
-         skip_accuracy, no_milvus, point):
+         skip_accuracy, no_milvus, sweep, sweep_sizes, sweep_hnsw_max, point):
     """Two-stage gallery search: accuracy vs full SSTN, and scale (JSON + plot)."""
     ds, dp = dims
+    if sweep:
+        run_sweep(out, sweep_sizes, ds, dp, queries, m, sweep_hnsw_max)
+        return
     if point:
         store, n = point.split(":")
         click.echo(json.dumps(scale_point(store, int(n), ds, dp, queries, m)))
         return
     res = {**header("gallery_scale"), "loadavg_start": os.getloadavg(), "scale": []}
     if not skip_accuracy:
-        res["accuracy"] = accuracy(trials, shortlists)
-        acc = res["accuracy"]
-        click.echo(format_table(["search", "Rank-1", "mAP", "dRank-1", "dmAP"], [
-            [k, f"{v['rank1']:.2f}", f"{v['mAP']:.2f}", f"{v.get('d_rank1', 0):+.2f}",
-             f"{v.get('d_mAP', 0):+.2f}"] for k, v in acc.items()]))
+        res["accuracy"] = {w: accuracy(trials, shortlists, stand_in=w) for w in STAND_INS}
+        click.echo(format_table(["W", "search", "Rank-1", "mAP", "dRank-1", "dmAP"], [
+            [w, k, f"{v['rank1']:.2f}", f"{v['mAP']:.2f}", f"{v.get('d_rank1', 0):+.2f}",
+             f"{v.get('d_mAP', 0):+.2f}"] for w, acc in res["accuracy"].items()
+            for k, v in acc.items()]))
     points = [("local", n) for n in sizes] + [("milvus-lite", n) for n in
                                               ([] if no_milvus else milvus_sizes)]
     for store, n in points:
@@ -269,12 +337,12 @@ def main(out, trials, shortlists, sizes, milvus_sizes, dims, queries, milvus_que
 
 def targets(res: dict, m: int) -> list[dict]:
     out = []
-    acc = res.get("accuracy", {}).get(f"M={m}")
-    if acc:
-        out.append(check_target(f"|dRank-1| at M={m} (points)", abs(acc["d_rank1"]), 0.5,
-                                higher_is_better=False, unit=""))
-        out.append(check_target(f"|dmAP| at M={m} (points)", abs(acc["d_mAP"]), 0.5,
-                                higher_is_better=False, unit=""))
+    for w, table in res.get("accuracy", {}).items():
+        acc = table.get(f"M={m}")
+        for metric in ("rank1", "mAP") if acc else ():
+            out.append(check_target(f"|d{metric}| at M={m}, {w} W (points)",
+                                    abs(acc[f"d_{metric}"]), 0.5, higher_is_better=False,
+                                    unit=""))
     local = sorted((r for r in res["scale"] if r["store"] == "local" and "error" not in r),
                    key=lambda r: r["n"])
     if len(local) >= 2:

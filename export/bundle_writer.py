@@ -14,7 +14,12 @@ from export import manifest as mf
 from export import variants as reg
 from export.errors import ExportError, ParityError
 from export.images import GATE_IMAGES
-from export.onnx_graphs import DEFAULT_EXPORTER, export_extractor, export_transfer
+from export.onnx_graphs import (
+    DEFAULT_EXPORTER,
+    export_extractor,
+    export_transfer,
+    transfer_width,
+)
 from export.precision import TRANSFER_FP16_OPS, convert_fp16
 from ssft_deploy.bundle import EXTRACTORS, GRAPHS, STAGING_NAME, unpublish_manifest, write_manifest
 from ssft_deploy.engines.trt_build import TRANSFER_MAX_ROWS
@@ -135,7 +140,7 @@ def write_bundle(model: Any, out: str | os.PathLike, opts: ExportOptions,
     out.mkdir(parents=True, exist_ok=True)
     unpublish_manifest(out)  # files are rewritten in place: never loadable in between
     durable_unlink(out / STAGING_NAME)
-    info = mf.model_section(model)
+    info = {**mf.model_section(model), "transfer_width": transfer_width(model.config.k)}
     variants = export_onnx_variants(model, out, info, opts, say)
     trt_version = build_engines(out, variants, opts, say) if opts.trt else None
     record = {"exporter": opts.exporter, "max_batch": opts.max_batch, "max_n": opts.max_n,

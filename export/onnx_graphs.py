@@ -62,12 +62,19 @@ def extractor_example(input_size: tuple[int, int], batch: int = 3) -> tuple[torc
     return (torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0)),)
 
 
+def transfer_width(k: int) -> int:
+    """Neighbours per row of the exported transfer graph: the 2k of Eq. 8 plus one, the query
+    edge of Eq. 22 on a gallery row (and the query's own edge when the gallery holds both
+    modalities). Narrower lists are padded with zero-weight self edges, which change nothing."""
+    return 2 * k + 1
+
+
 def transfer_example(dims: dict[str, int], k: int, n: int = 11) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(0)
     width = 2 * dims["specific"] + dims["shared"]
     z = torch.randn(n, width, generator=g)
-    idx = torch.randint(0, n, (n, 2 * k), generator=g, dtype=torch.int64)
-    w = torch.rand(n, 2 * k, generator=g)
+    idx = torch.randint(0, n, (n, transfer_width(k)), generator=g, dtype=torch.int64)
+    w = torch.rand(n, transfer_width(k), generator=g)
     return z, idx, w
 
 

@@ -52,7 +52,7 @@ def write_repository(bundle_dir: str | os.PathLike, repo_dir: str | os.PathLike,
     bundle.check_gate(variant)
     m = bundle.model
     h, w = m.input_size
-    ds, dp, dt, k2 = m.shared_dim, m.specific_dim, m.transfer_dim, 2 * m.k
+    ds, dp, dt, k2 = m.shared_dim, m.specific_dim, m.transfer_dim, m.transfer_width
     repo = Path(repo_dir)
     for graph in GRAPHS:
         entry = bundle.entry(graph, variant)

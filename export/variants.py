@@ -18,6 +18,7 @@ from typing import Any
 from export.errors import GateError
 from export.parity import ExtractFn, TransferFn
 from ssft_deploy.bundle import GRAPHS
+from ssft_deploy.transfer import transfer_feeds
 
 
 def _files(suffix: str, transfer: str | None = None) -> dict[str, str]:
@@ -104,7 +105,8 @@ def engine_pair(engines: dict[str, Any]) -> tuple[ExtractFn, TransferFn]:
         return out["shared"], out["specific"]
 
     def transfer(z, idx, w):
-        return engines["transfer"].run({"z": z, "idx": idx, "w": w})["transferred"]
+        eng = engines["transfer"]
+        return eng.run(transfer_feeds(eng, z, idx, w))["transferred"]
 
     return extract, transfer
 

@@ -64,6 +64,7 @@ class ModelInfo:
     k: int
     transfer_parts: tuple[str, ...]
     arch: str = ""
+    transfer_width: int = 0  # neighbours per row of the transfer graph; 0 = 2k (older bundles)
 
     @property
     def dims(self) -> dict[str, int]:
@@ -81,18 +82,22 @@ class ModelInfo:
                        specific_dim=int(model["specific_dim"]),
                        transfer_dim=int(model["transfer_dim"]), k=int(model["k"]),
                        transfer_parts=tuple(model.get("transfer_parts", ("shared", "specific"))),
-                       arch=str(model.get("arch", "")))
+                       arch=str(model.get("arch", "")),
+                       transfer_width=int(model.get("transfer_width", 2 * int(model["k"]))))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"manifest 'model' section is incomplete or malformed ({exc!r}); "
                               f"{REEXPORT}") from exc
         if len(mean) != 3 or len(std) != 3 or min(h, w) <= 0 or any(s <= 0 for s in std):
             raise BundleError(f"manifest 'model' has a bad input_size/mean/std; {REEXPORT}")
+        if info.transfer_width not in (2 * info.k, 2 * info.k + 1):
+            raise BundleError(f"manifest 'model' transfer_width {info.transfer_width} is neither "
+                              f"2k nor 2k + 1 (k = {info.k}); {REEXPORT}")
         return info
 
     def expected_io(self, graph: str) -> tuple[dict[str, tuple], dict[str, tuple]]:
         """``(inputs, outputs)`` of a graph as name -> (shape with -1 dynamic, dtype name)."""
         h, w = self.input_size
-        ds, dp, dt, k2 = self.shared_dim, self.specific_dim, self.transfer_dim, 2 * self.k
+        ds, dp, dt, k2 = self.shared_dim, self.specific_dim, self.transfer_dim, self.transfer_width
         if graph.startswith("extractor"):
             return ({"images": ((-1, 3, h, w), "float32")},
                     {"shared": ((-1, ds), "float32"), "specific": ((-1, dp), "float32")})

@@ -28,7 +28,7 @@ from ssft_deploy.features import Features, modality_code
 from ssft_deploy.frames import Stretch, to_uint8
 from ssft_deploy.gallery import MODES, Gallery, GalleryStore, SearchResult, bundle_binding
 from ssft_deploy.preprocess import Batch, Preprocessor, raise_item_errors
-from ssft_deploy.transfer import SSTN, RollingAuxiliary, l2_distances
+from ssft_deploy.transfer import SSTN, RollingAuxiliary, l2_distances, transfer_feeds
 
 log = logging.getLogger("ssft_deploy.runtime")
 _EXTRACTORS = {0: "extractor_rgb", 1: "extractor_ir"}
@@ -174,9 +174,7 @@ class ReIDRuntime:
         engine = engine or self.transfer_engine
         if engine is None:
             raise EngineError("this runtime was opened without a transfer engine")
-        feeds = {"z": np.asarray(z, np.float32), "idx": np.asarray(idx, np.int64),
-                 "w": np.asarray(w, np.float32)}
-        return engine.run(feeds)["transferred"]
+        return engine.run(transfer_feeds(engine, z, idx, w))["transferred"]
 
     def fallback_transfer_fn(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
         """``transfer_fn`` on the unlimited fallback engine (opened at the first call)."""

@@ -87,6 +87,28 @@ def propagate(z: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
+def transfer_feeds(engine: object, z: np.ndarray, idx: np.ndarray, w: np.ndarray
+                   ) -> dict[str, np.ndarray]:
+    """Feeds of a transfer engine: neighbour lists narrower than its graph's fixed width are
+    padded with zero-weight self edges (no change to any degree or sum of Eq. 10); wider ones
+    raise EngineError (a graph exported before the width held Eq. 22's query edge)."""
+    z = np.asarray(z, np.float32)
+    idx, w = np.asarray(idx, np.int64), np.asarray(w, np.float32)
+    spec = getattr(engine, "inputs", {}).get("idx")
+    width = int(spec.shape[1]) if spec is not None and len(spec.shape) == 2 else -1
+    if width > 0 and idx.ndim == 2 and idx.shape[1] != width:
+        if idx.shape[1] > width:
+            raise EngineError(
+                f"this bundle's transfer graph takes {width} neighbours per row; this graph has "
+                f"{idx.shape[1]} (Eq. 22 over a gallery holding both modalities, or two-stage "
+                "search, adds the query edge): re-export the bundle with this version's ssft-export")
+        extra = width - idx.shape[1]
+        rows = np.arange(idx.shape[0], dtype=np.int64)[:, None]
+        idx = np.concatenate([idx, np.repeat(rows, extra, axis=1)], axis=1)
+        w = np.concatenate([w, np.zeros((w.shape[0], extra), np.float32)], axis=1)
+    return {"z": z, "idx": idx, "w": w}
+
+
 def l2_distances(a: np.ndarray, b: np.ndarray, dtype=np.float32) -> np.ndarray:
     """Euclidean distances between L2-normalised rows of a [Q,D] and b [G,D] -> [Q,G] (float32;
     evaluation asks for float64, where float32 rounding would create exact ties)."""

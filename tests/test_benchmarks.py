@@ -69,7 +69,9 @@ def test_graph_flops_conv_group_and_gemm(tmp_path):
     assert flops.representative_gemm(gemms) == (2 * hw, 8, 27)
 
 
-def test_transfer_gemms_and_ratio():
+def test_transfer_gemms_and_ratio(monkeypatch):
+    from ssft_deploy.affinity import joint
+
     dims = {"shared": 16, "specific": 8, "transfer": 12}
     feats = unit_features(50, dims, n_rgb=10)
     assert np.allclose(np.linalg.norm(feats[0], axis=1), 1.0, atol=1e-5)
@@ -80,6 +82,13 @@ def test_transfer_gemms_and_ratio():
                            methods=("dense",), rounds=1, warmup=0, budget_s=0.0)
     assert res["n"] == 50 and res["steps"]["dense"] > 0 and res["gemms_s"] > 0
     assert res["ratio_dense_to_gemms"] == pytest.approx(res["steps"]["dense"] / res["gemms_s"])
+    # the products dense performs: one cross product, the symmetric blocks' upper tiles
+    monkeypatch.setattr(joint, "SYM_BLOCK", 16)            # 40 IR rows -> 3 blocks, 6 tiles
+    done = gemm_only_case(feats, dims, performed=True)
+    tiles = sum((b - a) * (d - c) for i, (a, b) in enumerate(joint._edges(40, 16))
+                for (c, d) in joint._edges(40, 16)[i:])
+    assert done.flops == 2.0 * (10 * 40 * 16 + 10 * 10 * 8 + tiles * 8 + 50 * (2 * 8 + 16) * 12)
+    assert res["ratio_dense_to_performed_gemms"] > 0
 
 
 def test_latency_cli_quick(tmp_path):
@@ -190,6 +199,13 @@ def test_targets_use_only_gated_cpu_variants(tmp_path):
     assert tgt["transfer_vs_gemms"]["met"] is None
     # without a bundle nothing is gated: no figure rather than an unverified one
     assert targets([prod], None, None, 32)["best_gated_cpu_vs_torch"]["value"] is None
+    # a variant that passed its gate but lost more than a point of Rank-1 is not the best one
+    man = json.loads((bundle / "manifest.json").read_text())
+    man["gate"]["variants"]["ov-int8"]["figures"]["d_rank1"] = -1.5
+    write_manifest(bundle, man)
+    best = targets([demo, prod], None, {"ratio": 1.0}, 32)["best_gated_cpu_vs_torch"]
+    assert best["value"] == pytest.approx(30.0 / 5.0) and "ort-cpu/int8" in best["target"]
+    assert "-1.50" in best["gated"]["openvino/int8"]
 
 
 def test_transfer_scaling_subprocess_point(tmp_path):

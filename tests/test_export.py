@@ -65,14 +65,56 @@ def test_extractors_match_torch_at_any_batch(setup, batch):
 def test_transfer_matches_torch_at_any_n(setup, n):
     rng = np.random.default_rng(n)
     z = rng.standard_normal((n, 1536)).astype(np.float32)
-    idx = rng.integers(0, n, (n, 8)).astype(np.int64)
-    w = rng.random((n, 8)).astype(np.float32)
+    idx = rng.integers(0, n, (n, 9)).astype(np.int64)  # 2k + 1: Eq. 8's lists + Eq. 22's edge
+    w = rng.random((n, 9)).astype(np.float32)
     w[0] = 0.0  # an isolated row (degree 0) must give the torch result too
     (got,) = _session(setup["bundle"] / "transfer.onnx").run(None, {"z": z, "idx": idx, "w": w})
     with torch.no_grad():
         ref = setup["model"].transfer(*(torch.from_numpy(a) for a in (z, idx, w))).numpy()
     assert got.shape == (n, 512)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_eq22_over_a_gallery_of_both_modalities_runs_on_the_exported_graph(setup):
+    """Single-query rows reach 2k + 1 neighbours when the gallery holds both modalities (the
+    query edge of Eq. 22); all-queries rows have 2k and are padded. Both equal torch."""
+    from ssft_deploy.features import Features
+    from ssft_deploy.transfer import SSTN, transfer_feeds
+
+    bundle = load_bundle(setup["bundle"])
+    eng = open_engine(bundle, "transfer", precision="fp32", backend="ort-cpu")
+    assert bundle.model.transfer_width == 9 and eng.inputs["idx"].shape == (-1, 9)
+
+    def torch_fn(z, idx, w):
+        with torch.no_grad():
+            return setup["model"].transfer(*(torch.from_numpy(a) for a in (z, idx, w))).numpy()
+
+    def graph_fn(z, idx, w):
+        return eng.run(transfer_feeds(eng, z, idx, w))["transferred"]
+
+    rng = np.random.default_rng(3)
+
+    def feats(n, modality):
+        return Features(rng.standard_normal((n, 512)).astype(np.float32),
+                        rng.standard_normal((n, 512)).astype(np.float32), modality)
+
+    gallery = feats(24, np.r_[np.zeros(12, int), np.ones(12, int)])
+    query = feats(5, np.r_[0, 1, 1, 0, 1])
+    for mode in ("single_query_distances", "auxiliary_distances"):
+        got = getattr(SSTN(graph_fn, k=bundle.k), mode)(query, gallery)
+        ref = getattr(SSTN(torch_fn, k=bundle.k), mode)(query, gallery)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    # two-stage search builds 2k + 1 wide single-query subgraphs, here on the exported graph
+    from ssft_deploy.gallery import Gallery
+
+    g = Gallery(512, 512)
+    g.add(gallery, pids=np.arange(24) % 6, camids=np.r_[np.full(12, 1), np.full(12, 3)],
+          entry_ids=np.arange(24))
+    got, ref = (g.search(query, top=5, transfer=SSTN(fn, k=bundle.k), mode="single-query",
+                         shortlist=6, cross_modality=False) for fn in (graph_fn, torch_fn))
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a.entry_ids, b.entry_ids)
+        np.testing.assert_allclose(a.distances, b.distances, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("graph", GRAPH_FILES)
@@ -153,7 +195,7 @@ def test_fp16_variant_parity(setup):
         assert _cos(g, r) >= 0.999
     rng = np.random.default_rng(4)
     z = rng.standard_normal((50, 1536)).astype(np.float32)
-    idx, w = rng.integers(0, 50, (50, 8)), rng.random((50, 8)).astype(np.float32)
+    idx, w = rng.integers(0, 50, (50, 9)), rng.random((50, 9)).astype(np.float32)
     (t16,) = _session(setup["bundle"] / "transfer.fp16.onnx").run(None, {"z": z, "idx": idx,
                                                                           "w": w})
     with torch.no_grad():

@@ -115,7 +115,7 @@ def test_states_its_real_precision(demo_bundle):
 def test_transfer_graph_on_openvino(demo_bundle):
     b = load_bundle(demo_bundle["bundle"])
     rng = np.random.default_rng(1)
-    n, k2 = 50, 2 * b.k
+    n, k2 = 50, b.model.transfer_width
     dz = 2 * b.dims["specific"] + b.dims["shared"]
     feeds = {"z": rng.standard_normal((n, dz), dtype=np.float32),
              "idx": rng.integers(0, n, (n, k2)).astype(np.int64),

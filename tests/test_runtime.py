@@ -120,6 +120,19 @@ def test_transfer_fn_and_distance_modes_match_numpy_reference(rt):
         rt.distances(query, gallery, "magic")
 
 
+def test_bundle_graph_without_the_query_edge_column_says_re_export(rt):
+    """The factory's graph takes 2k neighbours, as bundles exported before the 2k + 1 width did:
+    Eq. 22 over a gallery of both modalities needs 2k + 1 and gets a clear error."""
+    from ssft_deploy.errors import EngineError
+
+    assert rt.transfer_engine.inputs["idx"].shape == (-1, 2 * K)
+    query = _feats(2, "ir", 30)
+    mixed = Features.concat([_feats(3, "rgb", 31), _feats(3, "ir", 32)])
+    with pytest.raises(EngineError, match="re-export"):
+        rt.distances(query, mixed, "single-query")
+    rt.distances(query, mixed, "all-queries")  # 2k wide: runs as before
+
+
 def test_rolling_mode_uses_recent_queries(rt):
     rt.rolling.clear()
     query, gallery = _feats(2, "ir", 20), _feats(5, "rgb", 21)

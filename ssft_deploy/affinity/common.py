@@ -38,7 +38,7 @@ Candidates = Callable[[np.ndarray, np.ndarray, int], Any]
 
 EPS = 1e-12  # same clamp as torch.nn.functional.normalize, so a zero vector maps to 0
 SLACK = 4    # extra candidates per half, re-ranked exactly by refine
-REFINE_ROWS = 64
+REFINE_ROWS = 256
 MAX_WORKERS = 8
 
 _pool: ThreadPoolExecutor | None = None
@@ -168,13 +168,18 @@ def assemble(feats: Features, k: int, candidates: Candidates, slack: int = SLACK
     idx = np.repeat(np.arange(n, dtype=np.int64)[:, None], 2 * k, axis=1)
     w = np.zeros((n, 2 * k), np.float32)
     groups = {m: feats.of_modality(m) for m in (0, 1)}
-    # unit vectors per (kind, modality): float64 for refine, float32 for the candidate search
-    units: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    # unit vectors per (kind, modality): float64 for refine, float32 for the candidate search;
+    # the four sets on the worker threads, largest first
+    keys = sorted(((kind, m) for kind in ("specific", "shared") for m in (0, 1)),
+                  key=lambda km: -groups[km[1]].size)
+
+    def to_unit(key: tuple[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        u64 = unit(getattr(feats, key[0])[groups[key[1]]], np.float64)
+        return u64, u64.astype(np.float32)
+
+    units = dict(zip(keys, parallel_map(to_unit, keys)))
 
     def get(kind: str, m: int) -> tuple[np.ndarray, np.ndarray]:
-        if (kind, m) not in units:
-            u64 = unit(getattr(feats, kind)[groups[m]], np.float64)
-            units[kind, m] = u64, u64.astype(np.float32)
         return units[kind, m]
 
     pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # cross block computed with its mirror

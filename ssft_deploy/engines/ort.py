@@ -24,7 +24,8 @@ def _spec(arg) -> TensorSpec:
 
 
 def session_options(intra_op_threads: int | None = None):
-    """Session options: all graph optimisations, sequential execution, given intra-op threads."""
+    """Session options: all graph optimisations, sequential execution, given intra-op threads,
+    no spinning once a run returns."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -35,6 +36,9 @@ def session_options(intra_op_threads: int | None = None):
         env = os.environ.get("SSFT_ORT_THREADS") or os.environ.get("OMP_NUM_THREADS")
         intra_op_threads = int(env) if env and env.isdigit() else 0
     opts.intra_op_num_threads = int(intra_op_threads)  # 0 = ONNX Runtime's default
+    # Workers spin only while a run is active: the runtime shares its cores with the caller's
+    # own work (numpy affinity between transfer runs, decoding), which spinning threads slow.
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.log_severity_level = 3
     return opts
 

@@ -31,9 +31,11 @@ def open_gallery(uri: str | os.PathLike, dims: Any, *, model_hash: str | None = 
     """Open (or create) the gallery at ``uri`` for features of ``dims`` (a Bundle, a
     GalleryBinding, ``{"shared":, "specific":}`` or ``(shared, specific)``).
 
-    Options: local store ``index`` ("auto" | "flat" | "ivf" | "hnsw"), ``nprobe``,
-    ``lock_timeout_s``; Milvus ``collection``, ``token``, ``index`` ("flat" | "ivf" | "hnsw" |
-    "auto"), ``nprobe``, ``timeout_s`` (connection retries with backoff, bounded)."""
+    Options: local store ``index`` ("auto" | "flat" | "ivf" | "hnsw"), ``nprobe`` /
+    ``ef_search`` (Eq. 6 neighbour lists), ``shortlist_nprobe`` / ``shortlist_ef_search``
+    (two-stage search's stage one; default: 60% of the IVF lists, 8 x M), ``lock_timeout_s``;
+    Milvus ``collection``, ``token``, ``index`` ("flat" | "ivf" | "hnsw" | "auto"), ``nprobe``,
+    ``shortlist_nprobe``, ``timeout_s`` (connection retries with backoff, bounded)."""
     binding = as_binding(dims, model_hash)
     text = os.fspath(uri)
     if text.startswith(("http://", "https://")):

@@ -30,6 +30,7 @@ from ssft_deploy.transfer import SSTN, RollingAuxiliary, l2_distances
 MODES = ("shared", "single-query", "all-queries", "rolling")
 FIELDS = ("shared", "specific")
 Window = tuple[float | None, float | None]
+SHORTLIST_PROBE_FRACTION = 0.6  # of an IVF index's lists, for stage one (sweep in the README)
 
 
 @dataclass
@@ -70,10 +71,12 @@ class GalleryStore(ABC):
         """A consistent snapshot of the matching rows and its cache key."""
 
     @abstractmethod
-    def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int
-             ) -> np.ndarray:
+    def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
+             shortlist: bool = False) -> np.ndarray:
         """Entry ids [nq, limit] of the largest cosines of unit rows ``q`` on ``field`` among
-        the rows of ``modality`` in ``window``, best first; -1 where there are fewer."""
+        the rows of ``modality`` in ``window``, best first; -1 where there are fewer.
+        ``shortlist``: two-stage search's stage one (queries, not gallery entries: the store
+        may search its index more widely)."""
 
     @abstractmethod
     def _fetch(self, ids: np.ndarray) -> Entries:

@@ -3,6 +3,14 @@
 Thread-safe: mutations and snapshots hold a lock; searches run on a consistent snapshot. Faiss
 indexes (exact ``flat``; ``ivf`` beyond ``IVF_MIN_ROWS`` rows with ``index="auto"``) are built
 lazily per (version, modality, field) and reused until the next write.
+
+One index serves two kinds of search with their own settings: the Eq. 6 neighbour lists of
+gallery entries (k + slack nearest entries, ``nprobe`` / ``ef_search``) and two-stage search's
+stage one (a query's M nearest, ``shortlist_nprobe`` / ``shortlist_ef_search``). They differ
+because gallery entries search among their own kind, while a query comes from another modality
+and camera: IVF's cells, trained on the gallery, say little about where a query's true
+neighbours lie, so stage one probes half the lists by default (``SHORTLIST_PROBE_FRACTION``;
+``benchmarks/gallery_scale.py --sweep`` measures recall against latency).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from ssft_deploy.affinity import knn as faiss_knn
 from ssft_deploy.affinity.common import unit
 from ssft_deploy.errors import GalleryError, InputError
 from ssft_deploy.gallery import fileio
-from ssft_deploy.gallery.base import GalleryStore, Window
+from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window
 from ssft_deploy.gallery.binding import GalleryBinding
 from ssft_deploy.gallery.table import COLUMNS, Entries
 
@@ -37,7 +45,8 @@ class Gallery(GalleryStore):
 
     def __init__(self, shared_dim: int | None = None, specific_dim: int | None = None,
                  model_hash: str | None = None, *, index: str = "auto", nprobe: int = 16,
-                 uri: str = "memory") -> None:
+                 ef_search: int = 64, shortlist_nprobe: int | None = None,
+                 shortlist_ef_search: int | None = None, uri: str = "memory") -> None:
         if index not in INDEXES:
             raise InputError(f"unknown gallery index {index!r}: use one of {', '.join(INDEXES)}")
         binding = None if shared_dim is None else GalleryBinding(
@@ -48,7 +57,14 @@ class Gallery(GalleryStore):
         self._next_id = 0
         self._uid = uuid.uuid4().hex  # cache keys of two galleries never collide
         self._ver = 0
-        self.index, self.nprobe = index, int(nprobe)
+        for name, v in (("nprobe", nprobe), ("ef_search", ef_search),
+                        ("shortlist_nprobe", shortlist_nprobe),
+                        ("shortlist_ef_search", shortlist_ef_search)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                                  or v < 1):
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        self.index, self.nprobe, self.ef_search = index, int(nprobe), int(ef_search)
+        self.shortlist_nprobe, self.shortlist_ef_search = shortlist_nprobe, shortlist_ef_search
         self._aux: dict[Hashable, Any] = {}  # per-version faiss indexes and id lookups
         self._pin = threading.local()  # a search's own snapshot (see _pinned)
 
@@ -134,8 +150,8 @@ class Gallery(GalleryStore):
         hit = (t.cols["ids"][pos] == ids) if len(order) else np.zeros(len(ids), bool)
         return t.take(pos[hit])
 
-    def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int
-             ) -> np.ndarray:
+    def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
+             shortlist: bool = False) -> np.ndarray:
         t, ver = self._view()
         rows = np.flatnonzero(t.mask((modality,), window))
         if rows.size == 0:
@@ -144,11 +160,20 @@ class Gallery(GalleryStore):
             ix = self._faiss_index(t, ver, modality, field, rows)
         else:  # a time window: exact search over the rows inside it
             ix = faiss_knn.build_index(unit(t.cols[field][rows]), "flat")
-        found = faiss_knn.search(ix, q, min(limit, rows.size), nprobe=self.nprobe)
+        found = faiss_knn.search(ix, q, min(limit, rows.size), **self._search_params(
+            ix, limit, shortlist))
         out = np.full((len(q), limit), -1, np.int64)
         out[:, :found.shape[1]] = np.where(found >= 0, t.cols["ids"][rows][found.clip(min=0)],
                                            -1)
         return out
+
+    def _search_params(self, ix: Any, limit: int, shortlist: bool) -> dict[str, int]:
+        if not shortlist:
+            return {"nprobe": self.nprobe, "ef_search": self.ef_search}
+        nlist = getattr(ix, "nlist", 1)
+        return {"nprobe": self.shortlist_nprobe or max(
+                    self.nprobe, int(np.ceil(SHORTLIST_PROBE_FRACTION * nlist))),
+                "ef_search": self.shortlist_ef_search or max(self.ef_search, 8 * limit)}
 
     def _faiss_index(self, t: Entries, ver: int, modality: int, field: str,
                      rows: np.ndarray) -> Any:

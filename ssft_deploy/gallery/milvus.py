@@ -7,6 +7,10 @@ The collection's properties record the bundle binding (refused when another bund
 version token renewed after every write (the searchers' caches key on it). Writes are upserts by
 entry id (idempotent) in one request per batch, which Milvus applies entirely or not at all;
 a row is written whole, so a search never sees half an entry.
+
+A search that follows this client's own writes first flushes them (``flush``: the rows leave
+the growing segment, which Milvus Lite searches by a slow brute-force path, for sealed, indexed
+segments); at 10k entries that made each search request 4-6x faster here (README).
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ssft_deploy.errors import GalleryError, InputError
-from ssft_deploy.gallery.base import GalleryStore, Window
+from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window
 from ssft_deploy.gallery.binding import GalleryBinding
 from ssft_deploy.gallery.table import Entries
 
@@ -64,11 +69,16 @@ class MilvusGallery(GalleryStore):
 
     def __init__(self, uri: str, binding: GalleryBinding, *, client_uri: str | None = None,
                  collection: str = "ssft_gallery", token: str | None = None,
-                 index: str = "flat", nprobe: int = 16, timeout_s: float = 10.0) -> None:
+                 index: str = "flat", nprobe: int = 16, shortlist_nprobe: int | None = None,
+                 timeout_s: float = 10.0) -> None:
         if index not in INDEXES:
             raise InputError(f"unknown Milvus index {index!r}: use one of {', '.join(INDEXES)}")
         super().__init__(binding, uri)
         self.collection, self.nprobe = collection, int(nprobe)
+        self._unflushed = False
+        self._search = threading.local()  # rows fetched by this thread's current search
+        self.shortlist_nprobe = shortlist_nprobe or max(self.nprobe, int(np.ceil(
+            SHORTLIST_PROBE_FRACTION * INDEXES["ivf"][1]["nlist"])))
         self._client = connect(client_uri or uri, token, timeout_s)
         try:
             if self._client.has_collection(collection):
@@ -128,7 +138,24 @@ class MilvusGallery(GalleryStore):
         except Exception as exc:
             raise GalleryError(f"Milvus at {self.uri} failed to {what}: {exc}") from exc
 
+    @contextlib.contextmanager
+    def _pinned(self) -> Iterator[None]:
+        """One search: this client's writes flushed first (module docstring); rows fetched once
+        per search (a shortlist's neighbours are also the next level's entries)."""
+        if self._unflushed:
+            self._call("flush", self._client.flush, self.collection)
+            self._unflushed = False
+        if getattr(self._search, "rows", None) is not None:
+            yield
+            return
+        self._search.rows = {}
+        try:
+            yield
+        finally:
+            self._search.rows = None
+
     def _bump(self) -> None:
+        self._unflushed = True
         self._call("record a new version", self._client.alter_collection_properties,
                    self.collection, properties={"ssft.version": _token()})
 
@@ -189,18 +216,25 @@ class MilvusGallery(GalleryStore):
         return self._entries(self._query(_filter(modalities, window), _ALL)), key
 
     def _fetch(self, ids: np.ndarray) -> Entries:
-        rows: list[dict] = []
+        cache = getattr(self._search, "rows", None)
         ids = ids.tolist()
-        for s in range(0, len(ids), CHUNK):
+        todo = ids if cache is None else [i for i in ids if i not in cache]
+        rows: list[dict] = []
+        for s in range(0, len(todo), CHUNK):
             rows += self._call("fetch entries", self._client.get, self.collection,
-                               ids=ids[s:s + CHUNK], output_fields=_ALL)
-        return self._entries(rows)
+                               ids=todo[s:s + CHUNK], output_fields=_ALL)
+        if cache is None:
+            return self._entries(rows)
+        cache.update((r["id"], r) for r in rows)
+        return self._entries([cache[i] for i in ids if i in cache])
 
-    def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int
-             ) -> np.ndarray:
+    def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
+             shortlist: bool = False) -> np.ndarray:
         out = np.full((len(q), limit), -1, np.int64)
         expr = _filter((modality,), window)
-        params = {"metric_type": "COSINE", "params": {"nprobe": self.nprobe}}
+        params = {"metric_type": "COSINE", "params": {
+            "nprobe": self.shortlist_nprobe if shortlist else self.nprobe,
+            "ef": max(64, 8 * limit) if shortlist else 64}}
         for s in range(0, len(q), CHUNK):
             res = self._call("search", self._client.search, self.collection,
                              data=list(q[s:s + CHUNK]), anns_field=field, filter=expr,

@@ -38,7 +38,8 @@ def shortlists(store: GalleryStore, q: Features, mods: tuple[int, ...], window: 
         rows = np.flatnonzero(q.modality == qm)
         for b in mods if rows.size else ():
             field = "specific" if b == qm else "shared"
-            found = store._knn(unit(getattr(q, field)[rows]), field, b, window, m)
+            found = store._knn(unit(getattr(q, field)[rows]), field, b, window, m,
+                               shortlist=True)
             for r, ids in zip(rows, found):
                 out[r].append(ids[ids >= 0])
     return [np.concatenate(parts) if parts else np.zeros(0, np.int64) for parts in out]
