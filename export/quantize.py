@@ -2,8 +2,13 @@
 
 QDQ format with symmetric int8 activations and symmetric per-channel int8 weights is what
 TensorRT's explicit quantisation reads, and ONNX Runtime on CPU fuses the same QDQ pairs into
-integer kernels (VNNI where the CPU has it). Only the convolutions and matrix products are
-quantised: the GeM pooling and the BNNeck affine stay in float32 for the features' accuracy.
+integer kernels (VNNI where the CPU has it). The convolutions and matrix products are quantised,
+and each ReLU is folded into the quantisation of the convolution output it reads: that output is
+then quantised over the ReLU's range [0, max] instead of its signed range, twice the resolution
+where it matters (u8 graphs drop the ReLU node; s8 graphs keep it between Q/DQ pairs, which
+TensorRT fuses). Activation rounding, not weight rounding, is most of the int8 error here (16-bit
+activations with int8 weights: mean feature cosine 0.9989; 16-bit weights, 8-bit activations:
+0.9967). The residual additions, the pooling and the BNNeck affine stay in float32.
 The transfer graph is not quantised (its cost is the gather / normalisation of Eq. 10, and its
 single matmul is small); the int8 variant uses the fp32 transfer graph.
 """
@@ -20,7 +25,8 @@ import onnx
 
 from export.errors import ExportError
 
-QUANT_OPS = ("Conv", "MatMul", "Gemm")
+# "Relu": folded into its producer's output quantisation (see above), not a kernel of its own
+QUANT_OPS = ("Conv", "MatMul", "Gemm", "Relu")
 
 
 class ImageBatches:
