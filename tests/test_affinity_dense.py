@@ -193,3 +193,29 @@ def test_joint_path_gives_the_plain_path_neighbours(monkeypatch: pytest.MonkeyPa
     ref = topk_affinity(shared, specific, modality, k=4, method="dense", col_block=8192)
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_joint_products_run_on_single_threaded_blas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tile's product runs on its worker thread with BLAS held to one thread (BLAS's own
+    threads would spin and take the cores from the selections); the limit is lifted after."""
+    from threadpoolctl import threadpool_info
+
+    from ssft_deploy.affinity import joint
+
+    def blas_threads() -> set[int]:  # numpy's BLAS (faiss may have loaded its own)
+        return {d["num_threads"] for d in threadpool_info()
+                if d["user_api"] == "blas" and "numpy" in d["filepath"]}
+
+    before = blas_threads()
+    seen: list[set[int]] = []
+    real = joint.tile_top
+
+    def spy(tile, c, group=None):
+        seen.append(blas_threads())
+        return real(tile, c, group)
+
+    monkeypatch.setattr(joint, "tile_top", spy)
+    x = np.random.default_rng(23).standard_normal((300, 16)).astype(np.float32)
+    i, _ = joint.self_candidates(x, 5, block=100)
+    np.testing.assert_array_equal(i, brute(x, x, 5))
+    assert seen and all(s == {1} for s in seen) and blas_threads() == before

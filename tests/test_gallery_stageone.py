@@ -115,7 +115,7 @@ def test_sweep_rows_flat_exact_and_ivf_all_lists_exact():
                                              ("ivf", {"nlist": 16}, [{"nprobe": 1}, {"nprobe": 16}])],
                                spec=unit(gallery.specific), nl_rows=50)
     search = [r for r in rows if not r.get("neighbour_lists")]
-    assert [r["recall_at_m"] for r in search][0] == 1.0 and search[2]["recall_at_m"] == 1.0
+    assert search[0]["recall_at_m"] == 1.0 and search[2]["recall_at_m"] == 1.0
     assert search[1]["recall_at_m"] < 1.0
     assert all(r["p99_ms"] >= r["p50_ms"] > 0 and len(r["loadavg"]) == 3 for r in search)
     assert {r["nprobe"] for r in rows if r.get("neighbour_lists")} == {16, 32, 64}

@@ -69,6 +69,21 @@ def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     return list(pool.map(fn, items))
 
 
+_blas: Any = None
+
+
+def single_threaded_blas() -> Any:
+    """A context in which BLAS calls of this process run on their caller's thread only (via
+    threadpoolctl), so the worker threads can each run their own products; a no-op where
+    threadpoolctl finds no BLAS it can limit."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
+
+
 def unit(x: np.ndarray, dtype: type = np.float32, block: int = 512) -> np.ndarray:
     """Rows scaled to unit L2 norm, computed in float64 row blocks (zero rows stay zero)."""
     x = np.asarray(x)

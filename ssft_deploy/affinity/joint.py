@@ -16,11 +16,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssft_deploy.affinity.dense import COL_BLOCK, TILE_ELEMS, merge, select_cols, select_rows
+from ssft_deploy.affinity.common import parallel_map, single_threaded_blas
+from ssft_deploy.affinity.dense import (
+    SELECT_ELEMS,
+    SELECT_ROWS,
+    TILE_ELEMS,
+    merge,
+    tile_top,
+    tile_top_cols,
+)
 
-# Rows per block of a symmetric product: a block of 3803 rows splits in two (3/4 of the flops),
-# while the tiles stay large enough for full-speed sgemm calls.
-SYM_BLOCK = 2048
+# Rows per block of a symmetric product: 3803 rows split in four (10 tiles, 5/8 of the flops),
+# enough tiles to share among the worker threads, each still a full-speed sgemm call.
+SYM_BLOCK = 1024
+# Columns per tile of a cross product (a 301 x 3803 block splits in four tasks).
+PAIR_BLOCK = 1024
 
 Found = tuple[np.ndarray, np.ndarray]  # (indices [n, c] int64, float32 scores [n, c])
 
@@ -33,7 +43,7 @@ def self_candidates(x: np.ndarray, c: int, block: int = SYM_BLOCK) -> Found:
 
 
 def pair_candidates(a: np.ndarray, b: np.ndarray, c_ab: int, c_ba: int,
-                    col_block: int = COL_BLOCK) -> tuple[Found, Found]:
+                    col_block: int = PAIR_BLOCK) -> tuple[Found, Found]:
     """Best ``c_ab`` columns of ``a b^T`` per row of a and best ``c_ba`` columns of ``b a^T`` per
     row of b, from the one product ``a b^T``."""
     a = np.ascontiguousarray(a, dtype=np.float32)
@@ -52,30 +62,51 @@ def _edges(n: int, block: int) -> list[tuple[int, int]]:
 
 def _joint(a: np.ndarray, b: np.ndarray, c_ab: int, c_ba: int, a_edges: list, b_edges: list,
            symmetric: bool) -> tuple[Found, Found]:
+    # One task per tile: its product on a single BLAS thread, then its selections, all on one
+    # worker thread. BLAS's own threads would otherwise keep spinning after each product and
+    # take the cores from the selection passes that follow it.
+    tiles = [(i, j) for i in range(len(a_edges)) for j in range(len(b_edges))
+             if not (symmetric and j < i)]  # below the diagonal: mirrors, selected by column
+
+    def task(ij: tuple[int, int]):
+        i, j = ij
+        (a0, a1), (b0, b1) = a_edges[i], b_edges[j]
+        tile = a[a0:a1] @ b[b0:b1].T
+        rows = _offset(_select_rows(tile, min(c_ab, b1 - b0)), b0)
+        if symmetric and i == j:
+            return rows, None
+        return rows, _offset(_select_cols(tile, min(c_ba, a1 - a0)), a0)
+
+    with single_threaded_blas():
+        found = parallel_map(task, tiles)
     acc_a: list[list] = [[] for _ in a_edges]
-    acc_b: list[list] = [[] for _ in b_edges]
-
-    def add(acc: list, found: tuple[np.ndarray, np.ndarray], offset: int, c: int) -> None:
-        acc.append((found[0], found[1] + offset))
-        if len(acc) > 1:  # running merge: memory stays at one tile plus [rows, 2c]
-            acc[:] = [merge(acc, c)]
-
-    largest = max(e - s for s, e in a_edges) * max(e - s for s, e in b_edges)
-    flat = np.empty(largest, np.float32)  # reused tile memory
-    for i, (a0, a1) in enumerate(a_edges):
-        for j, (b0, b1) in enumerate(b_edges):
-            if symmetric and j < i:
-                continue  # the mirror of tile (j, i), already selected along its columns
-            tile = flat[:(a1 - a0) * (b1 - b0)].reshape(a1 - a0, b1 - b0)
-            np.matmul(a[a0:a1], b[b0:b1].T, out=tile)
-            add(acc_a[i], select_rows(tile, min(c_ab, b1 - b0)), b0, c_ab)
-            if not (symmetric and i == j):
-                add((acc_a if symmetric else acc_b)[j], select_cols(tile, min(c_ba, a1 - a0)),
-                    a0, c_ba)
-    return _collect(acc_a), _collect(acc_b) if not symmetric else _collect(acc_a)
+    acc_b: list[list] = acc_a if symmetric else [[] for _ in b_edges]
+    for (i, j), (rows, cols) in zip(tiles, found):
+        acc_a[i].append(rows)
+        if cols is not None:
+            acc_b[j].append(cols)
+    out_a = _collect(acc_a, c_ab)
+    return out_a, out_a if symmetric else _collect(acc_b, c_ba)
 
 
-def _collect(acc: list[list]) -> Found:
-    s = np.concatenate([p[0][0] for p in acc])
-    i = np.concatenate([p[0][1] for p in acc])
-    return i, s
+def _select_rows(tile: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """``tile_top`` over row slices of ``SELECT_ELEMS`` scores, so each pass stays in cache."""
+    step = max(SELECT_ROWS, SELECT_ELEMS // max(tile.shape[1], 1))
+    parts = [tile_top(tile[s:s + step], c) for s in range(0, tile.shape[0], step)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _select_cols(tile: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """``tile_top_cols`` over column slices of ``SELECT_ELEMS`` scores."""
+    step = max(SELECT_ROWS, SELECT_ELEMS // max(tile.shape[0], 1))
+    parts = [tile_top_cols(tile[:, s:s + step], c) for s in range(0, tile.shape[1], step)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _offset(found: tuple[np.ndarray, np.ndarray], offset: int) -> tuple[np.ndarray, np.ndarray]:
+    return found[0], found[1] + offset
+
+
+def _collect(acc: list[list], c: int) -> Found:
+    merged = [merge(parts, c) for parts in acc]
+    return (np.concatenate([m[1] for m in merged]), np.concatenate([m[0] for m in merged]))
