@@ -106,7 +106,7 @@ def gate_variants(bundle: Bundle, reference: Reference, data: HeldOut,
                         f"images: {exc}; nothing was recorded") from exc
     common = {"reference": {"name": reference.name, **_finite(r_ref)},
               "data": {"source": data.source, "queries": len(data.query),
-                       "gallery": len(data.gallery)},
+                       "gallery": len(data.gallery), "trials": max(1, len(data.trials))},
               "model_sha256": model_digest(bundle.manifest.get("model")), "tool": tool}
     records = {}
     for v in names:
@@ -163,9 +163,12 @@ def format_table(records: dict[str, dict]) -> str:
     if records:
         any_rec = next(iter(records.values()))
         ref, data = any_rec["reference"], any_rec["data"]
+        trials = data.get("trials", 1)
         lines.append(f"parity vs {ref['name']} on {data['queries']} IR queries x "
-                     f"{data['gallery']} RGB gallery ({data['source']}); reference Rank-1 "
-                     f"{_fmt(ref['rank1'], '.1f')} mAP {_fmt(ref['mAP'], '.1f')} (points)")
+                     f"{data['gallery']} RGB gallery ({data['source']}"
+                     f"{f'; mean of {trials} single-shot trials' if trials > 1 else ''}); "
+                     f"reference Rank-1 {_fmt(ref['rank1'], '.1f')} mAP "
+                     f"{_fmt(ref['mAP'], '.1f')} (points)")
     lines += [head, "-" * len(head)]
     for name, r in records.items():
         f = r["figures"]

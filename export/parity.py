@@ -10,7 +10,7 @@ runs the whole gate. No torch at import: the reference may be numpy (the test bu
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ class Stages:
     w: np.ndarray
     z: np.ndarray
     transferred: np.ndarray
+    trial_transferred: list[np.ndarray] = field(default_factory=list)  # [trial gallery; queries]
 
 
 def torch_fns(model: Any) -> tuple[ExtractFn, TransferFn]:
@@ -68,7 +69,15 @@ def run_stages(extract: ExtractFn, transfer: TransferFn, data: HeldOut, k: int,
     with np.errstate(all="ignore"):  # broken (NaN / inf) features are measured, not raised on
         idx, w = topk_affinity(shared, specific, modality, k=k, method="dense")
     z = pad(shared, specific, modality, parts)
-    return Stages(shared, specific, modality, idx, w, z, np.asarray(transfer(z, idx, w)))
+    st = Stages(shared, specific, modality, idx, w, z, np.asarray(transfer(z, idx, w)))
+    queries = len(data.gallery) + np.arange(len(data.query))
+    for rows in data.trials:  # each trial's own transductive graph (Sec. 4.5, all queries)
+        sel = np.concatenate([rows, queries])
+        with np.errstate(all="ignore"):
+            i, w = topk_affinity(shared[sel], specific[sel], modality[sel], k=k, method="dense")
+        z_t = pad(shared[sel], specific[sel], modality[sel], parts)
+        st.trial_transferred.append(np.asarray(transfer(z_t, i, w)))
+    return st
 
 
 def row_cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -97,14 +106,21 @@ def overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def ranking(st: Stages, data: HeldOut) -> dict[str, float]:
     """Rank-1 and mAP (points) of IR queries against the RGB gallery with the transferred
-    features; NaN when those features are not all finite."""
-    g = len(data.gallery)
-    if not np.isfinite(st.transferred).all():
-        return {"rank1": float("nan"), "mAP": float("nan")}
-    dist = l2_distances(st.transferred[g:], st.transferred[:g])
-    cmc, mAP, _ = eval_sysu(dist, data.q_pids, data.g_pids, data.q_camids, data.g_camids,
-                            max_rank=min(20, g))
-    return {"rank1": 100.0 * float(cmc[0]), "mAP": 100.0 * float(mAP)}
+    features, the mean over ``data.trials`` (or of the whole gallery without trials); NaN when
+    those features are not all finite."""
+    trials = list(zip(data.trials, st.trial_transferred)) or [
+        (np.arange(len(data.gallery)), st.transferred)]
+    r1, mAP = [], []
+    for rows, t in trials:
+        g = len(rows)
+        if not np.isfinite(t).all():
+            return {"rank1": float("nan"), "mAP": float("nan"), "trials": len(trials)}
+        cmc, ap, _ = eval_sysu(l2_distances(t[g:], t[:g]), data.q_pids, data.g_pids[rows],
+                               data.q_camids, data.g_camids[rows], max_rank=min(20, g))
+        r1.append(100.0 * float(cmc[0]))
+        mAP.append(100.0 * float(ap))
+    return {"rank1": float(np.mean(r1)), "mAP": float(np.mean(mAP)), "trials": len(trials),
+            "rank1_trial_std": float(np.std(r1))}
 
 
 def measure(ref: Stages, got: Stages, transfer: TransferFn, data: HeldOut) -> dict[str, float]:

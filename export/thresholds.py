@@ -13,8 +13,10 @@ Each row bounds every stage the gate measures against the reference (the PyTorch
 - ``neighbour_overlap_mean``: mean over rows of |top-k set of the variant ∩ the reference's| / k
   (the affinity stage, Eq. 6).
 - ``max_abs_d_rank1`` / ``max_abs_d_mAP``: |Rank-1| / |mAP| difference in points on the held-out
-  trial (IR queries vs RGB gallery, transferred features). The trial has up to 400 queries
-  (``export.images.GATE_IMAGES``): one query is a quarter of a point there.
+  trial (IR queries vs RGB gallery, transferred features): the mean over 10 single-shot
+  galleries drawn from a pool (``export.images.GATE_TRIALS``), up to 400 queries
+  (``GATE_IMAGES``: one query is a quarter of a point); one draw alone moves Rank-1 by about a
+  point on the demo model.
 
 A zero, NaN or inf feature row has cosine 0, and a NaN figure misses every bound: a broken graph
 can never pass. ``bf16`` is set between fp16 and int8 (torch bf16 autocast of the test model

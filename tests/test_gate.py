@@ -124,3 +124,34 @@ def test_a_registry_entry_adds_a_gated_variant(tmp_path, monkeypatch):
                         reg.VariantSpec("fp32", "ort-cpu", reg.FP32_FILES, run_as="fp32"))
     with pytest.raises(GateError, match="opens variant 'fp32'"):
         gate(root, ["fp32-twin"])
+
+
+def test_gate_ranks_the_mean_of_single_shot_trials():
+    """The gate's Rank-1 / mAP are the mean over SYSU single-shot galleries drawn from the pool
+    (one image per identity and camera each), each trial its own transductive graph."""
+    from export.images import HeldOut, single_shot_trials
+    from export.parity import ranking, run_stages
+    from ssft_deploy.metrics import eval_sysu
+    from ssft_deploy.transfer import l2_distances
+    from tests.bundle_factory import K, held_out, numpy_reference
+
+    pids, cams = np.array([1, 1, 1, 2, 2, 3, 3, 3]), np.array([1, 1, 2, 1, 1, 2, 2, 2])
+    trials = single_shot_trials(pids, cams, 4, seed=5)
+    for rows in trials:
+        assert sorted(zip(pids[rows], cams[rows])) == [(1, 1), (1, 2), (2, 1), (3, 2)]
+    assert len({tuple(r) for r in trials}) > 1                  # draws differ
+    assert all((a == b).all() for a, b in zip(trials, single_shot_trials(pids, cams, 4, seed=5)))
+
+    base = held_out((16, 8), ids=4, per_id=3)
+    data = HeldOut(**{**base.__dict__, "trials": single_shot_trials(base.g_pids, base.g_camids, 3)})
+    ref = numpy_reference()
+    st = run_stages(ref.extract, ref.transfer, data, K, ("shared", "specific"))
+    r1 = []
+    for rows, t in zip(data.trials, st.trial_transferred):
+        assert len(t) == len(rows) + len(data.query)
+        cmc, _, _ = eval_sysu(l2_distances(t[len(rows):], t[:len(rows)]), data.q_pids,
+                              data.g_pids[rows], data.q_camids, data.g_camids[rows],
+                              max_rank=len(rows))
+        r1.append(100 * cmc[0])
+    got = ranking(st, data)
+    assert got["trials"] == 3 and got["rank1"] == pytest.approx(np.mean(r1))
