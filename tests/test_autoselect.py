@@ -128,6 +128,30 @@ def test_real_measurement_returns_a_rate_per_candidate(bundle):
     assert set(thr) == {"ort-cpu/fp32", "ort-cpu/int8"} and min(thr.values()) > 0
 
 
+def test_each_candidate_is_timed_in_its_own_process(bundle, monkeypatch):
+    """Engines sharing one process disturb each other's timing, so each candidate runs in a
+    process of its own (engines.probe); a probe that fails says which candidate."""
+    import subprocess
+
+    from ssft_deploy.errors import EngineError
+
+    b = load_bundle(bundle)
+    seen, real = [], subprocess.run
+
+    def spy(cmd, *args, **kwargs):
+        seen.append(cmd)
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", spy)
+    pairs = [("ort-cpu", "fp32"), ("ort-cpu", "int8")]
+    autoselect.measure_throughput(b, pairs, batch=2)
+    assert len(seen) == autoselect.ROUNDS * len(pairs)
+    assert all(c[1:3] == ["-m", "ssft_deploy.engines.probe"] for c in seen)
+    assert {tuple(c[4:6]) for c in seen} == set(pairs)
+    with pytest.raises(EngineError, match="timing ort-cpu/bf16"):
+        autoselect.measure_throughput(b, [("ort-cpu", "bf16")], batch=2)
+
+
 def test_cpu_info_names_the_isa_flags():
     info = autoselect.cpu_info()
     assert set(info["isa"]) == set(autoselect.ISA_FLAGS) and info["model"]

@@ -2,8 +2,8 @@
 
 Which engine and precision are fastest depends on the CPU (AMX, AVX-512 BF16 / VNNI) as much as on
 the engines: the choice is measured, not assumed. Candidates are the bundle's variants that passed
-the parity gate and that a backend can run here; each is timed on the RGB extractor in short
-interleaved rounds, and the throughputs are cached per machine and bundle (CPU model, ISA flags,
+the parity gate and that a backend can run here; each is timed on the RGB extractor in its own
+process (``engines.probe``), in short interleaved rounds, and the throughputs are cached per machine and bundle (CPU model, ISA flags,
 cores, engine versions, manifest hash in the key) under ``$SSFT_CACHE/autoselect``, so the
 measurement runs once. What was picked and why is logged. An explicit backend or precision
 restricts the candidates (explicit choices win).
@@ -37,7 +37,7 @@ ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "
              "avx_vnni", "avx2", "fma", "f16c")
 GRAPH = "extractor_rgb"
 # Measure: batch (capped by the runtime's max batch), rounds, seconds per candidate per round.
-BATCH, ROUNDS, BUDGET_S, SETTLE_S = 8, 2, 0.4, 0.05
+BATCH, ROUNDS, BUDGET_S, SETTLE_S = 8, 2, 0.6, 0.05
 
 Measure = Callable[[Bundle, list[tuple[str, str]], int, "int | None"], dict[str, float]]
 
@@ -109,33 +109,35 @@ def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto"
 
 def measure_throughput(bundle: Bundle, pairs: list[tuple[str, str]], batch: int = BATCH,
                        intra_op_threads: int | None = None) -> dict[str, float]:
-    """Images/s of the RGB extractor per ``backend/precision``, interleaved rounds, warm-up and
-    a settle pause (other engines' spinning threads stop) before each timed slice."""
-    from ssft_deploy.engines.registry import open_engine
+    """Images/s of the RGB extractor per ``backend/precision``, each candidate in its own process
+    (``engines.probe``) as it will run, in interleaved rounds after a settle pause; the mean
+    over rounds."""
+    import subprocess
+    import sys
 
-    h, w = bundle.input_size
-    images = np.random.default_rng(0).standard_normal((batch, 3, h, w), dtype=np.float32)
-    engines = {f"{b}/{p}": open_engine(bundle, GRAPH, p, b, intra_op_threads=intra_op_threads)
-               for b, p in pairs}
-    calls = {name: [0, 0.0] for name in engines}
-    try:
-        for eng in engines.values():
-            eng.run({"images": images})
-        for r in range(ROUNDS):
-            order = list(engines)[r % len(engines):] + list(engines)[:r % len(engines)]
-            for name in order:
-                time.sleep(SETTLE_S)
-                t0 = time.perf_counter()
-                while True:
-                    engines[name].run({"images": images})
-                    calls[name][0] += 1
-                    if time.perf_counter() - t0 >= BUDGET_S:
-                        break
-                calls[name][1] += time.perf_counter() - t0
-    finally:
-        for eng in engines.values():
-            eng.close()
-    return {name: batch * n / s for name, (n, s) in calls.items()}
+    from ssft_deploy.engines.probe import images_per_s
+
+    names = [f"{b}/{p}" for b, p in pairs]
+    got: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(ROUNDS):
+        for (b, p), name in (list(zip(pairs, names))[r % len(pairs):]
+                             + list(zip(pairs, names))[:r % len(pairs)]):
+            time.sleep(SETTLE_S)
+            if not sys.executable:  # an embedding host without a Python executable to spawn
+                got[name].append(images_per_s(str(bundle.root), b, p, batch, BUDGET_S,
+                                              intra_op_threads))
+                continue
+            cmd = [sys.executable, "-m", "ssft_deploy.engines.probe", str(bundle.root), b, p,
+                   "--batch", str(batch), "--seconds", str(BUDGET_S)]
+            if intra_op_threads is not None:
+                cmd += ["--threads", str(intra_op_threads)]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                tail = (res.stderr.strip().splitlines() or ["no output"])[-1][-400:]
+                raise EngineError(f"timing {name} for precision='auto' failed: {tail}")
+            got[name].append(float(json.loads(res.stdout.strip().splitlines()[-1])
+                                   ["images_per_s"]))
+    return {n: float(np.mean(v)) for n, v in got.items()}
 
 
 @dataclass
