@@ -122,7 +122,9 @@ def test_runtime_open_auto_uses_the_choice(bundle, monkeypatch):
         assert rt.selection is None
 
 
-def test_real_measurement_returns_a_rate_per_candidate(bundle):
+def test_real_measurement_returns_a_rate_per_candidate(bundle, monkeypatch):
+    monkeypatch.setattr(autoselect, "WARMUP_S", 0.05)
+    monkeypatch.setattr(autoselect, "BUDGET_S", 0.1)
     b = load_bundle(bundle)
     thr = autoselect.measure_throughput(b, [("ort-cpu", "fp32"), ("ort-cpu", "int8")], batch=2)
     assert set(thr) == {"ort-cpu/fp32", "ort-cpu/int8"} and min(thr.values()) > 0
@@ -135,6 +137,8 @@ def test_each_candidate_is_timed_in_its_own_process(bundle, monkeypatch):
 
     from ssft_deploy.errors import EngineError
 
+    monkeypatch.setattr(autoselect, "WARMUP_S", 0.05)
+    monkeypatch.setattr(autoselect, "BUDGET_S", 0.1)
     b = load_bundle(bundle)
     seen, real = [], subprocess.run
 
@@ -147,7 +151,7 @@ def test_each_candidate_is_timed_in_its_own_process(bundle, monkeypatch):
     autoselect.measure_throughput(b, pairs, batch=2)
     assert len(seen) == autoselect.ROUNDS * len(pairs)
     assert all(c[1:3] == ["-m", "ssft_deploy.engines.probe"] for c in seen)
-    assert {tuple(c[4:6]) for c in seen} == set(pairs)
+    assert {tuple(c[4:6]) for c in seen} == set(pairs) and all("--warmup" in c for c in seen)
     with pytest.raises(EngineError, match="timing ort-cpu/bf16"):
         autoselect.measure_throughput(b, [("ort-cpu", "bf16")], batch=2)
 

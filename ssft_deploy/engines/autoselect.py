@@ -37,7 +37,7 @@ ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "
              "avx_vnni", "avx2", "fma", "f16c")
 GRAPH = "extractor_rgb"
 # Measure: batch (capped by the runtime's max batch), rounds, seconds per candidate per round.
-BATCH, ROUNDS, BUDGET_S, SETTLE_S = 8, 2, 0.6, 0.05
+BATCH, ROUNDS, BUDGET_S, SETTLE_S, WARMUP_S = 8, 3, 0.6, 0.05, 0.5
 
 Measure = Callable[[Bundle, list[tuple[str, str]], int, "int | None"], dict[str, float]]
 
@@ -125,10 +125,10 @@ def measure_throughput(bundle: Bundle, pairs: list[tuple[str, str]], batch: int 
             time.sleep(SETTLE_S)
             if not sys.executable:  # an embedding host without a Python executable to spawn
                 got[name].append(images_per_s(str(bundle.root), b, p, batch, BUDGET_S,
-                                              intra_op_threads))
+                                              intra_op_threads, WARMUP_S))
                 continue
             cmd = [sys.executable, "-m", "ssft_deploy.engines.probe", str(bundle.root), b, p,
-                   "--batch", str(batch), "--seconds", str(BUDGET_S)]
+                   "--batch", str(batch), "--seconds", str(BUDGET_S), "--warmup", str(WARMUP_S)]
             if intra_op_threads is not None:
                 cmd += ["--threads", str(intra_op_threads)]
             res = subprocess.run(cmd, capture_output=True, text=True, check=False)
