@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssft_deploy.affinity.common import parallel_map, single_threaded_blas
+from ssft_deploy.affinity.common import parallel_map, single_threaded_blas, workers
 from ssft_deploy.affinity.dense import (
     SELECT_ELEMS,
     SELECT_ROWS,
@@ -77,14 +77,16 @@ def _joint(a: np.ndarray, b: np.ndarray, c_ab: int, c_ba: int, a_edges: list, b_
             return rows, None
         return rows, _offset(_select_cols(tile, min(c_ba, a1 - a0)), a0)
 
-    with single_threaded_blas():
-        found = parallel_map(task, tiles)
     acc_a: list[list] = [[] for _ in a_edges]
     acc_b: list[list] = acc_a if symmetric else [[] for _ in b_edges]
-    for (i, j), (rows, cols) in zip(tiles, found):
-        acc_a[i].append(rows)
-        if cols is not None:
-            acc_b[j].append(cols)
+    step = 4 * workers()  # tiles in flight: memory stays at a few tiles plus [rows, 2c] per block
+    with single_threaded_blas():
+        for s in range(0, len(tiles), step):
+            batch = tiles[s:s + step]
+            for (i, j), (rows, cols) in zip(batch, parallel_map(task, batch)):
+                _add(acc_a[i], rows, c_ab)
+                if cols is not None:
+                    _add(acc_b[j], cols, c_ba)
     out_a = _collect(acc_a, c_ab)
     return out_a, out_a if symmetric else _collect(acc_b, c_ba)
 
@@ -101,6 +103,12 @@ def _select_cols(tile: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
     step = max(SELECT_ROWS, SELECT_ELEMS // max(tile.shape[0], 1))
     parts = [tile_top_cols(tile[:, s:s + step], c) for s in range(0, tile.shape[1], step)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _add(acc: list, found: tuple[np.ndarray, np.ndarray], c: int) -> None:
+    acc.append(found)
+    if len(acc) > 1:  # running merge
+        acc[:] = [merge(acc, c)]
 
 
 def _offset(found: tuple[np.ndarray, np.ndarray], offset: int) -> tuple[np.ndarray, np.ndarray]:
