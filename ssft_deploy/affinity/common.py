@@ -18,6 +18,7 @@ Both paths compute ``d`` of a pair with the same float64 code, so results stay i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -78,10 +79,13 @@ def single_threaded_blas() -> Any:
     threadpoolctl finds no BLAS it can limit."""
     global _blas
     if _blas is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # a host that vendors its own packages: BLAS keeps its threads
+            _blas = False
+        else:
+            _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas") if _blas else contextlib.nullcontext()
 
 
 def unit(x: np.ndarray, dtype: type = np.float32, block: int = 512) -> np.ndarray:
