@@ -75,7 +75,8 @@ def test_cli_errors_exit_2_without_traceback(tiny_bundle, tmp_path, args, messag
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
 
 
-def test_ctrl_c_stops_cleanly_and_flushes(scene, tiny_bundle, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_cleanly_and_flushes(scene, tiny_bundle, tmp_path, sig):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
@@ -87,8 +88,11 @@ def test_ctrl_c_stops_cleanly_and_flushes(scene, tiny_bundle, tmp_path):
     while time.time() < deadline and not (out / "a.mot.txt").exists():
         time.sleep(0.2)
     time.sleep(2.0)             # the live cameras loop forever: only a signal ends the run
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    proc.send_signal(sig)
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()             # never leave a hung run behind (it would load the next tests)
     assert proc.returncode == 0, stderr[-2000:]
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["interrupted"] and summary["frames"] > 0

@@ -31,10 +31,6 @@ def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[
     return out
 
 
-def _sigterm(*_: object) -> None:
-    raise KeyboardInterrupt  # the pipeline's clean stop, as for Ctrl-C
-
-
 @click.command()
 @click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False),
               help="model bundle folder (ssft-export)")
@@ -101,11 +97,15 @@ def main(bundle, cameras, out, detector, stretch, live, every, gallery_modality,
 
         pipe = VideoPipeline(rt, specs, detector, out=out, config=cfg, annotate=not no_video,
                              pictures=not no_pictures, progress=True, on_event=show)
-        previous = signal.signal(signal.SIGTERM, _sigterm)
+        # Ctrl-C and SIGTERM only raise a flag the run loop reads: a KeyboardInterrupt raised at
+        # an arbitrary point could leave a lock (tqdm's, a queue's) taken and the stop hanging.
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, lambda *_: pipe.interrupt()) for s in signals}
         try:
             summary = pipe.run(duration_s=duration)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
     except SSFTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

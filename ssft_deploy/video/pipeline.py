@@ -113,6 +113,7 @@ class VideoPipeline:
         self.events: list[dict] = []
         self.tracklets: list[Tracklet] = []
         self.stop_event = threading.Event()
+        self._interrupt_requested = False  # set by interrupt() (a signal handler)
         self._ended: queue.Queue = queue.Queue()
         self._guessed: dict[tuple[str, int], int] = {}
         self._in_flight: dict[int, Tracklet] = {}   # ended, not yet associated
@@ -282,6 +283,11 @@ class VideoPipeline:
             self.on_event(event)
 
     # -- running ------------------------------------------------------------------------------
+    def interrupt(self) -> None:
+        """Ask :meth:`run` to stop as interrupted; safe in a signal handler (it only sets a flag
+        that the run loop reads, so the handler never waits on a lock the interrupted code holds)."""
+        self._interrupt_requested = True
+
     def stop(self) -> None:
         """Stop reading; open tracklets end and are associated; outputs are flushed."""
         self.stop_event.set()
@@ -309,6 +315,9 @@ class VideoPipeline:
         interrupted = False
         try:
             while any(c.thread.is_alive() for c in self.cameras):
+                if self._interrupt_requested and not interrupted:
+                    interrupted = True
+                    self.stop()
                 if duration_s is not None and time.perf_counter() - t_start >= duration_s:
                     self.stop()
                 for c in self.cameras:
