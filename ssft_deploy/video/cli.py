@@ -97,8 +97,9 @@ def main(bundle, cameras, out, detector, stretch, live, every, gallery_modality,
 
         pipe = VideoPipeline(rt, specs, detector, out=out, config=cfg, annotate=not no_video,
                              pictures=not no_pictures, progress=True, on_event=show)
-        # Ctrl-C and SIGTERM only raise a flag the run loop reads: a KeyboardInterrupt raised at
-        # an arbitrary point could leave a lock (tqdm's, a queue's) taken and the stop hanging.
+        # Ctrl-C and SIGTERM only raise a flag the run loop reads. Installed here, not inherited:
+        # a process started with SIGINT ignored (a background job of a script) got no
+        # KeyboardInterrupt and its live cameras ran on, writing video until the disk was full.
         signals = (signal.SIGINT, signal.SIGTERM)
         previous = {s: signal.signal(s, lambda *_: pipe.interrupt()) for s in signals}
         try:
