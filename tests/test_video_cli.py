@@ -75,15 +75,20 @@ def test_cli_errors_exit_2_without_traceback(tiny_bundle, tmp_path, args, messag
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_stops_cleanly_and_flushes(scene, tiny_bundle, tmp_path, sig):
+@pytest.mark.parametrize("sig, ignored", [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                         (signal.SIGINT, True)])
+def test_ctrl_c_stops_cleanly_and_flushes(scene, tiny_bundle, tmp_path, sig, ignored):
+    """``ignored``: started with SIGINT ignored, as a background job of a script is; Ctrl-C
+    must still stop it (it used to run on, writing video until the disk was full)."""
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ssft_deploy.video.cli", "--bundle", str(tiny_bundle), "--out",
-         str(out), "--camera", f"a={scene / 'rgb.avi'}:rgb", "--camera",
-         f"b={scene / 'ir.avi'}:ir", "--live", "a", "--live", "b", "--lost-frames", "100"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "ssft_deploy.video.cli", "--bundle", str(tiny_bundle), "--out",
+           str(out), "--camera", f"a={scene / 'rgb.avi'}:rgb", "--camera",
+           f"b={scene / 'ir.avi'}:ir", "--live", "a", "--live", "b", "--lost-frames", "100"]
+    if ignored:  # the shell's `trap '' INT` is inherited through exec
+        cmd = ["sh", "-c", "trap '' INT; exec \"$0\" \"$@\"", *cmd]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not (out / "a.mot.txt").exists():
         time.sleep(0.2)
