@@ -78,7 +78,7 @@ def gemm_only_case(feats, dims: dict[str, int], name: str = "gemms", performed: 
     if performed:
         blocks = [(shared[rgb], shared[ir])]
         for x in (specific[rgb], specific[ir]):
-            edges = joint._edges(len(x), joint.SYM_BLOCK)
+            edges = joint.block_edges(len(x), joint.SYM_BLOCK)
             blocks += [(x[a0:a1], x[b0:b1]) for i, (a0, a1) in enumerate(edges)
                        for (b0, b1) in edges[i:]]
     else:

@@ -200,6 +200,7 @@ def test_joint_products_run_on_single_threaded_blas(monkeypatch: pytest.MonkeyPa
     threads would spin and take the cores from the selections); the limit is lifted after."""
     from threadpoolctl import threadpool_info
 
+    from ssft_deploy.affinity import dense as dense_mod
     from ssft_deploy.affinity import joint
 
     def blas_threads() -> set[int]:  # numpy's BLAS (faiss may have loaded its own)
@@ -208,13 +209,13 @@ def test_joint_products_run_on_single_threaded_blas(monkeypatch: pytest.MonkeyPa
 
     before = blas_threads()
     seen: list[set[int]] = []
-    real = joint.tile_top
+    real = dense_mod.tile_top
 
     def spy(tile, c, group=None):
         seen.append(blas_threads())
         return real(tile, c, group)
 
-    monkeypatch.setattr(joint, "tile_top", spy)
+    monkeypatch.setattr(dense_mod, "tile_top", spy)
     x = np.random.default_rng(23).standard_normal((300, 16)).astype(np.float32)
     i, _ = joint.self_candidates(x, 5, block=100)
     np.testing.assert_array_equal(i, brute(x, x, 5))

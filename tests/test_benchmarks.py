@@ -85,8 +85,8 @@ def test_transfer_gemms_and_ratio(monkeypatch):
     # the products dense performs: one cross product, the symmetric blocks' upper tiles
     monkeypatch.setattr(joint, "SYM_BLOCK", 16)            # 40 IR rows -> 3 blocks, 6 tiles
     done = gemm_only_case(feats, dims, performed=True)
-    tiles = sum((b - a) * (d - c) for i, (a, b) in enumerate(joint._edges(40, 16))
-                for (c, d) in joint._edges(40, 16)[i:])
+    tiles = sum((b - a) * (d - c) for i, (a, b) in enumerate(joint.block_edges(40, 16))
+                for (c, d) in joint.block_edges(40, 16)[i:])
     assert done.flops == 2.0 * (10 * 40 * 16 + 10 * 10 * 8 + tiles * 8 + 50 * (2 * 8 + 16) * 12)
     assert res["ratio_dense_to_performed_gemms"] > 0
 

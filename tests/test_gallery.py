@@ -23,6 +23,16 @@ from tests.test_transfer import stand_in_transfer
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def assert_same_entries(a, b) -> None:
+    """Two galleries hold the same entries: features and every column, per modality."""
+    for m in ("rgb", "ir"):
+        (fa, ca), (fb, cb) = a.entries(m), b.entries(m)
+        np.testing.assert_array_equal(fa.shared, fb.shared)
+        np.testing.assert_array_equal(fa.specific, fb.specific)
+        for k in ca:
+            np.testing.assert_array_equal(ca[k], cb[k])
+
+
 def people(pids, modality, seed, ds=12, dp=8, noise=0.1):
     """Features clustered by identity: the same pid gives nearby shared features."""
     rng = np.random.default_rng(seed)
@@ -110,12 +120,7 @@ def test_save_load_round_trip(gallery, tmp_path):
     gallery.remove(entry_ids=[2])
     gallery.save(path)
     loaded = Gallery.load(path)
-    for m in ("rgb", "ir"):
-        (fa, ca), (fb, cb) = gallery.entries(m), loaded.entries(m)
-        np.testing.assert_array_equal(fa.shared, fb.shared)
-        np.testing.assert_array_equal(fa.specific, fb.specific)
-        for k in ca:
-            np.testing.assert_array_equal(ca[k], cb[k])
+    assert_same_entries(gallery, loaded)
     assert loaded.meta([0, 3, 5]) == [{"frame": 0}, {"frame": 3}, None]
     new = loaded.add(people([9], "ir", seed=3), pids=[9], camids=[1])
     assert list(new) == [7]                               # ids keep counting after a reload

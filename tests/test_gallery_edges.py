@@ -9,7 +9,7 @@ import pytest
 from ssft_deploy.affinity import topk_affinity
 from ssft_deploy.gallery import Gallery
 from ssft_deploy.transfer import SSTN
-from tests.test_gallery import people
+from tests.test_gallery import assert_same_entries, people
 from tests.test_transfer import stand_in_transfer
 
 faiss = pytest.importorskip("faiss", reason="the k-NN method needs faiss (pip install faiss-cpu)")
@@ -23,12 +23,7 @@ def test_save_after_a_modality_is_emptied_round_trips(tmp_path):
     g.save(tmp_path / "g.bin")
     loaded = Gallery.load(tmp_path / "g.bin")
     assert len(loaded) == 3
-    for m in ("rgb", "ir"):
-        (fa, ca), (fb, cb) = g.entries(m), loaded.entries(m)
-        np.testing.assert_array_equal(fa.shared, fb.shared)
-        np.testing.assert_array_equal(fa.specific, fb.specific)
-        for key in ca:
-            np.testing.assert_array_equal(ca[key], cb[key])
+    assert_same_entries(g, loaded)
     assert len(loaded.entries("ir")[0]) == 0
     assert list(loaded.add(people([6], "ir", seed=2), pids=[6], camids=3)) == [5]
 

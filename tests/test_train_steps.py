@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -96,23 +97,30 @@ def test_min_step_updates_exactly_the_network(setup) -> None:
         assert key in logs
 
 
+@contextlib.contextmanager
+def blown_up_adversaries(model):
+    """A discriminator that is confidently wrong and projections that blow up, restored after."""
+    with torch.no_grad():
+        saved = [p.clone() for p in model.parameters()]
+        for p in model.discriminator.parameters():
+            p.mul_(50)
+        for p in model.projections.parameters():
+            p.mul_(1e4)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(model.parameters(), saved):
+                p.copy_(s)
+
+
 def test_adversarial_terms_are_bounded_in_the_min_step(setup) -> None:
     cfg, model, _ = setup
     rgb, ir, y = _batch()
     out = model.forward_train(rgb, ir)
-    with torch.no_grad():   # a discriminator that is confidently wrong, projections that blow up
-        for p in model.discriminator.parameters():
-            p.mul_(50)
-        saved = [p.clone() for p in model.projections.parameters()]
-        for p in model.projections.parameters():
-            p.mul_(1e4)
-    _, logs = min_loss(model, out, y, torch.cat([rgb, ir]), cfg)
+    with blown_up_adversaries(model):
+        _, logs = min_loss(model, out, y, torch.cat([rgb, ir]), cfg)
     assert logs["ma_min"] <= LN2 + 1e-6 and logs["pa_min"] <= 1.0 + 1e-6
-    with torch.no_grad():
-        for p in model.discriminator.parameters():
-            p.div_(50)
-        for p, s in zip(model.projections.parameters(), saved):
-            p.copy_(s)
 
 
 @pytest.mark.parametrize("switches", [
@@ -140,23 +148,14 @@ def test_unbounded_switch_uses_the_papers_terms(setup) -> None:
     rgb, ir, y = _batch()
     out = model.forward_train(rgb, ir)
     paper = cfg.replace(adversarial="unbounded")
-    with torch.no_grad():   # the same blown-up adversaries as above
-        for p in model.discriminator.parameters():
-            p.mul_(50)
-        saved = [p.clone() for p in model.projections.parameters()]
-        for p in model.projections.parameters():
-            p.mul_(1e4)
-    _, bounded = min_loss(model, out, y, torch.cat([rgb, ir]), cfg)
-    _, logs = min_loss(model, out, y, torch.cat([rgb, ir]), paper)
-    h, sp, mod = out["h"].detach(), out["p"].detach(), out["modality"]
-    with torch.no_grad():   # absolute projection error (Eq. 15), not relative to ||H||
-        proj = torch.where(mod.unsqueeze(1) == 0, model.projections["rgb"](sp),
-                           model.projections["ir"](sp))
-        expected = float((proj - h).norm(dim=1).mean())
-        for p in model.discriminator.parameters():
-            p.div_(50)
-        for p, s in zip(model.projections.parameters(), saved):
-            p.copy_(s)
+    with blown_up_adversaries(model):
+        _, bounded = min_loss(model, out, y, torch.cat([rgb, ir]), cfg)
+        _, logs = min_loss(model, out, y, torch.cat([rgb, ir]), paper)
+        h, sp, mod = out["h"].detach(), out["p"].detach(), out["modality"]
+        with torch.no_grad():   # absolute projection error (Eq. 15), not relative to ||H||
+            proj = torch.where(mod.unsqueeze(1) == 0, model.projections["rgb"](sp),
+                               model.projections["ir"](sp))
+            expected = float((proj - h).norm(dim=1).mean())
     assert logs["ma_min"] > LN2 and logs["pa_min"] > 1.0   # Eq. 14 / 15 as written: unclamped
     assert logs["min"] < bounded["min"]
     assert logs["pa_min"] == pytest.approx(expected, rel=1e-5)

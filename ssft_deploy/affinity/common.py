@@ -198,9 +198,6 @@ def assemble(feats: Features, k: int, candidates: Candidates, slack: int = SLACK
 
     units = dict(zip(keys, parallel_map(to_unit, keys)))
 
-    def get(kind: str, m: int) -> tuple[np.ndarray, np.ndarray]:
-        return units[kind, m]
-
     pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # cross block computed with its mirror
     for m in (0, 1):
         rows = groups[m]
@@ -211,7 +208,7 @@ def assemble(feats: Features, k: int, candidates: Candidates, slack: int = SLACK
             if cols.size == 0:
                 continue
             c = min(cols.size, k + slack)
-            (q64, q), (base64, base) = get(kind, m), get(kind, other)
+            (q64, q), (base64, base) = units[kind, m], units[kind, other]
             if half == 0 and hasattr(candidates, "symmetric"):
                 proposed = candidates.symmetric(q, c)
             elif half == 1 and hasattr(candidates, "pair"):

@@ -137,23 +137,32 @@ def _best_per_row(rows: np.ndarray, cols: np.ndarray, s: np.ndarray, nr: int, nb
     return s[pick], cols[pick].astype(np.int64, copy=False)
 
 
-def select_rows(tile: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """``tile_top`` over row slices that stay in cache, on the worker threads (at least one
-    slice per worker)."""
-    nr, nb = tile.shape
-    step = max(SELECT_ROWS, SELECT_ELEMS // max(nb, 1))
-    step = max(1, min(step, -(-nr // workers())))
-    sel = parallel_map(lambda s0: tile_top(tile[s0:s0 + step], c), range(0, nr, step))
-    return np.concatenate([p[0] for p in sel]), np.concatenate([p[1] for p in sel])
+def select_rows(tile: np.ndarray, c: int, parallel: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``tile_top`` over row slices that stay in cache: on the worker threads (at least one slice
+    per worker), or in this thread with ``parallel=False`` (inside a worker's own task)."""
+    return _sliced(tile_top, tile, c, 0, parallel)
 
 
-def select_cols(tile: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """``tile_top_cols`` over column slices on the worker threads: per column of the tile, its
+def select_cols(tile: np.ndarray, c: int, parallel: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``tile_top_cols`` over column slices, as :func:`select_rows`: per column of the tile, its
     best c rows."""
-    nr, nb = tile.shape
-    step = max(SELECT_ROWS, SELECT_ELEMS // max(nr, 1))
-    step = max(1, min(step, -(-nb // workers())))
-    sel = parallel_map(lambda s0: tile_top_cols(tile[:, s0:s0 + step], c), range(0, nb, step))
+    return _sliced(tile_top_cols, tile, c, 1, parallel)
+
+
+def _sliced(fn, tile: np.ndarray, c: int, axis: int, parallel: bool
+            ) -> tuple[np.ndarray, np.ndarray]:
+    n, width = tile.shape[axis], tile.shape[1 - axis]
+    step = max(SELECT_ROWS, SELECT_ELEMS // max(width, 1))
+    if parallel:
+        step = max(1, min(step, -(-n // workers())))
+
+    def part(s0: int) -> tuple[np.ndarray, np.ndarray]:
+        return fn(tile[s0:s0 + step] if axis == 0 else tile[:, s0:s0 + step], c)
+
+    starts = range(0, n, step)
+    sel = parallel_map(part, starts) if parallel else [part(s0) for s0 in starts]
     return np.concatenate([p[0] for p in sel]), np.concatenate([p[1] for p in sel])
 
 

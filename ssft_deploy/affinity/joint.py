@@ -17,14 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ssft_deploy.affinity.common import parallel_map, single_threaded_blas, workers
-from ssft_deploy.affinity.dense import (
-    SELECT_ELEMS,
-    SELECT_ROWS,
-    TILE_ELEMS,
-    merge,
-    tile_top,
-    tile_top_cols,
-)
+from ssft_deploy.affinity.dense import TILE_ELEMS, merge, select_cols, select_rows
 
 # Rows per block of a symmetric product: 3803 rows split in four (10 tiles, 5/8 of the flops),
 # enough tiles to share among the worker threads, each still a full-speed sgemm call.
@@ -38,7 +31,7 @@ Found = tuple[np.ndarray, np.ndarray]  # (indices [n, c] int64, float32 scores [
 def self_candidates(x: np.ndarray, c: int, block: int = SYM_BLOCK) -> Found:
     """Best c columns of ``x x^T`` per row (unit rows), from the upper-triangular tiles."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    edges = _edges(len(x), block)
+    edges = block_edges(len(x), block)
     return _joint(x, x, c, c, edges, edges, symmetric=True)[0]
 
 
@@ -50,11 +43,12 @@ def pair_candidates(a: np.ndarray, b: np.ndarray, c_ab: int, c_ba: int,
     b = np.ascontiguousarray(b, dtype=np.float32)
     col_block = max(1, min(col_block, len(b)))
     row_block = max(1, TILE_ELEMS // col_block)
-    return _joint(a, b, c_ab, c_ba, _edges(len(a), row_block), _edges(len(b), col_block),
+    return _joint(a, b, c_ab, c_ba, block_edges(len(a), row_block), block_edges(len(b), col_block),
                   symmetric=False)
 
 
-def _edges(n: int, block: int) -> list[tuple[int, int]]:
+def block_edges(n: int, block: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of the equal row blocks (at most ``block`` rows) a product is tiled by."""
     nblk = max(1, -(-n // block))
     size = -(-n // nblk)  # equal blocks, not one short remainder
     return [(s, min(n, s + size)) for s in range(0, n, size)] or [(0, 0)]
@@ -72,10 +66,10 @@ def _joint(a: np.ndarray, b: np.ndarray, c_ab: int, c_ba: int, a_edges: list, b_
         i, j = ij
         (a0, a1), (b0, b1) = a_edges[i], b_edges[j]
         tile = a[a0:a1] @ b[b0:b1].T
-        rows = _offset(_select_rows(tile, min(c_ab, b1 - b0)), b0)
+        rows = _offset(select_rows(tile, min(c_ab, b1 - b0), parallel=False), b0)
         if symmetric and i == j:
             return rows, None
-        return rows, _offset(_select_cols(tile, min(c_ba, a1 - a0)), a0)
+        return rows, _offset(select_cols(tile, min(c_ba, a1 - a0), parallel=False), a0)
 
     acc_a: list[list] = [[] for _ in a_edges]
     acc_b: list[list] = acc_a if symmetric else [[] for _ in b_edges]
@@ -89,20 +83,6 @@ def _joint(a: np.ndarray, b: np.ndarray, c_ab: int, c_ba: int, a_edges: list, b_
                     _add(acc_b[j], cols, c_ba)
     out_a = _collect(acc_a, c_ab)
     return out_a, out_a if symmetric else _collect(acc_b, c_ba)
-
-
-def _select_rows(tile: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """``tile_top`` over row slices of ``SELECT_ELEMS`` scores, so each pass stays in cache."""
-    step = max(SELECT_ROWS, SELECT_ELEMS // max(tile.shape[1], 1))
-    parts = [tile_top(tile[s:s + step], c) for s in range(0, tile.shape[0], step)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def _select_cols(tile: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """``tile_top_cols`` over column slices of ``SELECT_ELEMS`` scores."""
-    step = max(SELECT_ROWS, SELECT_ELEMS // max(tile.shape[0], 1))
-    parts = [tile_top_cols(tile[:, s:s + step], c) for s in range(0, tile.shape[1], step)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _add(acc: list, found: tuple[np.ndarray, np.ndarray], c: int) -> None:

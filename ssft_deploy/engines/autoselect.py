@@ -119,9 +119,10 @@ def measure_throughput(bundle: Bundle, pairs: list[tuple[str, str]], batch: int 
 
     names = [f"{b}/{p}" for b, p in pairs]
     got: dict[str, list[float]] = {n: [] for n in names}
+    jobs = list(zip(pairs, names))
     for r in range(ROUNDS):
-        for (b, p), name in (list(zip(pairs, names))[r % len(pairs):]
-                             + list(zip(pairs, names))[:r % len(pairs)]):
+        shift = r % len(jobs)  # each round starts with the next candidate
+        for (b, p), name in jobs[shift:] + jobs[:shift]:
             time.sleep(SETTLE_S)
             if not sys.executable:  # an embedding host without a Python executable to spawn
                 got[name].append(images_per_s(str(bundle.root), b, p, batch, BUDGET_S,
