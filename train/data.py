@@ -1,5 +1,5 @@
 """Training images as tensors: the runtime's preprocessing (ssft_deploy.preprocess) plus the
-training augmentations of Sec. 4.1 (horizontal flip, random erasing)."""
+training augmentations (train/augment.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms import RandomErasing
 
 from ssft_deploy.datasets.records import ImageRecord
 from ssft_deploy.errors import DatasetError
 from ssft_deploy.preprocess import Preprocessor
+from train.augment import Augment
 from train.config import SSFTConfig
 
 
@@ -47,9 +47,8 @@ class ReIDDataset(Dataset):
         self.records = list(records)
         self.labels = labels if labels is not None else label_map(self.records)
         self.pre = Preprocessor((cfg.height, cfg.width))
-        self.flip = train and cfg.flip
-        # value 0 after normalisation = the ImageNet mean colour, as in Bag of Tricks.
-        self.erase = RandomErasing(p=0.5, value=0) if train and cfg.random_erasing else None
+        self.augment = Augment(train and cfg.flip, train and cfg.random_erasing,
+                               cfg.crop_pad if train else 0, cfg.colour_jitter if train else 0.0)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -61,17 +60,10 @@ class ReIDDataset(Dataset):
         rec = self.records[i]
         x = torch.from_numpy(np.ascontiguousarray(self.pre.one(rec.path)))
         if seed is None:
-            return self._augment(x), self.labels[rec.pid], rec.modality
+            return self.augment(x, rec.modality), self.labels[rec.pid], rec.modality
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self._augment(x), self.labels[rec.pid], rec.modality
-
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        if self.flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        if self.erase is not None:
-            x = self.erase(x)
-        return x
+            return self.augment(x, rec.modality), self.labels[rec.pid], rec.modality
 
     @property
     def pids(self) -> list[int]:

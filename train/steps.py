@@ -50,19 +50,36 @@ def min_step(model: SSFTModel, optimizer: torch.optim.Optimizer, out: dict[str, 
 
 
 def make_optimizers(model: SSFTModel, cfg: SSFTConfig) -> dict[str, torch.optim.Optimizer]:
-    """Adam (Sec. 4.1) for Theta_N and, when MoA or PA is on, for the adversaries."""
-    opts = {"network": torch.optim.Adam(model.network_parameters(), lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay)}
+    """Adam (Sec. 4.1) for Theta_N and, when MoA or PA is on, for the adversaries.
+
+    The fused kernel (one pass over each parameter's state instead of a chain of foreach ops) did
+    a fifth of a demo step's CPU time in the unfused form; same update rule
+    (``cfg.fused_optimizer``)."""
+    def adam(params: list[torch.nn.Parameter]) -> torch.optim.Adam:
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                fused=cfg.fused_optimizer)
+
+    opts = {"network": adam(model.network_parameters())}
     adv = model.adversary_parameters()
     if adv:
-        opts["adversary"] = torch.optim.Adam(adv, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opts["adversary"] = adam(adv)
     return opts
 
 
 def train_step(model: SSFTModel, optimizers: dict[str, torch.optim.Optimizer],
                rgb: torch.Tensor, ir: torch.Tensor, labels: torch.Tensor, cfg: SSFTConfig
                ) -> dict[str, float]:
-    """One iteration of Eq. 21; ``labels`` cover the RGB rows first, then the IR rows."""
+    """One iteration of Eq. 21; ``labels`` cover the RGB rows first, then the IR rows.
+    ``cfg.bf16``: forward and losses under bf16 autocast (weights, gradients and the optimiser
+    stay fp32); ``cfg.channels_last``: NHWC inputs for a model moved to channels_last."""
+    if cfg.channels_last:
+        rgb, ir = (x.contiguous(memory_format=torch.channels_last) for x in (rgb, ir))
+    with torch.autocast(rgb.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        return _step(model, optimizers, rgb, ir, labels, cfg)
+
+
+def _step(model: SSFTModel, optimizers: dict[str, torch.optim.Optimizer], rgb: torch.Tensor,
+          ir: torch.Tensor, labels: torch.Tensor, cfg: SSFTConfig) -> dict[str, float]:
     out = model.forward_train(rgb, ir)
     logs: dict[str, float] = {}
     if "adversary" in optimizers:

@@ -37,8 +37,12 @@ LOG_FILE = "log.json"
 
 
 def lr_at(cfg: SSFTConfig, epoch: int) -> float:
-    """Step decay of Sec. 4.1: ``lr * 0.1^(milestones passed)``."""
-    return cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.milestones)
+    """Step decay of Sec. 4.1: ``lr * 0.1^(milestones passed)``, after a linear warm-up from
+    ``lr / 10`` over ``warmup_epochs`` (Bag of Tricks)."""
+    lr = cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.milestones)
+    if epoch < cfg.warmup_epochs:
+        lr *= 0.1 + 0.9 * epoch / cfg.warmup_epochs
+    return lr
 
 
 @contextmanager
@@ -84,6 +88,8 @@ class Trainer:
             self.dataset.pids, self.dataset.modalities, cfg.ids_per_batch, cfg.rgb_per_id,
             cfg.ir_per_id, cfg.batches_per_epoch, cfg.seed)
         self.model = SSFTModel(cfg)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.optimizers = make_optimizers(self.model, cfg)
         self.progress = progress
         self.start_epoch = 0

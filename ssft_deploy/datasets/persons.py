@@ -121,8 +121,10 @@ class Camera:
     ir_ambient: float
 
 
-def make_camera(seed: int, cam: int) -> Camera:
-    rng = np.random.default_rng([seed, cam, 104729])
+def make_camera(seed: int, cam: int, cell: int | None = None) -> Camera:
+    """The conditions of camera ``cam`` in the dataset of ``seed``; with ``cell`` (e.g. a person
+    id) a fresh draw per cell, so a training set sees many backgrounds, lights and casts."""
+    rng = np.random.default_rng([seed, cam, 104729] + ([] if cell is None else [cell]))
     return Camera(bg=rng.uniform(30, 220, (2, 3)).astype(np.float32), light=rng.uniform(0.75, 1.15),
                   cast=rng.uniform(0.85, 1.15, 3).astype(np.float32),
                   scale=(rng.uniform(0.78, 0.88), rng.uniform(0.92, 1.0)),

@@ -127,18 +127,21 @@ def _plan_sysu(rng: np.random.Generator, pids: list[int], rgb_per_cam: tuple[int
 
 
 def _write_images(root: Path, jobs: list[tuple[int, int, int, Path]], seed: int,
-                  size: tuple[int, int], quality: int, progress: bool) -> None:
-    """Render and write (pid, cam, index, path) jobs; the modality follows the camera."""
+                  size: tuple[int, int], quality: int, progress: bool,
+                  vary: frozenset[int] = frozenset()) -> None:
+    """Render and write (pid, cam, index, path) jobs; the modality follows the camera. Ids in
+    ``vary`` get their own draw of each camera's conditions (``make_camera``'s ``cell``)."""
     if len(size) != 2 or size[0] < 16 or size[1] < 8:
         raise SSFTError(f"image size (h, w) must be at least (16, 8), got {tuple(size)}")
     idents, cams = {}, {}
     for pid, cam, n, path in tqdm(jobs, desc="synthetic images", disable=not progress, unit="img"):
         if pid not in idents:
             idents[pid] = make_identity(seed, pid)
-        if cam not in cams:
-            cams[cam] = make_camera(seed, cam)
+        key = (cam, pid if pid in vary else None)
+        if key not in cams:
+            cams[key] = make_camera(seed, *key)
         modality = 1 if cam in IR_CAMS else 0
-        img = render(idents[pid], cams[cam], modality, np.random.default_rng([seed, pid, cam, n]),
+        img = render(idents[pid], cams[key], modality, np.random.default_rng([seed, pid, cam, n]),
                      size)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_jpeg(path, img, quality)
@@ -151,7 +154,8 @@ def generate_sysu(root: str | os.PathLike, num_train: int = 32, num_val: int = 8
                   query_images: int | None = None, gallery_pairs: int | None = None,
                   indoor_pairs: int | None = None,
                   test_rgb_per_cam: int | tuple[int, int] | None = None,
-                  quality: int = 90, progress: bool = False) -> Summary:
+                  vary_train_cameras: bool = False, quality: int = 90,
+                  progress: bool = False) -> Summary:
     """Write a synthetic SYSU-MM01 tree under ``root`` and return a Summary.
 
     ``rgb_per_cam`` / ``ir_per_cam``: images per identity per camera (an int or a (lo, hi) range;
@@ -161,6 +165,9 @@ def generate_sysu(root: str | os.PathLike, num_train: int = 32, num_val: int = 8
     ``query_images``, ``gallery_pairs`` and ``indoor_pairs`` fix the IR image total and the
     (id, RGB camera) pair counts, and ``test_rgb_per_cam`` its images per RGB pair:
     ``generate_sysu(root, **SYSU_TEST_SCALE)`` gives SYSU-MM01's test split.
+    ``vary_train_cameras``: every train / val id sees its own draw of each camera's background,
+    light, colour cast, scale and blur (the test split keeps one draw per camera, as a real
+    site does), so what a model learns depends on the people, not on six cameras' incidentals.
     """
     rgb_rng = _range(rgb_per_cam)
     ir_rng = rgb_rng if ir_per_cam is None else _range(ir_per_cam)
@@ -181,7 +188,8 @@ def generate_sysu(root: str | os.PathLike, num_train: int = 32, num_val: int = 8
         for (pid, cam), count in plan.items():
             jobs += [(pid, cam, n, root / f"cam{cam}" / f"{pid:04d}" / f"{n + 1:04d}.jpg")
                      for n in range(count)]
-    _write_images(root, jobs, seed, size, quality, progress)
+    vary = frozenset(splits["train"] + splits["val"]) if vary_train_cameras else frozenset()
+    _write_images(root, jobs, seed, size, quality, progress, vary)
     (root / "exp").mkdir(parents=True, exist_ok=True)
     for name, ids in splits.items():
         (root / "exp" / f"{name}_id.txt").write_text(",".join(str(p) for p in ids) + "\n")
@@ -237,7 +245,10 @@ def generate_regdb(root: str | os.PathLike, num_ids: int = 40, images_per_id: in
               help="SYSU test split of the real size (96 ids, 3803 queries, 301 pairs)")
 @click.option("--size", default="128,64", show_default=True, help="image H,W")
 @click.option("--seed", default=0, show_default=True, type=int)
-def main(root, regdb, ids, per_cam, test_per_cam, sysu_test_scale, size, seed) -> None:
+@click.option("--vary-train-cameras", is_flag=True,
+              help="SYSU: a fresh draw of each camera's conditions per training id")
+def main(root, regdb, ids, per_cam, test_per_cam, sysu_test_scale, size, seed,
+         vary_train_cameras) -> None:
     """Generate a synthetic cross-modality person dataset."""
     try:
         hw = tuple(int(x) for x in size.split(","))
@@ -251,7 +262,8 @@ def main(root, regdb, ids, per_cam, test_per_cam, sysu_test_scale, size, seed) -
                 raise SSFTError("--ids for SYSU is TRAIN,VAL,TEST")
             extra = dict(SYSU_TEST_SCALE) if sysu_test_scale else {}
             kwargs = {"num_train": counts[0], "num_val": counts[1], "num_test": counts[2],
-                      "rgb_per_cam": pc[0] if len(pc) == 1 else (pc[0], pc[1]), **extra}
+                      "rgb_per_cam": pc[0] if len(pc) == 1 else (pc[0], pc[1]),
+                      "vary_train_cameras": vary_train_cameras, **extra}
             if test_per_cam:
                 tc = [int(x) for x in test_per_cam.split(",")]
                 kwargs["test_rgb_per_cam"] = tc[0] if len(tc) == 1 else (tc[0], tc[1])
