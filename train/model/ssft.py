@@ -45,7 +45,9 @@ class SSFTModel(nn.Module):
         self.decoders = (nn.ModuleDict({m: Decoder(2 * c, config.decoder_channels)
                                         for m in MODALITIES}) if config.reconstruction else None)
         if load_pretrained and config.pretrained:
-            self.backbone.load_imagenet(config.pretrained)
+            from train.model.pretrained import resolve
+
+            self.backbone.load_imagenet(resolve(config.pretrained))
 
     # -- contract -----------------------------------------------------------------------------
     @property
