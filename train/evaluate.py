@@ -16,6 +16,7 @@ import click
 import numpy as np
 import torch
 
+from ssft_deploy.datasets import regdb, sysu
 from ssft_deploy.datasets.records import ImageRecord
 from ssft_deploy.errors import SSFTError
 from ssft_deploy.evaluation import (
@@ -163,14 +164,22 @@ def _shared_only_note(source, chosen: tuple[str, ...]) -> tuple[str, ...]:
               help="ranking pictures of the N worst and N best queries of trial 0")
 @click.option("--visrank-dir", default="visrank", show_default=True,
               type=click.Path(file_okay=False), help="folder for the --visrank pictures")
+@click.option("--reconstructions", default=0, show_default=True, type=click.IntRange(0),
+              help="Fig. 3: N RGB and N IR test images and the decoders' reconstructions from "
+                   "shared only, specific only and both (a checkpoint with decoders)")
+@click.option("--reconstructions-path", default="reconstructions.png", show_default=True,
+              type=click.Path(dir_okay=False), help="PNG for --reconstructions")
 def main(checkpoint_or_bundle, data, dataset, mode, shots, trials, settings, aux_sizes, out, plot,
-         batch_size, precision, backend, affinity, seed, visrank, visrank_dir) -> None:
+         batch_size, precision, backend, affinity, seed, visrank, visrank_dir, reconstructions,
+         reconstructions_path) -> None:
     """Evaluate CHECKPOINT_OR_BUNDLE (a checkpoint, a bundle folder, or for RegDB a folder of
     per-trial checkpoints) on the SYSU-MM01 or RegDB protocol."""
     try:
         for path, option in ((out, "--out"), (plot, "--plot")):   # before any work
             if path:
                 check_output_file(path, option)
+        if reconstructions and is_bundle(checkpoint_or_bundle):   # before any work
+            raise SSFTError("--reconstructions needs a checkpoint: a bundle has no decoders")
         chosen = tuple(s.strip() for s in settings.split(",") if s.strip())
         target = checkpoint_or_bundle
         with torch.no_grad():  # scoped: the CLI also runs in-process (tests, notebooks)
@@ -211,6 +220,13 @@ def main(checkpoint_or_bundle, data, dataset, mode, shots, trials, settings, aux
                 pics = eval_rankings(source, data, visrank, visrank_dir, dataset, chosen[0], mode,
                                      int(shots), seed, affinity)
             click.echo(f"ranking pictures: {len(pics)} in {visrank_dir}")
+        if reconstructions:
+            from train.reconstruct import figure
+
+            records = (sysu.test_records(data) if dataset == "sysu"
+                       else regdb.load_split(data, "test", trial=1))
+            pic = figure(source.model, records, reconstructions, reconstructions_path)
+            click.echo(f"reconstructions (Fig. 3): {pic}")
     except SSFTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
