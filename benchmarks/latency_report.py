@@ -118,6 +118,9 @@ def _gated(model: dict, bundle_model: dict | None, name: str) -> tuple[bool, str
     queries = ((bundle.gate_record(variant) or {}).get("data") or {}).get("queries")
     why = (f"bundle gate verdict of {variant!r}: {verdict!r}; gate dRank-1 / dmAP "
            f"{_pts(d[0])} / {_pts(d[1])} on {queries} queries; cosine to torch here {cos}")
+    if model.get("kind") == "arch":   # the timed graph itself was never gated
+        why = (f"UNGATED: this {model.get('arch')} graph has random weights and no gate of its "
+               f"own; quoted instead: {why}")
     return verdict == "pass", why, close
 
 
@@ -181,8 +184,10 @@ def print_report(models, transfer, auto, tgt, notes) -> None:
     for note in notes:
         click.echo(f"note: {note}")
     for m in models:
+        ungated = (" (random weights, UNGATED: speed only; gate verdicts quoted are the "
+                   "demo bundle's)" if m.get("kind") == "arch" else "")
         click.echo(f"\n[{m['label']}] {m['arch']} {m['input_size'][0]}x{m['input_size'][1]}, "
-                   f"{m['gflop_per_image']:.3f} GFLOP per image")
+                   f"{m['gflop_per_image']:.3f} GFLOP per image{ungated}")
         rows = [[r["name"], r["actual_precision"], r["batch"], r["p50_ms"], r["throughput"],
                  r.get("gflops"), f"{r['rounds_under_load']}/{r['rounds']}",
                  r["others_cores_mean"], m["parity"].get(r["name"], {}).get("min_cos")]

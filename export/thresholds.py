@@ -15,8 +15,9 @@ Each row bounds every stage the gate measures against the reference (the PyTorch
 - ``max_abs_d_rank1`` / ``max_abs_d_mAP``: |Rank-1| / |mAP| difference in points on the held-out
   trial (IR queries vs RGB gallery, transferred features): the mean over 10 single-shot
   galleries drawn from a pool (``export.images.GATE_TRIALS``), up to 400 queries
-  (``GATE_IMAGES``: one query is a quarter of a point); one draw alone moves Rank-1 by about a
-  point on the demo model.
+  (``GATE_IMAGES``: one query is a quarter of a point). The difference is paired: reference and
+  variant rank the same queries against the same gallery draws, so gallery sampling noise cancels
+  and only the queries whose rank-1 match the variant changes move it (issue 23's bounds).
 
 A zero, NaN or inf feature row has cosine 0, and a NaN figure misses every bound: a broken graph
 can never pass. ``bf16`` is set between fp16 and int8 (torch bf16 autocast of the test model
@@ -46,10 +47,10 @@ class Thresholds:
 
 
 THRESHOLDS: dict[str, Thresholds] = {
-    "fp32": Thresholds(0.99999, 0.99999, 0.95, 0.99, 2.5, 1.0),
-    "fp16": Thresholds(0.999, 0.999, 0.90, 0.95, 5.0, 2.0),
-    "bf16": Thresholds(0.998, 0.998, 0.88, 0.93, 5.0, 2.5),
-    "int8": Thresholds(0.98, 0.99, 0.80, 0.85, 7.0, 4.0),
+    "fp32": Thresholds(0.99999, 0.99999, 0.95, 0.99, 0.25, 0.1),
+    "fp16": Thresholds(0.999, 0.999, 0.90, 0.95, 0.5, 0.3),
+    "bf16": Thresholds(0.998, 0.998, 0.88, 0.93, 1.0, 0.5),
+    "int8": Thresholds(0.98, 0.99, 0.80, 0.85, 1.0, 0.7),
 }
 
 # figure name -> (threshold field, how the figure is compared with it)

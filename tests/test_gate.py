@@ -46,7 +46,13 @@ def test_every_precision_has_every_bound_and_nan_misses_them():
             for bad in (float("nan"), None):
                 verdict, failed, _ = judge({**good, name: bad}, precision)
                 assert verdict == "fail" and failed == [name]
-    assert judge({**good, "d_rank1": -3.0}, "fp32")[1] == ["d_rank1"]  # a drop beyond 2.5 pts
+    assert judge({**good, "d_rank1": -3.0}, "fp32")[1] == ["d_rank1"]
+    # issue 23's paired bounds: fp32 0.25 / 0.1, fp16 0.5 / 0.3, bf16 1.0 / 0.5, int8 1.0 / 0.7
+    assert judge({**good, "d_rank1": -0.3}, "fp32")[1] == ["d_rank1"]
+    assert judge({**good, "d_rank1": -0.3, "d_mAP": 0.2}, "fp16")[0] == "pass"
+    assert judge({**good, "d_mAP": 0.6}, "bf16")[1] == ["d_mAP"]
+    assert judge({**good, "d_rank1": 1.0, "d_mAP": -0.7}, "int8")[0] == "pass"
+    assert judge({**good, "d_rank1": 1.25}, "int8")[1] == ["d_rank1"]
     with pytest.raises(GateError, match="no thresholds for precision 'fp8'"):
         judge(good, "fp8")
 
