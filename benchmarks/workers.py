@@ -42,7 +42,8 @@ def load_avg() -> float | None:
 class Worker:
     """A ``benchmarks.backends`` process serving one variant; ``ok`` / ``reason`` / ``actual``."""
 
-    def __init__(self, name: str, spec: dict[str, Any], threads: int | None = None) -> None:
+    def __init__(self, name: str, spec: dict[str, Any], threads: int | None = None,
+                 module: str = "benchmarks.backends") -> None:
         self.name, self.spec = name, spec
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -50,7 +51,7 @@ class Worker:
             env.setdefault("OMP_NUM_THREADS", str(threads))
         self._err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (closed in close())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.backends", json.dumps(spec)], cwd=ROOT, env=env,
+            [sys.executable, "-m", module, json.dumps(spec)], cwd=ROOT, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True)
         hello = self._read()
         self.ok = bool(hello.get("ok"))
@@ -110,13 +111,14 @@ class Worker:
         self._err.close()
 
 
-def start_workers(specs: dict[str, dict[str, Any]], threads: int | None = None
+def start_workers(specs: dict[str, dict[str, Any]], threads: int | None = None,
+                  module: str = "benchmarks.backends"
                   ) -> tuple[dict[str, Worker], list[dict[str, str]]]:
     """Start one worker per spec (one at a time, so their start-ups do not compete); returns
     the running ones and ``[{"name", "reason"}]`` for those that could not open their variant."""
     running, skipped = {}, []
     for name, spec in specs.items():
-        w = Worker(name, spec, threads)
+        w = Worker(name, spec, threads, module)
         if w.ok:
             running[name] = w
         else:

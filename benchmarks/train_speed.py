@@ -1,0 +1,86 @@
+"""Training steps per second on this machine: the demo config before and after the CPU speed-ups.
+
+Each variant (a config plus overrides) trains in its own process (``benchmarks/train_worker.py``)
+on the same data; the variants run in interleaved rounds with the load recorded around every slice
+(``benchmarks.workers``), so a busy machine slows them alike. A step includes fetching its batch
+from the trainer's DataLoader. Prints and writes steps/s per variant and each variant's speed-up
+over the first one, with the CPU model, its ISA flags and the load average.
+
+    python benchmarks/train_speed.py --data runs/demo/data/sysu --out docs/results/train_speed.json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from benchmarks.common import format_table, header, write_json
+from benchmarks.workers import start_workers
+
+# before: the demo config as it was (fp32, NCHW); after: what configs/demo.json now turns on.
+VARIANTS = {
+    "before (fp32, NCHW, foreach Adam)": ["bf16=false", "channels_last=false",
+                                         "fused_optimizer=false"],
+    "fused Adam": ["bf16=false", "channels_last=false"],
+    "channels_last": ["bf16=false", "channels_last=true"],
+    "bf16 autocast": ["bf16=true", "channels_last=false"],
+    "after (bf16 + channels_last)": ["bf16=true", "channels_last=true"],
+}
+
+
+def run(config: str, data: str, rounds: int, budget_s: float, threads: int | None,
+        extra: list[str]) -> dict:
+    from benchmarks.workers import interleaved_rounds
+
+    specs = {name: {"config": config, "data": data, "overrides": ov + extra, "threads": threads}
+             for name, ov in VARIANTS.items()}
+    workers, skipped = start_workers(specs, threads, module="benchmarks.train_worker")
+    try:
+        slices, records = interleaved_rounds(workers, batch=0, rounds=rounds, warmup=3,
+                                             budget_s=budget_s)
+    finally:
+        for w in workers.values():
+            w.close()
+    result = {**header("train_speed"), "config": config, "data": data, "extra": extra,
+              "rounds": records, "skipped": skipped, "variants": {}}
+    base = None
+    for name, sl in slices.items():
+        steps = [s for x in sl for s in x["samples"]]
+        clean = [s for x in sl if not x["under_load"] for s in x["samples"]]
+        sps = len(steps) / sum(steps)
+        base = base or sps
+        result["variants"][name] = {
+            "overrides": VARIANTS[name], "steps": len(steps), "steps_per_s": round(sps, 3),
+            "median_step_s": round(float(np.median(steps)), 4),
+            "steps_per_s_clean_rounds": round(len(clean) / sum(clean), 3) if clean else None,
+            "speedup": round(sps / base, 2)}
+    return result
+
+
+@click.command()
+@click.option("--config", default="configs/demo.json", show_default=True)
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default="docs/results/train_speed.json", show_default=True,
+              type=click.Path())
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--budget-s", default=10.0, show_default=True, help="seconds per slice")
+@click.option("--threads", default=None, type=int, help="torch threads per worker")
+@click.option("--set", "extra", multiple=True, help="override for every variant")
+def main(config, data, out, rounds, budget_s, threads, extra) -> None:
+    """Steps/s of the training variants, side by side in one run."""
+    res = run(config, data, rounds, budget_s, threads, list(extra))
+    m = res["machine"]
+    click.echo(f"{m['cpu']} ({', '.join(m['isa'])}), load {m['load_avg_1m']}")
+    rows = [[n, v["steps"], v["steps_per_s"], v["median_step_s"], v["speedup"]]
+            for n, v in res["variants"].items()]
+    click.echo(format_table(["variant", "steps", "steps/s", "median s/step", "speed-up"], rows))
+    for s in res["skipped"]:
+        click.echo(f"skipped {s['name']}: {s['reason']}")
+    write_json(Path(out), res)
+    click.echo(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
