@@ -294,3 +294,26 @@ def test_parity_gate_and_accuracy_against_torch_twin(tmp_path):
     assert 0.0 <= acc["reference"]["transfer"]["rank1"] <= 100.0
     assert got["d_rank1"] == pytest.approx(0.0, abs=1e-6)
     assert got["d_mAP"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_train_speed_runs_variants_side_by_side(tmp_path):
+    """benchmarks/train_speed.py: each variant in its own process, steps/s and the speed-up
+    over the first variant, the machine and the rounds' load recorded."""
+    from benchmarks import train_speed
+    from ssft_deploy.datasets import synthetic
+
+    data = tmp_path / "sysu"
+    synthetic.generate_sysu(data, num_train=3, num_val=1, num_test=1, rgb_per_cam=2,
+                            size=(32, 16), seed=0)
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"arch": "resnet18", "height": 32, "width": 16, "ids_per_batch": 2,
+                               "rgb_per_id": 1, "ir_per_id": 1, "num_workers": 0,
+                               "disc_hidden": 8, "decoder_channels": 8}))
+    res = train_speed.run(str(cfg), str(data), rounds=1, budget_s=0.0, threads=1, extra=[],
+                          variants={"a": ["fused_optimizer=false"], "b": ["bf16=true"]})
+    assert list(res["variants"]) == ["a", "b"] and not res["skipped"]
+    assert res["variants"]["a"]["speedup"] == 1.0 and res["variants"]["b"]["steps_per_s"] > 0
+    assert res["machine"]["cpu"] and res["rounds"][0]["load_before"] is not None
+    with pytest.raises(common.BenchError, match="no variant could start"):
+        train_speed.run(str(cfg), str(tmp_path), rounds=1, budget_s=0.0, threads=1, extra=[],
+                        variants={"a": []})   # no dataset there
