@@ -61,6 +61,34 @@ def plot(result: dict, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def combine(paths: list[str], out: str | os.PathLike) -> dict:
+    """Several curve JSONs -> one ``{"runs": {name: curve}}`` JSON and a plot: per metric,
+    transfer (solid) and shared-only (dashed) of every run against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {Path(p).stem: json.loads(Path(p).read_text()) for p in paths}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for i, (name, res) in enumerate(runs.items()):
+        steps = [p["step"] for p in res["points"]]
+        for ax, m in zip(axes, METRICS):
+            for s, ls in zip(SETTINGS, ("-", "--")):
+                ax.plot(steps, [p["eval"][s][m] for p in res["points"]], ls=ls, marker="o", ms=3,
+                        color=f"C{i}", label=f"{name}: {s}")
+    for ax, m in zip(axes, METRICS):
+        ax.set(title=f"{m} (SYSU all-search single-shot, 10 trials)", xlabel="training step",
+               ylabel="%")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(Path(out).with_suffix(".png"), dpi=100)
+    plt.close(fig)
+    Path(out).write_text(json.dumps({"runs": runs}, indent=1))
+    return runs
+
+
 @click.command()
 @click.option("--config", required=True, type=click.Path(exists=True))
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
