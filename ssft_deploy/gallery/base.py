@@ -30,7 +30,7 @@ from ssft_deploy.transfer import SSTN, RollingAuxiliary, l2_distances
 MODES = ("shared", "single-query", "all-queries", "rolling")
 FIELDS = ("shared", "specific")
 Window = tuple[float | None, float | None]
-SHORTLIST_PROBE_FRACTION = 0.6  # of an IVF index's lists, for stage one (sweep in the README)
+SHORTLIST_PROBE_FRACTION = 0.6  # of an IVF index's lists, for stage one (sweep in docs/galleries.md)
 
 
 @dataclass

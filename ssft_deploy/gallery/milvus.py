@@ -10,7 +10,7 @@ a row is written whole, so a search never sees half an entry.
 
 A search that follows this client's own writes first flushes them (``flush``: the rows leave
 the growing segment, which Milvus Lite searches by a slow brute-force path, for sealed, indexed
-segments); at 10k entries that made each search request 4-6x faster here (README).
+segments); at 10k entries that made each search request 4-6x faster here (docs/galleries.md).
 """
 
 from __future__ import annotations
