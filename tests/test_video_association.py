@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ssft_deploy.gallery import memory
+from ssft_deploy.transfer import RollingAuxiliary
 from ssft_deploy.video import CameraSpec, Detections, PipelineConfig, VideoPipeline
 from ssft_deploy.video.association import Associator
 from ssft_deploy.video.tracklets import Sample, Tracklet
@@ -79,8 +80,15 @@ def test_rolling_mode_adds_each_sample_once_and_not_the_mean(tiny_runtime):
     assert assoc.end(g) is None
     q = _tracklet(tiny_runtime, "ir", 7, n=3, seed=2)
     before = len(tiny_runtime.rolling)
+    aux = RollingAuxiliary(300)                 # what "rolling" would rank with: a twin set
+    if before:
+        aux.add(tiny_runtime.rolling.snapshot())
+    want = assoc.gallery.search(q.feature(), 5, transfer=tiny_runtime.sstn, mode="rolling",
+                                auxiliary=aux)[0]
     event = assoc.end(q)
     assert event["matches"] and len(tiny_runtime.rolling) - before == 3
+    assert [m["distance"] for m in event["matches"]] == \
+        [round(float(d), 5) for d in want.distances]
     aux = tiny_runtime.rolling.snapshot()
     np.testing.assert_allclose(aux.shared[-3:], q.sample_features().shared)
 
@@ -144,7 +152,7 @@ def test_pipeline_config_and_cli_pass_the_bounds(tiny_runtime):
                          open_fns={"a": lambda: None})
     assert (pipe.associator.max_size, pipe.associator.max_age_s) == (7, 12.5)
     d = PipelineConfig()
-    assert d.gallery_max_size == 10_000 and d.gallery_max_age_s == 3600.0
+    assert d.gallery_max_size == 5000 and d.gallery_max_age_s == 1800.0
     from ssft_deploy.video.cli import main
 
     names = {p.name for p in main.params}

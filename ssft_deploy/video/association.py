@@ -27,8 +27,11 @@ from ssft_deploy.features import Features, modality_code
 from ssft_deploy.gallery import Gallery
 from ssft_deploy.video.tracklets import Tracklet
 
-DEFAULT_MAX_SIZE = 10_000     # entries (identities); a flat search over them stays milliseconds
-DEFAULT_MAX_AGE_S = 3600.0    # seconds since an identity was last updated
+# Each gallery write copies the table (2048 + 2048-d features: 16 KB a row, 82 MB at 5000) and
+# every search runs the transfer over all entries; a person crossing from one modality's cameras
+# to the other's is seen again within minutes.
+DEFAULT_MAX_SIZE = 5000       # entries (one per gallery-modality track)
+DEFAULT_MAX_AGE_S = 1800.0    # seconds since an entry was last updated
 
 
 class Associator:
@@ -75,25 +78,34 @@ class Associator:
         """Handle an ended tracklet (its samples settled): gallery add, or a search -> event."""
         if self.is_gallery(t):
             with self.lock:
-                self._put(t)
+                self._put([t])
                 self._prune()
             return None
         return self.search(t)
 
-    def _put(self, t: Tracklet) -> None:
-        """Write ``t``'s current feature as the entry of its identity (replacing an older one);
-        no-op without a feature. Call with the lock held."""
-        f = t.feature()
-        if f is None:
+    def _put(self, tracklets: list[Tracklet]) -> None:
+        """Write each tracklet's current feature as the entry of its identity (replacing an
+        older one) in one gallery write (each write copies the table); tracklets without a
+        feature are skipped. Call with the lock held."""
+        done = []
+        for t in tracklets:
+            n = len(t.extracted())      # counted first: a sample settling meanwhile is rewritten
+            f = t.feature()
+            if f is not None:
+                done.append((t, f, n))
+        if not done:
             return
         now = self.clock()
-        self.gallery.add(f, [t.identity], [t.camera_index], [t.track],
-                         meta=[{"camera": t.camera, "track": t.track}],
-                         entry_ids=[t.identity], timestamps=now)
-        self.tracklets[t.identity] = t
-        self._updated.pop(t.identity, None)
-        self._updated[t.identity] = now
-        self._written[t.identity] = len(t.extracted())
+        ids = [t.identity for t, _, _ in done]
+        self.gallery.add(Features.concat([f for _, f, _ in done]), ids,
+                         [t.camera_index for t, _, _ in done], [t.track for t, _, _ in done],
+                         meta=[{"camera": t.camera, "track": t.track} for t, _, _ in done],
+                         entry_ids=ids, timestamps=now)
+        for t, _, n in done:
+            self.tracklets[t.identity] = t
+            self._updated.pop(t.identity, None)
+            self._updated[t.identity] = now
+            self._written[t.identity] = n
 
     def _prune(self) -> None:
         """Drop entries older than ``max_age_s`` and the oldest beyond ``max_size``."""
@@ -101,7 +113,8 @@ class Associator:
         drop = [i for i, ts in self._updated.items() if ts < cut]
         extra = len(self._updated) - len(drop) - self.max_size
         if extra > 0:
-            drop += [i for i in self._updated if i not in set(drop)][:extra]
+            aged = set(drop)
+            drop += [i for i in self._updated if i not in aged][:extra]
         if not drop:
             return
         self.gallery.remove(entry_ids=drop)
@@ -117,10 +130,8 @@ class Associator:
         live = [t for t in self.live_tracklets() if self.is_gallery(t)] \
             if self.include_live else []
         with self.lock:
-            for t in live:
-                if t.identity is not None \
-                        and len(t.extracted()) != self._written.get(t.identity, 0):
-                    self._put(t)
+            self._put([t for t in live if t.identity is not None
+                       and len(t.extracted()) != self._written.get(t.identity, 0)])
             if prune:
                 self._prune()
 
