@@ -65,12 +65,14 @@ def test_second_run_into_the_same_out_is_refused_unless_overwrite(scene, tiny_bu
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == {
         **before, (out / "rankings" / "cam3_999_0.jpg").relative_to(out): b"an old picture"}
 
+    (out / "input.avi").write_bytes(b"a camera's video kept beside the outputs")
     third = _run(tiny_bundle, scene, out, "--overwrite", "--no-video")
     assert third.exit_code == 0, third.output
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     pictures = {p.name for p in (out / "rankings").iterdir()}
     assert pictures == {e["picture"].split("/")[-1] for e in events if "picture" in e}
     assert not (out / "cam1.avi").exists()                 # the old run's videos are gone too
+    assert (out / "input.avi").exists()                    # not one of them: left alone
 
 
 def test_overwrite_never_empties_a_folder_that_is_not_a_run(scene, tiny_bundle, tmp_path):

@@ -56,13 +56,13 @@ def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[
 @click.option("--max-distance", default=1.0, show_default=True, type=click.FloatRange(0, 2),
               help="a best match farther than this is 'unknown'")
 @click.option("--lost-frames", default=30, show_default=True, type=click.IntRange(1),
-              help="frames without a box before a track ends")
+              help="processed frames without a box before a track ends")
 @click.option("--gallery-max-size", default=DEFAULT_MAX_SIZE, show_default=True,
-              type=click.IntRange(1), help="gallery entries kept; the least recently updated "
-              "identities leave first")
+              type=click.IntRange(1), help="gallery entries kept (one per gallery-modality "
+              "track); the least recently updated leave first")
 @click.option("--gallery-max-age", default=DEFAULT_MAX_AGE_S, show_default=True,
               type=click.FloatRange(0, min_open=True),
-              help="seconds an identity stays in the gallery after its last update")
+              help="seconds an entry stays in the gallery after its last update")
 @click.option("--max-frames", default=None, type=click.IntRange(1), help="per camera")
 @click.option("--duration", default=None, type=click.FloatRange(0), help="seconds, then stop")
 @click.option("--reid", type=click.Choice(["batcher", "direct"]), default="batcher",

@@ -9,8 +9,8 @@
 
 Nothing is written outside the folder. A folder that is not empty is refused
 (:class:`OutputExistsError`) unless ``overwrite``, and even then only a previous run's folder (it
-has ``events.jsonl``): that run's outputs above are deleted first, so no old picture is left
-matching no event; other files in it are left alone.
+has ``events.jsonl``): that run's outputs above are deleted first (``NAME.avi`` only beside a
+``NAME.mot.txt``), so no old picture is left matching no event; other files are left alone.
 """
 
 from __future__ import annotations
@@ -52,8 +52,10 @@ def _clear_run(out: Path) -> None:
     """Delete what a previous run wrote into ``out`` (see the module docstring)."""
     rankings = out / "rankings"
     pictures = [] if rankings.is_symlink() else rankings.glob("*.jpg")  # never outside out
-    old = [out / "events.jsonl", out / "tracks.json", *out.glob("*.mot.txt"), *out.glob("*.avi"),
-           *pictures]
+    # NAME.avi only beside NAME.mot.txt: an input video kept in the folder stays
+    mot = list(out.glob("*.mot.txt"))
+    videos = [p.with_name(p.name[:-len(".mot.txt")] + ".avi") for p in mot]
+    old = [out / "events.jsonl", out / "tracks.json", *mot, *videos, *pictures]
     for p in old:
         if p.is_file() or p.is_symlink():
             p.unlink()

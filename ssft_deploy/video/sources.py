@@ -8,8 +8,9 @@ Every frame goes through the package's frame contract (:func:`ssft_deploy.frames
 the camera's :class:`~ssft_deploy.frames.Stretch`), so later stages see ``uint8`` BGR or grey.
 A frame that cannot be decoded, is over the pixel limit (image folders: checked before decoding)
 or does not meet the contract is counted (``corrupt``) and skipped; one of another size than the
-camera's first frame is resized to it (``resized``). A live camera (a stream URL, or ``live=True``) that stops delivering is reported and
-reopened with exponential backoff; it never raises into the pipeline.
+camera's first frame is resized to it (``resized``). A live camera (a stream URL, or
+``live=True``) that stops delivering is reported and reopened with exponential backoff; it never
+raises into the pipeline.
 """
 
 from __future__ import annotations
