@@ -85,12 +85,13 @@ def test_rolling_mode_adds_each_sample_once_and_not_the_mean(tiny_runtime):
         aux.add(tiny_runtime.rolling.snapshot())
     want = assoc.gallery.search(q.feature(), 5, transfer=tiny_runtime.sstn, mode="rolling",
                                 auxiliary=aux)[0]
+    samples = q.sample_features()
     event = assoc.end(q)
     assert event["matches"] and len(tiny_runtime.rolling) - before == 3
     assert [m["distance"] for m in event["matches"]] == \
         [round(float(d), 5) for d in want.distances]
     aux = tiny_runtime.rolling.snapshot()
-    np.testing.assert_allclose(aux.shared[-3:], q.sample_features().shared)
+    np.testing.assert_allclose(aux.shared[-3:], samples.shared)
 
 
 def test_the_live_gallery_is_searched_without_a_copy(tiny_runtime, monkeypatch, caplog):
@@ -157,3 +158,17 @@ def test_pipeline_config_and_cli_pass_the_bounds(tiny_runtime):
 
     names = {p.name for p in main.params}
     assert {"gallery_max_size", "gallery_max_age", "overwrite"} <= names
+
+
+def test_an_associated_tracklet_keeps_no_features(tiny_runtime):
+    """A long run keeps every ended tracklet for tracks.json; their sample features (2 x 2048
+    floats each with a real bundle) used to stay in memory for the life of the process."""
+    assoc = Associator(tiny_runtime, "rgb", "single-query")
+    g = _tracklet(tiny_runtime, "rgb", 1, seed=1, identity=assoc.new_identity())
+    q = _tracklet(tiny_runtime, "ir", 2, seed=2)
+    assoc.end(g)
+    assert assoc.end(q)["matches"]
+    for t in (g, q):
+        assert all(s.shared is None and s.specific is None for s in t.samples)
+        assert t.feature() is None and t.summary()["samples"]["extracted"] == 3
+    assert len(assoc.gallery) == 1 and assoc.owner(g.identity) is g

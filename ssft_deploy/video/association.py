@@ -75,13 +75,18 @@ class Associator:
         return modality_code(t.modality) == self.gallery_code
 
     def end(self, t: Tracklet) -> dict | None:
-        """Handle an ended tracklet (its samples settled): gallery add, or a search -> event."""
-        if self.is_gallery(t):
+        """Handle an ended tracklet (its samples settled): gallery add, or a search -> event;
+        then its sample features are released (the gallery holds what is still needed)."""
+        try:
+            if self.is_gallery(t):
+                with self.lock:
+                    self._put([t])
+                    self._prune()
+                return None
+            return self.search(t)
+        finally:
             with self.lock:
-                self._put([t])
-                self._prune()
-            return None
-        return self.search(t)
+                t.release()
 
     def _put(self, tracklets: list[Tracklet]) -> None:
         """Write each tracklet's current feature as the entry of its identity (replacing an

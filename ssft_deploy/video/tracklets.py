@@ -118,22 +118,33 @@ class Tracklet:
     identity: int | None = None
     ended: bool = False
     last_step: int = 0          # the book's processed-frame count when last seen
+    released: bool = False      # sample features dropped (see release)
 
     def extracted(self) -> list[Sample]:
         return [s for s in self.samples if s.state == "extracted"]
 
+    def release(self) -> None:
+        """Drop the samples' features and futures once the tracklet is associated (states,
+        boxes and counts stay for ``tracks.json``): a long run keeps every tracklet, and a
+        sample's features are 2 x 2048 floats."""
+        for s in self.samples:
+            s.shared = s.specific = s.future = None
+        self.released = True
+
     def sample_features(self) -> Features | None:
-        """The extracted samples' features (rows in sample order), or None."""
+        """The extracted samples' features (rows in sample order), or None (also once
+        released)."""
         done = self.extracted()
-        if not done:
+        if not done or self.released:
             return None
         return Features(np.stack([s.shared for s in done]), np.stack([s.specific for s in done]),
                         modality_code(self.modality))
 
     def feature(self) -> Features | None:
-        """Quality-weighted mean of unit shared / specific features: one row, or None."""
+        """Quality-weighted mean of unit shared / specific features: one row, or None (also
+        once released)."""
         done = self.extracted()
-        if not done:
+        if not done or self.released:
             return None
         q = np.asarray([max(s.quality, 1e-6) for s in done], np.float64)[:, None]
 
