@@ -71,7 +71,7 @@ def test_a_person_occluded_while_a_live_camera_drops_frames_stays_one_track(tiny
     cam = s["cameras"]["cam"]
     assert cam["dropped"] >= 40 and cam["error"] is None
     tracks = [(t["track"], t["start_frame"], t["end_frame"]) for t in s["tracks"]]
-    assert len(tracks) == 1 and tracks[0][1] == 0 and tracks[0][2] >= 66, tracks
+    assert len(tracks) == 1 and tracks[0][1] <= 2 and tracks[0][2] >= 66, tracks
 
 
 def test_rolling_mode_adds_each_sample_once_and_not_the_mean(tiny_runtime):
