@@ -36,16 +36,18 @@ def check_out(out: str | Path, overwrite: bool = False) -> None:
     """OutputExistsError unless ``out`` is missing, empty, or (with ``overwrite``) a previous
     run's folder; nothing is changed (callers check this before any work)."""
     out = Path(out)
-    if not out.is_dir() or not any(out.iterdir()):
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not held:
         return
+    shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
     if not overwrite:
-        raise OutputExistsError(f"output folder {out} is not empty (a previous run?): pass "
-                                "--overwrite (overwrite=True) to replace that run's outputs, "
-                                "or choose a new folder")
+        raise OutputExistsError(f"output folder {out} is not empty ({shown}; a previous run?): "
+                                "pass --overwrite (overwrite=True) to replace that run's "
+                                "outputs, or choose a new folder")
     if not (out / "events.jsonl").is_file():
-        raise OutputExistsError(f"output folder {out} is not empty and not the output of an "
-                                "ssft-video run (no events.jsonl): nothing in it is deleted; "
-                                "choose a new or empty folder")
+        raise OutputExistsError(f"output folder {out} is not empty ({shown}) and not the "
+                                "output of an ssft-video run (no events.jsonl): nothing in it "
+                                "is deleted; choose a new or empty folder")
 
 
 def _clear_run(out: Path) -> None:
