@@ -27,7 +27,7 @@ import numpy as np
 from ssft_deploy.batcher import CropFeatures, FrameBatcher
 from ssft_deploy.errors import InputError
 from ssft_deploy.frames import to_bgr
-from ssft_deploy.video.association import Associator
+from ssft_deploy.video.association import DEFAULT_MAX_AGE_S, DEFAULT_MAX_SIZE, Associator
 from ssft_deploy.video.detectors import Detector, make_detector
 from ssft_deploy.video.outputs import RunOutput
 from ssft_deploy.video.sources import Backoff, CameraReader, CameraSpec, Capture, FrameQueue
@@ -72,6 +72,8 @@ class PipelineConfig:
     max_frames: int | None = None
     loop: bool = False
     provisional_every: int = 4        # samples between provisional identity labels (0: off)
+    gallery_max_size: int = DEFAULT_MAX_SIZE        # entries; the least recently updated go
+    gallery_max_age_s: float = DEFAULT_MAX_AGE_S    # seconds without an update, then it goes
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     backoff: Backoff = field(default_factory=Backoff)
 
@@ -100,7 +102,8 @@ class VideoPipeline:
                  out: str | None = None, config: PipelineConfig | None = None,
                  open_fns: dict[str, Callable[[], Capture]] | None = None,
                  annotate: bool = True, pictures: bool = True, progress: bool = False,
-                 on_event: Callable[[dict], None] | None = None) -> None:
+                 on_event: Callable[[dict], None] | None = None, overwrite: bool = False
+                 ) -> None:
         names = [c.name for c in cameras]
         if not cameras or len(set(names)) != len(names):
             raise InputError(f"need one or more cameras with distinct names, got {names}")
@@ -108,7 +111,7 @@ class VideoPipeline:
         if self.cfg.reid not in ("batcher", "direct"):
             raise InputError(f"reid must be 'batcher' or 'direct', got {self.cfg.reid!r}")
         self.clock, self.ledger = StageClock(), Ledger()
-        self.output = RunOutput(out, annotate, pictures) if out else None
+        self.output = RunOutput(out, annotate, pictures, overwrite) if out else None
         self.on_event, self.progress = on_event, progress
         self.events: list[dict] = []
         self.tracklets: list[Tracklet] = []
@@ -128,7 +131,8 @@ class VideoPipeline:
         self.cameras: list[_Camera] = []
         self.associator = Associator(runtime, self.cfg.gallery_modality, self.cfg.mode,
                                      self.cfg.top, self.cfg.max_distance, self.cfg.include_live,
-                                     self._live_tracklets)
+                                     self._live_tracklets, self.cfg.gallery_max_size,
+                                     self.cfg.gallery_max_age_s)
         for i, spec in enumerate(cameras):
             reader = CameraReader(spec, FrameQueue(self.cfg.frame_queue,
                                                    "drop" if spec.is_live else "block"),
@@ -198,7 +202,7 @@ class VideoPipeline:
                 clock.add("detect", t1 - t0)
                 clock.add("track", t2 - t1)
                 cam.book.observe(fr.index, fr.time_s, fr.image, xyxy, scores, ids)
-                for t in cam.book.expire(fr.index):
+                for t in cam.book.expire():
                     self._end(t)
                 t3 = time.perf_counter()
                 if out is not None:

@@ -6,9 +6,11 @@ in-process ``open_fn`` returning an object with ``read() -> ndarray | None`` and
 
 Every frame goes through the package's frame contract (:func:`ssft_deploy.frames.to_uint8`, with
 the camera's :class:`~ssft_deploy.frames.Stretch`), so later stages see ``uint8`` BGR or grey.
-A frame that cannot be decoded or does not meet the contract is counted (``corrupt``) and
-skipped. A live camera (a stream URL, or ``live=True``) that stops delivering is reported and
-reopened with exponential backoff; it never raises into the pipeline.
+A frame that cannot be decoded, is over the pixel limit (image folders: checked before decoding)
+or does not meet the contract is counted (``corrupt``) and skipped; one of another size than the
+camera's first frame is resized to it (``resized``). A live camera (a stream URL, or
+``live=True``) that stops delivering is reported and reopened with exponential backoff; it never
+raises into the pipeline.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -26,12 +29,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ssft_deploy.datasets.images import check_pixels, max_pixels_limit
 from ssft_deploy.errors import InputError
 from ssft_deploy.features import modality_code
-from ssft_deploy.frames import Stretch, to_uint8
+from ssft_deploy.frames import Stretch, fit_size, to_uint8
 
 log = logging.getLogger("ssft_deploy.video")
 _IMAGE_EXT = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 _STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
@@ -57,6 +62,10 @@ class CameraSpec:
     live: bool | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _SAFE_NAME.fullmatch(self.name):
+            # The name becomes part of output file names: "../x" wrote beside --out.
+            raise InputError(f"camera name {self.name!r}: use 1-64 ASCII letters, digits, '.', "
+                             "'_' or '-', starting with a letter or digit (it names output files)")
         modality_code(self.modality)  # InputError for anything but rgb / ir
 
     @property
@@ -99,16 +108,19 @@ class OpenCVCapture:
 
 
 class ImageSequence:
-    """Image files in name order, each read unchanged (16-bit stays 16-bit); an unreadable file
-    yields an empty array (counted corrupt by the reader), the end yields None."""
+    """Image files in name order, each read unchanged (16-bit stays 16-bit); a file that cannot
+    be read, or whose header declares more than the pixel limit (``max_pixels``, else
+    ``$SSFT_MAX_IMAGE_PIXELS``; checked before decoding), yields an empty array (counted corrupt
+    by the reader; the reason is logged), the end yields None."""
 
-    def __init__(self, source: str, fps: float = 25.0) -> None:
+    def __init__(self, source: str, fps: float = 25.0, max_pixels: int | None = None) -> None:
         path = Path(source)
         files = (sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_EXT)
                  if path.is_dir() else sorted(Path(p) for p in glob.glob(source)))
         if not files:
             raise InputError(f"no images ({', '.join(_IMAGE_EXT)}) in {source!r}")
         self.files, self.pos, self.fps = files, 0, float(fps)
+        self.max_pixels = max_pixels_limit(max_pixels)
 
     def read(self) -> np.ndarray | None:
         import cv2
@@ -117,7 +129,13 @@ class ImageSequence:
             return None
         f = self.files[self.pos]
         self.pos += 1
-        img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+        try:
+            data = np.fromfile(f, dtype=np.uint8)
+            check_pixels(data, str(f), self.max_pixels)
+            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except (OSError, InputError, cv2.error) as exc:
+            log.warning("skipped frame %s: %s", f, exc)
+            img = None
         return img if img is not None else np.zeros((0, 0), np.uint8)
 
     def release(self) -> None:
@@ -202,7 +220,8 @@ class Backoff:
 class CameraReader:
     """The reader thread of one camera: source -> frame contract -> :class:`FrameQueue`.
 
-    ``stats`` counts ``frames``, ``corrupt`` (undecodable or refused frames), ``dropped``
+    ``stats`` counts ``frames``, ``corrupt`` (undecodable or refused frames), ``resized``
+    (frames of another size than the camera's first, resized to it), ``dropped``
     (queue full), ``disconnects``, ``reconnects``; ``events`` lists what happened to the
     connection (``on_event`` is called with each, e.g. to print it)."""
 
@@ -220,7 +239,9 @@ class CameraReader:
         self.max_frames, self.loop = max_frames, loop
         self.on_event = on_event
         self.stop_event = threading.Event()
-        self.stats = {"frames": 0, "corrupt": 0, "disconnects": 0, "reconnects": 0}
+        self.stats = {"frames": 0, "corrupt": 0, "resized": 0, "disconnects": 0,
+                      "reconnects": 0}
+        self.size: tuple[int, int] | None = None    # (h, w) of the first frame
         self.events: list[dict] = []
         self.fps = 25.0
         self.error: str | None = None
@@ -313,6 +334,11 @@ class CameraReader:
             except InputError:
                 self.stats["corrupt"] += 1
                 continue
+            if self.size is None:
+                self.size = image.shape[:2]
+            elif image.shape[:2] != self.size:
+                image = fit_size(image, self.size)
+                self.stats["resized"] += 1
             self.read_seconds += time.perf_counter() - t
             ts = time.time() if self.spec.is_live else index / self.fps
             self.queue.put(Frame(self.spec.name, index, ts, image), self.stop_event)
