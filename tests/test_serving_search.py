@@ -60,7 +60,9 @@ def test_gallery_file_changed_by_another_writer_is_searched_next_request(tiny_ru
     path = tmp_path / "g.gallery"
     writer = open_gallery(path, binding)
     writer.add(feats(tiny_runtime, 4, 2, "rgb"), pids=[0, 1, 2, 3], camids=0)
-    search = make_search_fn(tiny_runtime, open_served_gallery(path, binding), TOP)
+    link = tmp_path / "served.gallery"          # served through a link, written to directly
+    link.symlink_to(path)
+    search = make_search_fn(tiny_runtime, open_served_gallery(link, binding), TOP)
     q = feats(tiny_runtime, 1, 3, "ir")
     assert set(answer(search, q)["pids"][0].tolist()) <= {0, 1, 2, 3}
     writer.remove(pids=[0, 1, 2, 3])

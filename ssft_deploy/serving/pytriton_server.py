@@ -197,7 +197,9 @@ def open_served_gallery(path: str | os.PathLike, binding) -> GalleryStore:
         return load_gallery(path, binding)
     from ssft_deploy.gallery.local import LocalGallery
 
-    gallery = LocalGallery(path)   # opened without a binding: a reader never rewrites the file
+    # opened without a binding: a reader never rewrites the file; through a symbolic link, the
+    # file it names (the local store writes only to regular files, so writers use that one)
+    gallery = LocalGallery(Path(path).resolve())
     gallery.bind(binding)
     return gallery
 
