@@ -87,18 +87,16 @@ class RunFiles:
     gone. Only this user's regular files / folders changed since the run started (``since``:
     ``time.time()`` before it started) are removed: another user's or an older one never is."""
 
-    def __init__(self, pytriton_pid: int, since: float, *, session: bool = True,
-                 shm_dir: Path = SHM_DIR, proc_dir: Path = PROC_DIR) -> None:
-        self.pid, self.since, self.session = pytriton_pid, since, session
+    def __init__(self, pytriton_pid: int, since: float, *, shm_dir: Path = SHM_DIR,
+                 proc_dir: Path = PROC_DIR) -> None:
+        self.pid, self.since = pytriton_pid, since
         self.shm_dir, self.proc_dir = Path(shm_dir), Path(proc_dir)
         self.shm: set[str] = set()
         self.folders: set[Path] = set()
 
     def record(self) -> None:
-        """Add what the run's processes use now (the session's processes, or the PyTriton
-        process alone when it does not lead its own session)."""
-        pids = session_pids(self.pid, self.proc_dir) if self.session else [self.pid]
-        for pid in pids:
+        """Add what the run's processes use now (the session the PyTriton process leads)."""
+        for pid in session_pids(self.pid, self.proc_dir):
             self.shm |= mapped_files(pid, self.shm_dir, self.proc_dir)
             self.folders |= named_folders(pid, self.proc_dir)
 

@@ -302,7 +302,8 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
     finally:
         runtime.close()
         # the Python backend's shared memory, left when tritonserver was killed under us
-        RunFiles(os.getpid(), since, session=False).cleanup()
+        # (nothing recorded: only our own pytrtion<pid>-* regions)
+        RunFiles(os.getpid(), since).cleanup()
 
 
 @click.command()
