@@ -26,7 +26,7 @@ TRITON_STAMP := $(TRITON_VENV)/.setup-stamp
 $(TRITON_STAMP):
 	test -x $(TRITON_VENV)/bin/python || $(PY) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TRITON_VENV)/bin/python -m pip install -q nvidia-pytriton==0.7.0 'numpy<2' onnxruntime opencv-python-headless pillow click tqdm threadpoolctl
+	$(TRITON_VENV)/bin/python -m pip install -q nvidia-pytriton==0.7.0 'numpy<2' onnxruntime opencv-python-headless pillow click tqdm threadpoolctl 'filelock>=3.12'
 	touch $(TRITON_STAMP)
 
 triton-setup: $(TRITON_STAMP)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ssft_deploy.affinity.common import SLACK, refine, unit
+from ssft_deploy.affinity.common import EPS, SLACK, refine, unit
 from ssft_deploy.errors import GalleryError, InputError
 from ssft_deploy.features import Features, modality_code
 from ssft_deploy.gallery import ids as idv
@@ -138,11 +138,7 @@ class GalleryStore(ABC):
         if features.dims != self._binding.dims:
             raise InputError(f"features of dims {features.dims} for a gallery of "
                              f"{self._binding.dims} (shared, specific)")
-        for field in FIELDS:
-            zero = ~np.any(getattr(features, field), axis=1)
-            if zero.any():
-                raise InputError(f"{field} feature row {int(np.argmax(zero))} is all zeros "
-                                 "(a broken extractor output cannot be searched)")
+        check_searchable(features)
         meta = [None] * n if meta is None else list(meta)
         if len(meta) != n:
             raise InputError(f"meta must have {n} items, got {len(meta)}")
@@ -318,6 +314,19 @@ class GalleryStore(ABC):
         else:
             dist = transfer.auxiliary_distances(q, feats, aux)
         return [(d, cols) for d in dist]
+
+
+def check_searchable(features: Features) -> None:
+    """InputError naming the first row of ``features`` that search cannot scale to unit length:
+    all zeros or denormal (its norm is below the ``unit`` clamp, so it would match everything
+    alike). The gallery refuses to store such rows; a server refuses them as queries."""
+    for field in FIELDS:
+        x = getattr(features, field)
+        weak = np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float64)) < EPS
+        if weak.any():
+            raise InputError(f"{field} feature row {int(np.argmax(weak))} is all zeros or "
+                             f"denormal (norm below {EPS:g}: a broken extractor output cannot "
+                             "be searched)")
 
 
 def fetch_ordered(store: GalleryStore, ids: np.ndarray) -> Entries:
