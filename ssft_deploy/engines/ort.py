@@ -107,20 +107,9 @@ class OrtCpuEngine(OrtEngine):
 
 def _cuda_device_count() -> int:
     """GPUs the CUDA driver sees (0 where no driver); avoids importing any CUDA Python package."""
-    import ctypes
-    import ctypes.util
+    from ssft_deploy.engines.cuda_info import device_count
 
-    lib = ctypes.util.find_library("cuda")
-    for name in filter(None, (lib, "libcuda.so.1", "nvcuda.dll")):
-        try:
-            cuda = ctypes.CDLL(name)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    return 0
+    return device_count()
 
 
 class OrtCudaEngine(OrtEngine):
