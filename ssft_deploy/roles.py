@@ -146,7 +146,13 @@ def check_role(bundle: Any, graph: str, variant: str, precision: str, engine: An
                         "recorded): a graph file swapped into another slot cannot be detected; "
                         "re-export with ssft-export to add them", bundle.root)
         return
-    problem = role_problem(probe, graph, engine.run(probe_feeds(graph, bundle.model)), precision)
+    feeds = probe_feeds(graph, bundle.model)
+    rows = len(next(iter(feeds.values())))
+    if getattr(engine, "max_batch", None) is not None and rows > engine.max_batch:
+        log.warning("%s/%s: its engine takes at most %d rows, the role probe needs %d: role "
+                    "not checked", variant, graph, engine.max_batch, rows)
+        return
+    problem = role_problem(probe, graph, engine.run(feeds), precision)
     if problem:
         raise BundleError(f"bundle {bundle.root}: {variant}/{graph} "
                           f"({getattr(engine, 'path', '?')}) does not behave like {graph}: "

@@ -17,6 +17,7 @@ from ssft_deploy.errors import BundleError
 from ssft_deploy.runtime import ReIDRuntime
 from ssft_deploy.verdicts import model_digest
 from tests.bundle_factory import make_bundle
+from tests.test_engines_trt_fake import fake_gpu  # noqa: F401  (the fixture)
 
 
 def _edit(root, fn) -> None:
@@ -152,3 +153,15 @@ def test_fingerprint_edit_invalidates_every_verdict(tmp_path):
     _edit(root, copy_ir)
     with pytest.raises(BundleError, match="'model' section changed"):
         load_bundle(root)
+
+
+def test_engine_too_small_for_the_probe_opens_with_a_warning(tmp_path, caplog, fake_gpu):  # noqa: F811
+    """A TensorRT transfer profile below the probe's rows cannot run it: said, not fatal."""
+    from tests.test_engines_trt_fake import _bundle_with_plan
+
+    root = _bundle_with_plan(tmp_path, plans=(("transfer", 3),))
+    with caplog.at_level(logging.WARNING, logger="ssft_deploy.roles"):
+        eng = open_engine(root, "transfer", backend="tensorrt", allow_ungated=True)
+    assert eng.max_batch == 3
+    eng.close()
+    assert any("role not checked" in r.getMessage() for r in caplog.records)
