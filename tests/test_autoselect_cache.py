@@ -132,3 +132,14 @@ def test_runtime_auto_passes_its_device(bundle, monkeypatch):  # noqa: F811
     ReIDRuntime.open(bundle, precision="auto", backend="ort-cpu", device_id=1).close()
     assert got.get("device_id") == 1
 
+
+
+@pytest.mark.parametrize("value", [float("nan"), -1.0, True])
+def test_invalid_measurement_is_neither_picked_nor_cached(bundle, tmp_path, value):  # noqa: F811
+    from ssft_deploy.errors import EngineError
+
+    with pytest.raises(EngineError, match="no valid images/s.*ort-cpu/int8"):
+        autoselect.choose(bundle, backend="ort-cpu",
+                          measure=Stub({**SPEEDS, "ort-cpu/int8": value}))
+    assert not (tmp_path / "cache" / "autoselect").exists() or not list(
+        (tmp_path / "cache" / "autoselect").glob("*.json"))

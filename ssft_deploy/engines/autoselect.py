@@ -186,6 +186,10 @@ def choose(bundle: Bundle | str | os.PathLike, backend: str = "auto", precision:
         cached = thr is not None
         if thr is None:
             thr, cached = measure(b, pairs, batch, intra_op_threads, device_id=device_id), False
+            bad = autoselect_cache.invalid(thr, names)
+            if bad:  # never cached, never the reason for a pick
+                raise EngineError(f"timing for precision='auto' gave no valid images/s ({bad}); "
+                                  "pick an explicit precision")
             if use_cache:
                 autoselect_cache.write(path, key, thr)
         best = max(pairs, key=lambda bp: thr[f"{bp[0]}/{bp[1]}"])

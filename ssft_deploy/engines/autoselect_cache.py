@@ -65,12 +65,21 @@ def read(path: Path, key: dict[str, Any], names: set[str]) -> tuple[dict[str, fl
     if _canonical(doc.get("key")) != _canonical(key):
         return None, "written for another key"
     thr = doc["throughput"]
-    if set(thr) != names:
-        return None, f"candidates {sorted(thr)} instead of {sorted(names)}"
-    bad = sorted(n for n, v in thr.items() if not _rate(v))
+    bad = invalid(thr, names)
     if bad:
-        return None, f"throughput of {', '.join(bad)} is not a finite positive number"
+        return None, bad
     return {n: float(v) for n, v in thr.items()}, None
+
+
+def invalid(throughput: Any, names: set[str]) -> str | None:
+    """Why ``throughput`` is not one finite positive images/s per candidate of ``names``."""
+    if not isinstance(throughput, dict) or set(throughput) != names:
+        got = sorted(throughput) if isinstance(throughput, dict) else type(throughput).__name__
+        return f"candidates {got} instead of {sorted(names)}"
+    bad = sorted(n for n, v in throughput.items() if not _rate(v))
+    if bad:
+        return f"throughput of {', '.join(bad)} is not a finite positive number"
+    return None
 
 
 def write(path: Path, key: dict[str, Any], throughput: dict[str, float]) -> None:
