@@ -1,0 +1,244 @@
+"""Issue 19, items 1-3: a live multi-camera run under ordinary faults never fails silently.
+
+Cameras are independent (a stalled stream or a FIFO with no writer beside a file camera that must
+keep all its frames), every thread catches at its boundary (a ranking picture that cannot be
+written, exceptions on the associator thread), and ``ssft-video`` exits with a code that says
+what happened (bad arguments up front, every camera failed, a stage failed)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from examples.make_video import make_videos
+from ssft_deploy.errors import EngineError
+from ssft_deploy.video import Backoff, CameraSpec, PipelineConfig, VideoPipeline
+from ssft_deploy.video.cli import main
+
+FAST = Backoff(initial=0.05, maximum=0.2)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults")
+    make_videos(out, people=2, frames=24, crop_size=(64, 32), lead_in=6, seed=1)
+    return out
+
+
+def frame_count(path: Path) -> int:
+    import cv2
+
+    cap, n = cv2.VideoCapture(str(path)), 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+@pytest.fixture
+def stalled_port():
+    """A TCP server on 127.0.0.1 that accepts every connection and never sends a byte."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    conns: list[socket.socket] = []
+
+    def accept():
+        while True:
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield srv.getsockname()[1]
+    srv.close()
+    for c in conns:
+        c.close()
+
+
+def quick(**kw) -> PipelineConfig:
+    cfg = PipelineConfig(every=3, backoff=FAST)
+    cfg.open_timeout_s = 0.5            # an attribute, so the old code runs the test too
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_a_stalled_stream_does_not_stop_a_file_camera(tiny_runtime, scene, stalled_port):
+    """The stalled server accepts and never answers; the file camera beside it must still
+    deliver every frame of its file (it used to process 0: one lock held by the stalled open)."""
+    cams = [CameraSpec("stall", f"rtsp://127.0.0.1:{stalled_port}/live", "rgb"),
+            CameraSpec("file", str(scene / "ir.avi"), "ir")]
+    s = VideoPipeline(tiny_runtime, cams, "motion", config=quick()).run(duration_s=4.0)
+    file, stall = s["cameras"]["file"], s["cameras"]["stall"]
+    assert file["processed"] == frame_count(scene / "ir.avi") and file["state"] == "ended"
+    assert stall["processed"] == 0 and stall["state"] in ("connecting", "reconnecting")
+    assert "timed out" in stall["reason"] and stall["connection"][0]["event"] == "retry"
+
+
+def test_a_fifo_with_no_writer_fails_alone(tiny_runtime, scene, tmp_path):
+    """A FIFO without a writer blocks in open(2) forever: the camera fails after the open
+    timeout, the file camera delivers every frame and the run ends on its own."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    cams = [CameraSpec("pipe", str(fifo), "ir"),
+            CameraSpec("file", str(scene / "rgb.avi"), "rgb")]
+    try:
+        s = VideoPipeline(tiny_runtime, cams, "motion", config=quick()).run(duration_s=20.0)
+    finally:
+        try:  # release the open still blocked on the FIFO
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    assert s["cameras"]["file"]["processed"] == frame_count(scene / "rgb.avi")
+    pipe = s["cameras"]["pipe"]
+    assert pipe["state"] == "failed" and "timed out" in pipe["reason"]
+    assert s["wall_s"] < 15 and s["exit_code"] == 5
+    assert [e["stage"] for e in s["errors"]] == ["open"]
+
+
+def _two_cameras(scene):
+    return [CameraSpec("cam1", str(scene / "rgb.avi"), "rgb"),
+            CameraSpec("cam3", str(scene / "ir.avi"), "ir")]
+
+
+def test_unwritable_rankings_folder_still_writes_every_event(tiny_runtime, scene, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "rankings").write_text("a file where the pictures' folder should be")
+    pipe = VideoPipeline(tiny_runtime, _two_cameras(scene), "motion", out=out, config=quick())
+    s = pipe.run()
+    lines = (out / "events.jsonl").read_text().splitlines()
+    queries = [t for t in s["tracks"] if t["camera"] == "cam3"]
+    assert len(lines) == s["events"] == len(queries) >= 1          # used to be 0 lines
+    assert all(t["outcome"] == "event" for t in queries)
+    assert s["pictures_failed"] == len(lines)
+    assert [(e["stage"], e["count"], e["fatal"]) for e in s["errors"]] == \
+        [("picture", len(lines), False)]
+    assert json.loads((out / "tracks.json").read_text())["errors"] == s["errors"]
+    assert s["exit_code"] == 5
+
+
+class Faulty:
+    """The runtime, with a fault injected into ``search`` or the extractor."""
+
+    def __init__(self, rt, search_fails=(), nan_calls=()):
+        self.rt, self.search_fails, self.nan_calls = rt, set(search_fails), set(nan_calls)
+        self.searches = self.extracts = 0
+
+    def __getattr__(self, name):
+        return getattr(self.rt, name)
+
+    def search(self, *a, **kw):
+        self.searches += 1
+        if self.searches in self.search_fails:
+            raise EngineError("injected transfer fault")
+        return self.rt.search(*a, **kw)
+
+    def extract_array(self, x, modality):
+        self.extracts += 1
+        f = self.rt.extract_array(x, modality)
+        if self.extracts in self.nan_calls:
+            f.shared[:] = np.nan
+        return f
+
+
+@pytest.mark.parametrize("fault", ["engine", "nan"])
+def test_an_associator_exception_loses_one_track_not_the_run(tiny_runtime, scene, fault):
+    rt = (Faulty(tiny_runtime, search_fails={1}) if fault == "engine"
+          else Faulty(tiny_runtime, nan_calls=set(range(1, 200))))
+    s = VideoPipeline(rt, _two_cameras(scene), "motion", config=quick()).run()
+    if fault == "engine":   # later query tracks still get their event (the thread used to die)
+        assert s["events"] >= 1
+    outcomes = [t["outcome"] for t in s["tracks"]]
+    failed = [o for o in outcomes if o.startswith("association failed")]
+    assert len(failed) >= 1 and all(o is not None for o in outcomes)
+    assert s["events"] == sum(o == "event" for o in outcomes)
+    assert s["errors"][0]["stage"] == "associate" and not s["errors"][0]["fatal"]
+    assert s["exit_code"] == 5
+
+
+def test_disk_full_on_events_stops_the_run_as_failed(tiny_runtime, scene, tmp_path):
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    cams = [CameraSpec("cam1", str(scene / "rgb.avi"), "rgb", live=True),
+            CameraSpec("cam3", str(scene / "ir.avi"), "ir", live=True)]
+    pipe = VideoPipeline(tiny_runtime, cams, "motion", out=tmp_path, config=quick(lost_frames=5))
+    pipe.output._events = Full()
+    s = pipe.run(duration_s=60)          # live files loop forever: only the failure stops it
+    assert s["wall_s"] < 50 and s["exit_code"] == 4
+    fatal = [e for e in s["errors"] if e["fatal"]]
+    assert fatal and fatal[0]["stage"] == "events" and "No space left" in fatal[0]["error"]
+    assert all(t["outcome"] for t in s["tracks"])        # every ended track says what became of it
+
+
+# -- exit codes ---------------------------------------------------------------------------------
+def _cli(bundle, out, *args):
+    return CliRunner().invoke(main, ["--bundle", str(bundle), "--out", str(out), *args])
+
+
+def test_cli_every_camera_fails_to_open_exits_3(tiny_bundle, tmp_path):
+    empty, noise = tmp_path / "empty.avi", tmp_path / "noise.mp4"
+    empty.write_bytes(b"")
+    noise.write_bytes(np.random.default_rng(0).bytes(50_000))
+    res = _cli(tiny_bundle, tmp_path / "run", "--camera", f"a={empty}:rgb",
+               "--camera", f"b={noise}:ir")
+    assert res.exit_code == 3, res.output
+    assert res.output.count("error: camera") == 2
+    tracks = json.loads((tmp_path / "run" / "tracks.json").read_text())
+    assert {c["state"] for c in tracks["cameras"].values()} == {"failed"}
+
+
+def test_cli_detector_graph_without_detector_outputs_exits_2_before_work(tiny_bundle, scene,
+                                                                        tmp_path):
+    extractor = tiny_bundle / "extractor_rgb.onnx"
+    if not extractor.exists():
+        extractor = next(tiny_bundle.glob("*.onnx"))
+    res = _cli(tiny_bundle, tmp_path / "run", "--camera", f"a={scene / 'rgb.avi'}:rgb",
+               "--detector", f"onnx:{extractor}")
+    assert res.exit_code == 2, res.output
+    assert "not a detector" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "run").exists()                   # nothing was started
+
+
+def test_cli_output_path_taken_by_a_folder_exits_2_before_work(tiny_bundle, scene, tmp_path):
+    out = tmp_path / "run"
+    (out / "cam1.avi").mkdir(parents=True)
+    res = _cli(tiny_bundle, out, "--camera", f"cam1={scene / 'rgb.avi'}:rgb")
+    assert res.exit_code == 2, res.output
+    assert "cam1.avi" in res.output and not (out / "events.jsonl").exists()
+
+
+def test_cli_prints_one_line_per_error_and_exits_5(tiny_bundle, scene, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "rankings").write_text("not a folder")
+    res = _cli(tiny_bundle, out, "--camera", f"cam1={scene / 'rgb.avi'}:rgb",
+               "--camera", f"cam3={scene / 'ir.avi'}:ir", "--no-video")
+    assert res.exit_code == 5, res.output
+    lines = [x for x in res.output.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "picture" in lines[0]
+
+
+def test_cli_clean_run_exits_0(tiny_bundle, scene, tmp_path):
+    res = _cli(tiny_bundle, tmp_path / "run", "--camera", f"cam1={scene / 'rgb.avi'}:rgb",
+               "--camera", f"cam3={scene / 'ir.avi'}:ir", "--no-video")
+    assert res.exit_code == 0, res.output
+    assert "error:" not in res.output
