@@ -6,6 +6,11 @@
 Writes ``events.jsonl``, ``tracks.json``, per camera ``NAME.mot.txt`` and an annotated
 ``NAME.avi``, and ``rankings/`` (see :mod:`ssft_deploy.video.outputs`). Ctrl-C (or SIGTERM)
 stops the cameras, ends the open tracks, and flushes everything before exiting.
+
+Exit codes (:mod:`ssft_deploy.video.health`): 0 every camera ran to its end (or the duration /
+Ctrl-C) with no error; 2 bad arguments or inputs, found before any work; 3 every camera failed;
+4 a stage failed and stopped the run; 5 the run finished with errors (a camera failed, pictures
+not written, frames skipped). Each error is printed on one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import click
 
 from ssft_deploy.errors import InputError, SSFTError
 from ssft_deploy.gallery import MODES
+from ssft_deploy.video.health import EXIT_USAGE
 
 
 def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[str, str]:
@@ -109,16 +115,20 @@ def main(bundle, cameras, out, detector, stretch, live, every, gallery_modality,
                 signal.signal(s, handler)
     except SSFTError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     crops = summary["crops"]
     click.echo(json.dumps({"frames": summary["frames"], "events": summary["events"],
                            "tracks": len(summary["tracks"]), "interrupted": summary["interrupted"],
                            "crops": {k: crops[k] for k in ("sampled", "extracted", "filtered",
                                                            "failed")},
+                           "errors": len(summary["errors"]), "exit_code": summary["exit_code"],
                            "out": out}))
-    for name, cam in summary["cameras"].items():
-        if cam["error"]:
-            click.echo(f"warning: camera {name}: {cam['error']}", err=True)
+    for e in summary["errors"]:
+        where = f"camera {e['camera']}: " if e["camera"] else ""
+        times = f" ({e['count']} times)" if e["count"] > 1 else ""
+        fatal = ", the run stopped" if e["fatal"] else ""
+        click.echo(f"error: {where}{e['stage']}: {e['error']}{times}{fatal}", err=True)
+    sys.exit(summary["exit_code"])
 
 
 if __name__ == "__main__":
