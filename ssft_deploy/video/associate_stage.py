@@ -40,9 +40,8 @@ class AssociationStage:
                 t = self._ended.get()
                 if t is None:
                     return
-                self._outcomes[id(t)] = "not associated: the associator failed"
                 self._in_flight.pop(id(t), None)
-                self.tracklets.append(t)
+                self._record(t, "not associated: the associator failed")
 
     def _associate(self) -> None:
         """The associator thread: every ended tracklet gets an outcome, whatever fails."""
@@ -73,10 +72,14 @@ class AssociationStage:
                     if failures >= self.cfg.max_associate_errors:
                         self._fatal("associate", f"{failures} tracks in a row failed to "
                                                  f"associate, the last: {exc!r}")
-                self._outcomes[id(t)] = outcome
                 self._in_flight.pop(id(t), None)
-                self.tracklets.append(t)
+                self._record(t, outcome)
                 self.clock.add("associate", time.perf_counter() - t0)
+
+    def _record(self, t: Tracklet, outcome: str) -> None:
+        """Keep the ended tracklet's summary, not the tracklet (its thumbnail and samples would
+        grow a long run's memory by every track it ever saw)."""
+        self.track_records.append((t.camera_index, t.track, {**t.summary(), "outcome": outcome}))
 
     def _associate_one(self, t: Tracklet) -> str:
         """Settle and associate one tracklet; returns its outcome."""
@@ -107,6 +110,7 @@ class AssociationStage:
             except Exception as exc:  # noqa: BLE001 - no events file: the run cannot go on
                 self._fatal("events", exc)
         self.events.append(event)
+        self.n_events += 1
         if self.on_event:
             self.on_event(event)
 

@@ -75,9 +75,13 @@ class CameraState:
         self.state, self.reason, self.since = "connecting", None, time.time()
 
     def set(self, state: str, reason: str | None = None) -> None:
+        """Enter ``state`` (``since`` is kept when it is the current one: a retry updates the
+        reason, the outage goes on)."""
         if state not in CAMERA_STATES:
             raise ValueError(f"unknown camera state {state!r}")
-        self.state, self.reason, self.since = state, reason, time.time()
+        if state != self.state:
+            self.since = time.time()
+        self.state, self.reason = state, reason
 
     def as_dict(self) -> dict:
         return {"state": self.state, "reason": self.reason, "state_since": round(self.since, 3)}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -85,6 +85,7 @@ class PipelineConfig:
     read_timeout_s: float = 10.0      # a stream read that gets nothing for this long fails
     max_frame_errors: int = 25        # failed frames in a row after which a camera fails
     max_associate_errors: int = 10    # failed tracks in a row after which the run stops
+    keep_events: int = 1000           # latest events kept in memory (all are in events.jsonl)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     backoff: Backoff = field(default_factory=Backoff)
 
@@ -124,15 +125,15 @@ class VideoPipeline(AssociationStage):
             raise InputError(f"reid must be 'batcher' or 'direct', got {self.cfg.reid!r}")
         self.clock, self.ledger, self.errors = StageClock(), Ledger(), RunErrors()
         self.pictures_failed = 0
-        self._outcomes: dict[int, str] = {}          # id(tracklet) -> what became of it
         # inputs that can be checked are checked before anything is written
         detectors = detector if isinstance(detector, dict) else make_detector(detector, names)
         if out:
             check_paths(out, names, annotate)
         self.output = RunOutput(out, annotate, pictures) if out else None
         self.on_event, self.progress = on_event, progress
-        self.events: list[dict] = []
-        self.tracklets: list[Tracklet] = []
+        self.events: deque[dict] = deque(maxlen=self.cfg.keep_events)   # the latest events
+        self.n_events = 0
+        self.track_records: list[tuple[int, int, dict]] = []   # ended tracks' summaries
         self.stop_event = threading.Event()
         self._interrupt_requested = False  # set by interrupt() (a signal handler)
         self._ended: queue.Queue = queue.Queue()
@@ -346,9 +347,12 @@ class VideoPipeline(AssociationStage):
         for cam in self.cameras:
             self.clock.add("read", cam.reader.read_seconds)
             st = cam.reader.state
-            if st.state in ("connecting", "reconnecting"):
-                self.errors.add("connection", f"not connected when the run ended ({st.state}): "
-                                              f"{st.reason}", cam.spec.name)
+            # stopped while reconnecting after a normal end of a looped file is no outage
+            outage = time.time() - st.since > self.cfg.open_timeout_s + self.cfg.backoff.maximum
+            if st.state in ("connecting", "reconnecting") and (outage or not cam.processed):
+                self.errors.add("connection", f"not connected when the run ended ({st.state} "
+                                              f"for {time.time() - st.since:.0f} s): {st.reason}",
+                                cam.spec.name)
         summary = self.summary(time.perf_counter() - t_start, interrupted)
         if self.output is not None:
             try:
@@ -369,14 +373,13 @@ class VideoPipeline(AssociationStage):
                                  "invalid_boxes": c.tracker.invalid, "error": c.error or r.error,
                                  "frame_errors": c.frame_errors, **r.state.as_dict(),
                                  "connection": r.events}
-        ended = sorted(self.tracklets, key=lambda t: (t.camera_index, t.track))
+        ended = sorted(self.track_records, key=lambda r: r[:2])
         out = {"wall_s": round(wall_s, 3), "interrupted": interrupted,
                "frames": sum(c.processed for c in self.cameras), "cameras": cams,
                "crops": self.ledger.snapshot(), "stage_seconds": self.clock.snapshot(),
-               "events": len(self.events), "pictures_failed": self.pictures_failed,
+               "events": self.n_events, "pictures_failed": self.pictures_failed,
                "batcher": self.batcher.stats() if self.batcher is not None else None,
                "errors": self.errors.snapshot(),
-               "tracks": [{**t.summary(), "outcome": self._outcomes.get(id(t))}
-                          for t in ended]}
+               "tracks": [r[2] for r in ended]}
         out["exit_code"] = exit_code(out)
         return out

@@ -270,6 +270,8 @@ class CameraReader:
     def _report(self, kind: str, **info: Any) -> None:
         ev = {"camera": self.spec.name, "event": kind, "time": time.time(), **info}
         self.events.append(ev)
+        if len(self.events) > 500:    # a camera flapping for days: keep the first and the latest
+            del self.events[250]
         log.warning("camera %s: %s %s", self.spec.name, kind, info or "")
         if self.on_event:
             self.on_event(ev)
