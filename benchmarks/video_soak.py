@@ -230,6 +230,17 @@ def soak(bundle: Path, scene: Path, run_dir: Path, cameras: int, seconds: float,
             "picture_writes": dict(pictures)}
 
 
+def _commit() -> str | None:
+    """The code's git commit (None outside a checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def demo_bundle(path: Path) -> Path:
     """An untrained demo-size bundle (64x32 input) from tests/bundle_factory.py."""
     if not (path / "manifest.json").exists():
@@ -298,7 +309,8 @@ def main(bundle, cameras, minutes, sample_s, warmup_s, stall_every_s, stall_s,
     cams = {k: {f: c[f] for f in ("processed", "frames", "frame_errors", "disconnects",
                                   "reconnects", "state", "reason")}
             for k, c in s["cameras"].items()}
-    result = {**header("video_soak"), "bundle": str(bundle), "cameras": cameras,
+    result = {**header("video_soak"), "commit": _commit(), "bundle": str(bundle),
+              "cameras": cameras,
               "minutes": minutes, "warmup_s": warmup_s,
               "gallery_bounds": gallery,
               "faults": {"stall_every_s": stall_every_s, "stall_s": stall_s,

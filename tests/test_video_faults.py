@@ -113,9 +113,8 @@ def _two_cameras(scene):
 
 def test_unwritable_rankings_folder_still_writes_every_event(tiny_runtime, scene, tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "rankings").write_text("a file where the pictures' folder should be")
     pipe = VideoPipeline(tiny_runtime, _two_cameras(scene), "motion", out=out, config=quick())
+    (out / "rankings").write_text("a file where the pictures' folder should be")
     s = pipe.run()
     lines = (out / "events.jsonl").read_text().splitlines()
     queries = [t for t in s["tracks"] if t["camera"] == "cam3"]
@@ -147,7 +146,8 @@ class Faulty:
 @pytest.mark.parametrize("fault", ["engine", "nan"])
 def test_an_associator_exception_loses_one_track_not_the_run(tiny_runtime, scene, fault):
     rt = Faulty(tiny_runtime, fails={1} if fault == "engine" else ())
-    pipe = VideoPipeline(rt, _two_cameras(scene), "motion", config=quick())
+    # all-queries: every search goes through runtime.search (rolling may rank in the gallery)
+    pipe = VideoPipeline(rt, _two_cameras(scene), "motion", config=quick(mode="all-queries"))
     if fault == "nan":      # the first ended track with features gets a NaN one
         end, hit = pipe.associator.end, []
 
@@ -228,10 +228,14 @@ def test_cli_output_path_taken_by_a_folder_exits_2_before_work(tiny_bundle, scen
     assert "cam1.avi" in res.output and not (out / "events.jsonl").exists()
 
 
-def test_cli_prints_one_line_per_error_and_exits_5(tiny_bundle, scene, tmp_path):
+def test_cli_prints_one_line_per_error_and_exits_5(tiny_bundle, scene, tmp_path, monkeypatch):
+    from ssft_deploy.video import outputs
+
+    def refuse(path, image):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(outputs, "save_picture", refuse)     # rankings/ cannot be written
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "rankings").write_text("not a folder")
     res = _cli(tiny_bundle, out, "--camera", f"cam1={scene / 'rgb.avi'}:rgb",
                "--camera", f"cam3={scene / 'ir.avi'}:ir", "--no-video")
     assert res.exit_code == 5, res.output

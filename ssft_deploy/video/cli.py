@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import signal
 import sys
 
@@ -77,6 +78,12 @@ def main(bundle, cameras, out, detector, stretch, live, every, gallery_modality,
     from ssft_deploy.video.pipeline import PipelineConfig, VideoPipeline
     from ssft_deploy.video.sources import CameraSpec
 
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        import cv2
+
+        # OpenCV warns on every open that FFmpeg opens are not serialised (sources.py says why);
+        # camera problems are reported on the ``error:`` lines instead
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
         specs = [CameraSpec.parse(c) for c in cameras]
         names = [s.name for s in specs]

@@ -1,8 +1,8 @@
 """What went wrong in a video run, and the exit code that says so.
 
 :class:`RunErrors` collects every error a pipeline thread caught at its boundary, grouped by
-(stage, camera, message) with a count, so a fault repeated on every frame of a long run is one
-entry, not a growing list. :class:`CameraState` is one camera's connection state
+(stage, camera, exception type) with a count and the first and latest message, so a fault
+repeated on every frame of a long run is one entry, not a growing list. :class:`CameraState` is one camera's connection state
 (``connecting`` / ``live`` / ``reconnecting`` / ``failed`` / ``ended`` / ``stopped``) with the
 reason. :func:`exit_code` maps a run's summary onto ``ssft-video``'s exit codes.
 """
@@ -34,7 +34,7 @@ class RunErrors:
     def add(self, stage: str, error: BaseException | str, camera: str | None = None,
             fatal: bool = False) -> None:
         msg = error if isinstance(error, str) else _describe(error)
-        key = (stage, camera, msg)
+        key = (stage, camera, msg if isinstance(error, str) else type(error).__name__)
         now = round(time.time(), 3)
         with self.lock:
             e = self.entries.get(key)
@@ -46,7 +46,7 @@ class RunErrors:
                                          "count": 0, "fatal": False, "first": now}
             e["count"] += 1
             e["fatal"] = e["fatal"] or fatal
-            e["last"] = now
+            e["last"], e["last_error"] = now, msg
 
     @property
     def fatal(self) -> bool:
