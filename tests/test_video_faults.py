@@ -248,3 +248,16 @@ def test_cli_clean_run_exits_0(tiny_bundle, scene, tmp_path):
                "--camera", f"cam3={scene / 'ir.avi'}:ir", "--no-video")
     assert res.exit_code == 0, res.output
     assert "error:" not in res.output
+
+
+def test_cli_stage_failure_exits_4(tiny_bundle, scene, tmp_path, monkeypatch):
+    from ssft_deploy.video import outputs
+
+    def full(self, event):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs.RunOutput, "event", full)
+    res = _cli(tiny_bundle, tmp_path / "run", "--camera", f"cam1={scene / 'rgb.avi'}:rgb",
+               "--camera", f"cam3={scene / 'ir.avi'}:ir", "--no-video")
+    assert res.exit_code == 4, res.output
+    assert "error: events: OSError" in res.output and "the run stopped" in res.output
