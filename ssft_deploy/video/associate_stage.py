@@ -20,7 +20,6 @@ from ssft_deploy.video.tracklets import Tracklet
 class AssociationStage:
     """Mixin: the associator thread's methods (see the module docstring)."""
 
-    # ---------------------------------------------------------------------------
     def _settle(self, t: Tracklet, timeout: float = 60.0) -> None:
         futs = [s.future for s in t.samples if s.future is not None]
         if futs:
