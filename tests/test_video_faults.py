@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +79,21 @@ def test_a_stalled_stream_does_not_stop_a_file_camera(tiny_runtime, scene, stall
     deliver every frame of its file (it used to process 0: one lock held by the stalled open)."""
     cams = [CameraSpec("stall", f"rtsp://127.0.0.1:{stalled_port}/live", "rgb"),
             CameraSpec("file", str(scene / "ir.avi"), "ir")]
-    s = VideoPipeline(tiny_runtime, cams, "motion", config=quick()).run(duration_s=4.0)
+    pipe = VideoPipeline(tiny_runtime, cams, "motion", config=quick())
+    n = frame_count(scene / "ir.avi")
+
+    def stop_when_the_file_is_done():
+        # 15 s, well under FFmpeg's own 30 s open timeout that used to free the file camera
+        deadline = time.monotonic() + 15
+        while ((pipe.cameras[1].processed < n or not pipe.cameras[0].reader.events)
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        pipe.stop()
+
+    threading.Thread(target=stop_when_the_file_is_done, daemon=True).start()
+    s = pipe.run()
     file, stall = s["cameras"]["file"], s["cameras"]["stall"]
-    assert file["processed"] == frame_count(scene / "ir.avi") and file["state"] == "ended"
+    assert file["processed"] == n and file["state"] == "ended"
     assert stall["processed"] == 0 and stall["state"] in ("connecting", "reconnecting")
     assert "timed out" in stall["reason"] and stall["connection"][0]["event"] == "retry"
 
