@@ -16,8 +16,8 @@ def test_soak_runs_with_every_fault_and_accounts_for_every_track(tiny_bundle, tm
     make_videos(scene, people=2, frames=20, crop_size=(64, 32), lead_in=5)
     out = tmp_path / "soak.json"
     res = CliRunner().invoke(main, ["--bundle", str(tiny_bundle), "--scene", str(scene),
-                                    "--cameras", "2", "--minutes", "0.12", "--sample-s", "0.5",
-                                    "--warmup-s", "1", "--stall-every-s", "4", "--stall-s", "1.5",
+                                    "--cameras", "2", "--minutes", "0.08", "--sample-s", "0.5",
+                                    "--warmup-s", "1", "--stall-every-s", "3", "--stall-s", "1",
                                     "--picture-fail-every", "2", "--detector-fail-every", "7",
                                     "--out", str(out)])
     assert res.exit_code == 0, res.output
