@@ -119,6 +119,60 @@ def test_a_fifo_with_no_writer_fails_alone(tiny_runtime, scene, tmp_path):
     assert [e["stage"] for e in s["errors"]] == ["open"]
 
 
+@pytest.fixture
+def stalling_mjpeg():
+    """An HTTP MJPEG camera (multipart/x-mixed-replace, as IP cameras serve) that sends 20
+    frames on each connection and then stalls with the connection open."""
+    import cv2
+
+    frames = [cv2.imencode(".jpg", np.full((64, 96, 3), 20 + 9 * i, np.uint8))[1].tobytes()
+              for i in range(20)]
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    conns: list[socket.socket] = []
+
+    def serve():
+        while True:
+            try:
+                c = srv.accept()[0]
+                conns.append(c)
+                c.recv(4096)
+                c.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;"
+                          b"boundary=frame\r\n\r\n")
+                for f in frames:
+                    c.sendall(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d"
+                              b"\r\n\r\n" % len(f) + f + b"\r\n")
+            except OSError:
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}/video"
+    srv.close()
+    for c in conns:
+        c.close()
+
+
+def test_a_stream_that_stalls_mid_way_is_reconnected(tiny_runtime, stalling_mjpeg):
+    """A read that gets nothing for ``read_timeout_s`` fails: the camera is reconnected (with
+    OpenCV's default it sat in one read for 30 s)."""
+    pipe = VideoPipeline(tiny_runtime, [CameraSpec("cam", stalling_mjpeg, "rgb")], "motion",
+                         config=quick(read_timeout_s=0.5))
+    reader = pipe.cameras[0].reader
+
+    def stop_after_two_reconnects():
+        deadline = time.monotonic() + 15
+        while reader.stats["reconnects"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pipe.stop()
+
+    threading.Thread(target=stop_after_two_reconnects, daemon=True).start()
+    cam = pipe.run()["cameras"]["cam"]
+    # more frames than one connection sends: the stream went on after the reconnect
+    assert cam["reconnects"] >= 2 and cam["disconnects"] >= 2 and cam["frames"] > 20
+    assert cam["error"] is None
+
+
 def _two_cameras(scene):
     return [CameraSpec("cam1", str(scene / "rgb.avi"), "rgb"),
             CameraSpec("cam3", str(scene / "ir.avi"), "ir")]
