@@ -355,13 +355,14 @@ class VideoPipeline(AssociationStage):
                                 cam.spec.name)
         summary = self.summary(time.perf_counter() - t_start, interrupted)
         if self.output is not None:
-            try:
-                self.output.tracks(summary)
-            except Exception as exc:  # noqa: BLE001 - reported in the returned summary
-                self.errors.add("tracks", exc, fatal=True)
-                summary["errors"] = self.errors.snapshot()
-                summary["exit_code"] = exit_code(summary)
-            self.output.close()
+            for stage, write in (("tracks", lambda: self.output.tracks(summary)),
+                                 ("close", self.output.close)):
+                try:
+                    write()
+                except Exception as exc:  # noqa: BLE001 - reported in the returned summary
+                    self.errors.add(stage, exc, fatal=True)
+                    summary["errors"] = self.errors.snapshot()
+                    summary["exit_code"] = exit_code(summary)
         return summary
 
     def summary(self, wall_s: float, interrupted: bool = False) -> dict:
