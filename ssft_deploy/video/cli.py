@@ -7,12 +7,18 @@ Writes ``events.jsonl``, ``tracks.json``, per camera ``NAME.mot.txt`` and an ann
 ``NAME.avi``, and ``rankings/`` (see :mod:`ssft_deploy.video.outputs`); a non-empty ``--out`` is
 refused before any work unless ``--overwrite`` (a previous run's folder only). Ctrl-C (or SIGTERM)
 stops the cameras, ends the open tracks, and flushes everything before exiting.
+
+Exit codes (:mod:`ssft_deploy.video.health`): 0 every camera ran to its end (or the duration /
+Ctrl-C) with no error; 2 bad arguments or inputs, found before any work; 3 every camera failed;
+4 a stage failed and stopped the run; 5 the run finished with errors (a camera failed, pictures
+not written, frames skipped). Each error is printed on one ``error:`` line.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import os
 import signal
 import sys
 
@@ -21,6 +27,7 @@ import click
 from ssft_deploy.errors import InputError, SSFTError
 from ssft_deploy.gallery import MODES
 from ssft_deploy.video.association import DEFAULT_MAX_AGE_S, DEFAULT_MAX_SIZE
+from ssft_deploy.video.health import EXIT_USAGE
 
 
 def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[str, str]:
@@ -82,6 +89,12 @@ def main(bundle, cameras, out, overwrite, detector, stretch, live, every, galler
     from ssft_deploy.video.pipeline import PipelineConfig, VideoPipeline
     from ssft_deploy.video.sources import CameraSpec
 
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        import cv2
+
+        # OpenCV warns on every open that FFmpeg opens are not serialised (sources.py says why);
+        # camera problems are reported on the ``error:`` lines instead
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
         specs = [CameraSpec.parse(c) for c in cameras]
         names = [s.name for s in specs]
@@ -124,16 +137,20 @@ def main(bundle, cameras, out, overwrite, detector, stretch, live, every, galler
                 signal.signal(s, handler)
     except SSFTError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     crops = summary["crops"]
     click.echo(json.dumps({"frames": summary["frames"], "events": summary["events"],
                            "tracks": len(summary["tracks"]), "interrupted": summary["interrupted"],
                            "crops": {k: crops[k] for k in ("sampled", "extracted", "filtered",
                                                            "failed")},
+                           "errors": len(summary["errors"]), "exit_code": summary["exit_code"],
                            "out": out}))
-    for name, cam in summary["cameras"].items():
-        if cam["error"]:
-            click.echo(f"warning: camera {name}: {cam['error']}", err=True)
+    for e in summary["errors"]:
+        where = f"camera {e['camera']}: " if e["camera"] else ""
+        times = f" ({e['count']} times)" if e["count"] > 1 else ""
+        fatal = ", the run stopped" if e["fatal"] else ""
+        click.echo(f"error: {where}{e['stage']}: {e['error']}{times}{fatal}", err=True)
+    sys.exit(summary["exit_code"])
 
 
 if __name__ == "__main__":

@@ -167,3 +167,18 @@ class RunOutput:
                 f.close()
             for w in self._videos.values():
                 w.release()
+
+
+def check_paths(out: str | Path, cameras: list[str], annotate: bool = True) -> None:
+    """Refuse, before any work, an output folder that is a file or a file this run writes that
+    is taken by a folder (e.g. ``OUT/cam1.avi`` a folder: OpenCV's writer only said so once the
+    first frame was written, and the run went on with warnings)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    names = ["events.jsonl", "tracks.json", *(f"{c}.mot.txt" for c in cameras),
+             *(f"{c}.avi" for c in cameras if annotate)]
+    for name in names:
+        if (out / name).is_dir():
+            raise InputError(f"cannot write {out / name}: a folder of that name is in the way")
+

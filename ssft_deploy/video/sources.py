@@ -11,6 +11,11 @@ or does not meet the contract is counted (``corrupt``) and skipped; one of anoth
 camera's first frame is resized to it (``resized``). A live camera (a stream URL, or
 ``live=True``) that stops delivering is reported and reopened with exponential backoff; it never
 raises into the pipeline.
+
+Cameras are independent: each open runs in a helper thread and is given up after
+``open_timeout_s`` (a stalled server, or a FIFO with no writer, which blocks in ``open(2)`` where
+no timeout reaches), and stream reads time out after ``read_timeout_s``. The reader's
+:class:`~ssft_deploy.video.health.CameraState` says where the camera stands and why.
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ from ssft_deploy.datasets.images import check_pixels, max_pixels_limit
 from ssft_deploy.errors import InputError
 from ssft_deploy.features import modality_code
 from ssft_deploy.frames import Stretch, fit_size, to_uint8
+from ssft_deploy.video.health import CameraState, RunErrors
+from ssft_deploy.video.opener import PendingOpen
+
+# OpenCV serialises every FFmpeg open behind one process-wide lock unless told FFmpeg is
+# thread-safe (it is since FFmpeg 4): one stalled stream's open then held up every other camera's
+# open for its whole timeout (a file camera beside it processed 0 frames). Set before the first
+# open; a user's explicit setting wins.
+os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "1")
 
 log = logging.getLogger("ssft_deploy.video")
 _IMAGE_EXT = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm")
@@ -87,13 +100,20 @@ class CameraSpec:
 class OpenCVCapture:
     """A video file or stream through ``cv2.VideoCapture`` (FFmpeg backend where available)."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, open_timeout_s: float = 10.0,
+                 read_timeout_s: float = 10.0) -> None:
         import cv2
 
         self.source = source
-        self.cap = cv2.VideoCapture(source)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
+        t0 = time.monotonic()
+        self.cap = cv2.VideoCapture(source, cv2.CAP_ANY, params)
         if not self.cap.isOpened():
             self.cap.release()
+            if time.monotonic() - t0 >= 0.9 * open_timeout_s:
+                raise InputError(f"opening {source!r} timed out after {open_timeout_s:g} s "
+                                 "(the server accepted but sent nothing)")
             raise InputError(f"OpenCV cannot open {source!r} (missing file, unsupported codec "
                              "or unreachable stream)")
         fps = self.cap.get(cv2.CAP_PROP_FPS)
@@ -142,11 +162,12 @@ class ImageSequence:
         self.pos = len(self.files)
 
 
-def open_source(source: str) -> Capture:
+def open_source(source: str, open_timeout_s: float = 10.0, read_timeout_s: float = 10.0
+                ) -> Capture:
     """An image folder / glob -> ImageSequence; anything else -> OpenCVCapture."""
     if os.path.isdir(source) or any(c in source for c in "*?["):
         return ImageSequence(source)
-    return OpenCVCapture(source)
+    return OpenCVCapture(source, open_timeout_s, read_timeout_s)
 
 
 @dataclass
@@ -223,7 +244,8 @@ class CameraReader:
     ``stats`` counts ``frames``, ``corrupt`` (undecodable or refused frames), ``resized``
     (frames of another size than the camera's first, resized to it), ``dropped``
     (queue full), ``disconnects``, ``reconnects``; ``events`` lists what happened to the
-    connection (``on_event`` is called with each, e.g. to print it)."""
+    connection (``on_event`` is called with each, e.g. to print it); ``state`` is where the
+    camera stands; a camera that fails is also recorded in ``errors``."""
 
     #: Failed reads in a row after which a source counts as ended (file) or lost (live).
     MAX_BAD_READS = 3
@@ -231,10 +253,16 @@ class CameraReader:
     def __init__(self, spec: CameraSpec, queue: FrameQueue | None = None,
                  open_fn: Callable[[], Capture] | None = None, backoff: Backoff | None = None,
                  max_frames: int | None = None, loop: bool = False,
-                 on_event: Callable[[dict], None] | None = None) -> None:
+                 on_event: Callable[[dict], None] | None = None, open_timeout_s: float = 10.0,
+                 read_timeout_s: float = 10.0, errors: RunErrors | None = None) -> None:
         self.spec = spec
         self.queue = queue or FrameQueue(policy="drop" if spec.is_live else "block")
-        self.open_fn = open_fn or (lambda: open_source(spec.source))
+        self.open_fn = open_fn or (lambda: open_source(spec.source, open_timeout_s,
+                                                       read_timeout_s))
+        self.open_timeout_s = float(open_timeout_s)
+        self.errors = errors or RunErrors()
+        self.state = CameraState()
+        self._pending: PendingOpen | None = None
         self.backoff = backoff or Backoff()
         self.max_frames, self.loop = max_frames, loop
         self.on_event = on_event
@@ -263,32 +291,60 @@ class CameraReader:
     def _report(self, kind: str, **info: Any) -> None:
         ev = {"camera": self.spec.name, "event": kind, "time": time.time(), **info}
         self.events.append(ev)
+        if len(self.events) > 500:    # a camera flapping for days: keep the first and the latest
+            del self.events[250]
         log.warning("camera %s: %s %s", self.spec.name, kind, info or "")
         if self.on_event:
             self.on_event(ev)
+
+    def _fail(self, stage: str, msg: str) -> None:
+        self.error = msg
+        self.state.set("failed", msg)
+        self.errors.add(stage, msg, self.spec.name)
+
+    def _try_open(self) -> Capture:
+        """One open attempt in a helper thread (see :class:`PendingOpen`); raises on failure."""
+        if self._pending is None:
+            self._pending = PendingOpen(self.open_fn, self.spec.name)
+        pending = self._pending
+        if not pending.wait(self.open_timeout_s, self.stop_event):
+            if self.stop_event.is_set():
+                pending.abandon()
+                self._pending = None
+            raise InputError(f"open timed out after {self.open_timeout_s:g} s")
+        self._pending = None
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
 
     def _open(self, first: bool) -> Capture | None:
         """Open the source; live cameras retry with backoff until it opens or we stop."""
         delays = self.backoff.delays()
         while not self.stop_event.is_set():
             try:
-                cap = self.open_fn()
+                cap = self._try_open()
                 self.fps = float(getattr(cap, "fps", 0) or 25.0)
+                self.state.set("live")
                 if not first:
                     self.stats["reconnects"] += 1
                     self._report("reconnected")
                 return cap
             except Exception as exc:  # noqa: BLE001 - any open failure is reported, not raised
+                if self.stop_event.is_set():
+                    break
                 msg = str(exc) if isinstance(exc, InputError) else repr(exc)
                 if not self.spec.is_live:
-                    self.error = msg
+                    self._fail("open", msg)
                     self._report("open-failed", error=msg)
                     return None
                 delay = next(delays, None)
                 if delay is None:
-                    self.error = f"gave up after {self.backoff.tries} reconnect attempts: {msg}"
+                    self._fail("open", f"gave up after {self.backoff.tries} reconnect attempts: "
+                                       f"{msg}")
                     self._report("gave-up", error=msg)
                     return None
+                self.state.set("connecting" if first and not self.stats["frames"]
+                               else "reconnecting", msg)
                 self._report("retry", error=msg, delay_s=delay)
                 self.stop_event.wait(delay)
         return None
@@ -297,9 +353,11 @@ class CameraReader:
         try:
             self._read_all()
         except Exception as exc:  # noqa: BLE001 - a reader never takes the pipeline down
-            self.error = repr(exc)
+            self._fail("read", repr(exc))
             self._report("failed", error=repr(exc))
         finally:
+            if self.state.state == "live":
+                self.state.set("stopped" if self.stop_event.is_set() else "ended")
             self.queue.close()
 
     def _read_all(self) -> None:
@@ -324,6 +382,7 @@ class CameraReader:
                 if not self.spec.is_live:
                     break
                 self.stats["disconnects"] += 1
+                self.state.set("reconnecting", f"no frame in {bad} reads after {index} frames")
                 self._report("disconnected", frames=index)
                 cap, bad = self._open(first=False), 0
                 continue
