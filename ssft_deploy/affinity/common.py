@@ -18,7 +18,6 @@ Both paths compute ``d`` of a pair with the same float64 code, so results stay i
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -70,22 +69,69 @@ def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     return list(pool.map(fn, items))
 
 
-_blas: Any = None
+class BlasOwner:
+    """The one owner of this process's BLAS thread limit: ``with owner:`` holds BLAS at one
+    thread. The first entrant saves the libraries' thread counts and limits them, the last to
+    leave restores them, so overlapping users (searches on several threads) never leave the
+    process limited and none loses the limit while another leaves. The limit is process-wide:
+    while any user is inside, every thread's BLAS calls (numpy's) run single-threaded. A count
+    someone else changes meanwhile is kept (restored only where it still reads 1).
+
+    Only BLAS libraries whose thread count is process-wide are touched (numpy's OpenBLAS, MKL,
+    BLIS); an OpenMP-threaded OpenBLAS (faiss-cpu's own) sets the calling thread's OpenMP
+    thread count, which a restore on another thread could not give back (and numpy never calls
+    it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._libs: list[Any] | None = None
+        self._saved: list[tuple[Any, int]] = []
+
+    def _controllers(self) -> list[Any]:
+        if self._libs is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:  # a host that vendors its own packages: BLAS keeps its threads
+                self._libs = []
+            else:
+                self._libs = [lc for lc in ThreadpoolController().select(
+                              user_api="blas").lib_controllers
+                              if not _per_thread(lc)]
+        return self._libs
+
+    def __enter__(self) -> BlasOwner:
+        with self._lock:
+            if self._users == 0:
+                self._saved = [(lc, lc.get_num_threads()) for lc in self._controllers()]
+                for lc, n in self._saved:
+                    if n != 1:
+                        lc.set_num_threads(1)
+            self._users += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                for lc, n in self._saved:
+                    if n != 1 and lc.get_num_threads() == 1:
+                        lc.set_num_threads(n)
+                self._saved = []
 
 
-def single_threaded_blas() -> Any:
-    """A context in which BLAS calls of this process run on their caller's thread only (via
-    threadpoolctl), so the worker threads can each run their own products; a no-op where
-    threadpoolctl finds no BLAS it can limit."""
-    global _blas
-    if _blas is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # a host that vendors its own packages: BLAS keeps its threads
-            _blas = False
-        else:
-            _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas") if _blas else contextlib.nullcontext()
+def _per_thread(lc: Any) -> bool:
+    return lc.internal_api == "openblas" and getattr(lc, "threading_layer", "") == "openmp"
+
+
+_blas_owner = BlasOwner()
+
+
+def single_threaded_blas() -> BlasOwner:
+    """A context in which BLAS calls run on their caller's thread only, so the worker threads
+    can each run their own products: the process-wide :class:`BlasOwner` (see there for what
+    other threads see meanwhile); a no-op where threadpoolctl finds no BLAS it can limit."""
+    return _blas_owner
 
 
 def unit(x: np.ndarray, dtype: type = np.float32, block: int = 512) -> np.ndarray:
