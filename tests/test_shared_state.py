@@ -27,7 +27,7 @@ def busy_threads(*jobs):
         try:
             while not stop.is_set():
                 job()
-        except BaseException as exc:  # reported by the test, not lost on the thread
+        except BaseException as exc:  # noqa: BLE001 (reported by the test, not lost)
             errors.append(exc)
 
     threads = [threading.Thread(target=loop, args=(j,)) for j in jobs]
@@ -62,7 +62,7 @@ def scattered(n_ids=400, per_id=5, queries=40, d=32, seed=0):
 
 
 def recall_at(found, gallery, query, m):
-    u = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    u = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
     exact = np.argsort(-(u(query.shared) @ u(gallery.shared).T), axis=1)[:, :m]
     return float(np.mean([len(np.intersect1d(e, s)) / m for e, s in zip(exact, found)]))
 
@@ -120,12 +120,16 @@ def test_windowed_search_reuses_the_cached_index_and_stays_exact(monkeypatch):
         g.add(gallery, pids=pids, camids=0, entry_ids=np.arange(len(pids)), timestamps=ts)
         g.knn(query.shared, "shared", "rgb", 5)            # builds the cached index
         builds = []
-        real = knn.build_index
-        monkeypatch.setattr(knn, "build_index", lambda *a, **kw: builds.append(1) or real(*a, **kw))
+
+        def counted(*a, builds=builds, real=knn.build_index, **kw):
+            builds.append(1)
+            return real(*a, **kw)
+
+        monkeypatch.setattr(knn, "build_index", counted)
         for since, until in ((10.0, 60.0), (None, 30.0), (95.0, None), (40.0, 40.5)):
             got = g.knn(query.shared, "shared", "rgb", 7, since=since, until=until)
             inside = np.flatnonzero((ts >= (since or -np.inf)) & (ts < (until or np.inf)))
-            u = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+            u = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
             cos = u(query.shared) @ u(gallery.shared[inside]).T
             want = np.full((len(query), 7), -1)
             kk = min(7, inside.size)

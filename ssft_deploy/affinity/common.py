@@ -100,7 +100,7 @@ class BlasOwner:
                               if not _per_thread(lc)]
         return self._libs
 
-    def __enter__(self) -> BlasOwner:
+    def __enter__(self) -> BlasOwner:  # noqa: PYI034 (one process-wide instance)
         with self._lock:
             if self._users == 0:
                 self._saved = [(lc, lc.get_num_threads()) for lc in self._controllers()]
