@@ -4,9 +4,12 @@ by overlapping dense searches are given back when the last one ends."""
 
 from __future__ import annotations
 
+import os
 import sys
+import textwrap
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ import pytest
 from ssft_deploy.features import Features
 
 pytest.importorskip("faiss", reason="the gallery's k-NN needs faiss (pip install faiss-cpu)")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -148,22 +152,26 @@ def numpy_blas_threads() -> list[int]:
             if d["user_api"] == "blas" and d.get("threading_layer") != "openmp"]
 
 
-def test_overlapping_blas_limits_give_every_thread_back():
-    """Two searches' limits overlap (A enters, B enters, A leaves, B leaves). On the old code B
-    saved A's limit of 1 and restored it: the process stayed at 1 BLAS thread for good, and B ran
-    its products on full BLAS threads once A had left."""
+OVERLAP = textwrap.dedent("""
+    import json, sys, threading
+    sys.path.insert(0, {root!r})
+    import numpy  # its BLAS, loaded before the limit is taken
+    from threadpoolctl import threadpool_info
     from ssft_deploy.affinity.common import single_threaded_blas
 
-    before = numpy_blas_threads()
-    assert before and max(before) > 1, "the suite runs BLAS on 2 threads (conftest)"
+    def blas():
+        return [d["num_threads"] for d in threadpool_info()
+                if d["user_api"] == "blas" and d.get("threading_layer") != "openmp"]
+
+    before = blas()
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
-    seen: dict[str, list[int]] = {}
+    seen = {{}}
 
     def a():
         with single_threaded_blas():
             a_in.set()
             b_in.wait(10)
-            seen["a"] = numpy_blas_threads()
+            seen["a"] = blas()
         a_out.set()
 
     def b():
@@ -171,15 +179,34 @@ def test_overlapping_blas_limits_give_every_thread_back():
         with single_threaded_blas():
             b_in.set()
             a_out.wait(10)
-            seen["b, after a left"] = numpy_blas_threads()
+            seen["b, after a left"] = blas()
 
     threads = [threading.Thread(target=f) for f in (a, b)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert all(v and set(v) == {1} for v in seen.values()) and len(seen) == 2, seen
-    assert numpy_blas_threads() == before
+    print(json.dumps({{"before": before, "seen": seen, "after": blas()}}))
+""")
+
+
+def test_overlapping_blas_limits_give_every_thread_back():
+    """Two searches' limits overlap (A enters, B enters, A leaves, B leaves). On the old code B
+    saved A's limit of 1 and restored it: the process stayed at 1 BLAS thread for good, and B ran
+    its products on full BLAS threads once A had left. In a fresh interpreter: once a process
+    has started another, OpenBLAS ignores counts set from threads other than the main one."""
+    import json
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    res = subprocess.run([sys.executable, "-c", OVERLAP.format(root=str(ROOT))], check=False,
+                         env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["before"] and max(out["before"]) > 1, out
+    assert len(out["seen"]) == 2 and all(set(v) == {1} for v in out["seen"].values()), out
+    assert out["after"] == out["before"], out
 
 
 def test_concurrent_dense_searches_leave_blas_and_faiss_threads_as_they_were():

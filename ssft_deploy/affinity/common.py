@@ -19,6 +19,7 @@ Both paths compute ``d`` of a pair with the same float64 code, so results stay i
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -80,13 +81,19 @@ class BlasOwner:
     Only BLAS libraries whose thread count is process-wide are touched (numpy's OpenBLAS, MKL,
     BLIS); an OpenMP-threaded OpenBLAS (faiss-cpu's own) sets the calling thread's OpenMP
     thread count, which a restore on another thread could not give back (and numpy never calls
-    it)."""
+    it). Every change is made from one control thread and read back: OpenBLAS (0.3.31 here)
+    ignores counts set from threads other than the one that first set a count in the process
+    (a limit from one search thread restored from another stayed at 1). Where a change does
+    not take (someone else set counts first), searches run without the limit (same results,
+    the speed of the plain path); a restore that did not take is retried when next idle."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
         self._libs: list[Any] | None = None
-        self._saved: list[tuple[Any, int]] = []
+        self._changed: list[tuple[Any, int]] = []   # (library, count to restore)
+        self._pending: list[tuple[Any, int]] = []   # restores that did not take yet
+        self._requests: queue.SimpleQueue | None = None
 
     def _controllers(self) -> list[Any]:
         if self._libs is None:
@@ -100,13 +107,25 @@ class BlasOwner:
                               if not _per_thread(lc)]
         return self._libs
 
+    def _set(self, lc: Any, n: int) -> int:
+        """Set a count from the control thread; returns the count read back."""
+        if self._requests is None:
+            self._requests = queue.SimpleQueue()
+            threading.Thread(target=_serve, args=(self._requests,), daemon=True,
+                             name="ssft-blas-owner").start()
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        self._requests.put((lc, n, done))
+        return done.get()
+
     def __enter__(self) -> BlasOwner:  # noqa: PYI034 (one process-wide instance)
         with self._lock:
             if self._users == 0:
-                self._saved = [(lc, lc.get_num_threads()) for lc in self._controllers()]
-                for lc, n in self._saved:
-                    if n != 1:
-                        lc.set_num_threads(1)
+                self._retry()
+                for lc in self._controllers():
+                    n = lc.get_num_threads()
+                    if n != 1 and not any(p[0] is lc for p in self._pending) \
+                            and self._set(lc, 1) == 1:
+                        self._changed.append((lc, n))
             self._users += 1
         return self
 
@@ -114,10 +133,23 @@ class BlasOwner:
         with self._lock:
             self._users -= 1
             if self._users == 0:
-                for lc, n in self._saved:
-                    if n != 1 and lc.get_num_threads() == 1:
-                        lc.set_num_threads(n)
-                self._saved = []
+                self._pending += [(lc, n) for lc, n in self._changed
+                                  if lc.get_num_threads() == 1]
+                self._changed = []
+                self._retry()
+
+    def _retry(self) -> None:
+        self._pending = [(lc, n) for lc, n in self._pending if self._set(lc, n) == 1]
+
+
+def _serve(requests: queue.SimpleQueue) -> None:
+    while True:
+        lc, n, done = requests.get()
+        try:
+            lc.set_num_threads(n)
+            done.put(lc.get_num_threads())
+        except Exception:  # noqa: BLE001 (a library that cannot be set keeps its threads)
+            done.put(-1)
 
 
 def _per_thread(lc: Any) -> bool:
