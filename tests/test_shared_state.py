@@ -234,3 +234,21 @@ def test_concurrent_dense_searches_leave_blas_and_faiss_threads_as_they_were():
     for idx, w in got:
         np.testing.assert_array_equal(idx, want[0])
         np.testing.assert_array_equal(w, want[1])
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf", "hnsw"])
+def test_knn_search_among_a_mask_or_a_range_is_exact(index):
+    """``affinity.knn.search(among=...)``: a bool mask (IDSelectorBitmap) or an id range
+    (IDSelectorRange) gives the exact top k of those ids on every index kind."""
+    from ssft_deploy.affinity import knn
+
+    rng = np.random.default_rng(8)
+    base = rng.standard_normal((500, 16)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    q = base[:7] + 0.05 * rng.standard_normal((7, 16)).astype(np.float32)
+    ix = knn.build_index(base, index, nlist=10) if index == "ivf" else knn.build_index(base, index)
+    mask = rng.random(500) < 0.3
+    for among, keep in ((mask, np.flatnonzero(mask)), ((120, 260), np.arange(120, 260))):
+        got = knn.search(ix, q, 5, nprobe=1, ef_search=8, among=among)
+        want = keep[np.argsort(-(q @ base[keep].T), axis=1, kind="stable")[:, :5]]
+        np.testing.assert_array_equal(got, want)
