@@ -18,7 +18,7 @@ from ssft_deploy.transfer import RollingAuxiliary
 MODES = ("shared", "single-query", "all-queries", "rolling")
 WINDOW = (20.0, 80.0)
 TOP, SHORTLIST = 6, 5
-READS_PER_OP = 6  # reads the writer lets finish between two operations
+READS_PER_OP = 4  # reads the writer lets finish between two operations
 
 
 def feats(rng: np.random.Generator, n: int, dims: tuple[int, int], modality: Any) -> Features:
@@ -65,11 +65,13 @@ class Reads:
         self.aux = feats(rng, 8, dims, [0, 1] * 4)
         self.sstn = sstn
         self.fns: dict[str, Callable[[Any], Any]] = {}
-        for mode in MODES:
-            for shortlist in (None, SHORTLIST):
-                for window in (None, WINDOW):
-                    name = f"{mode}/shortlist={shortlist}/window={window}"
-                    self.fns[name] = self._search(mode, shortlist, window)
+        for mode in MODES:  # each mode with and without both a shortlist and a window
+            for shortlist, window in ((None, None), (SHORTLIST, WINDOW)):
+                name = f"{mode}/shortlist={shortlist}/window={window}"
+                self.fns[name] = self._search(mode, shortlist, window)
+        for shortlist, window in ((SHORTLIST, None), (None, WINDOW)):  # and each alone
+            self.fns[f"single-query/shortlist={shortlist}/window={window}"] = self._search(
+                "single-query", shortlist, window)
         self.fns["knn"] = lambda g: g.knn(self.query.shared, "shared", "ir", 4)
         self.fns["entries"] = lambda g: g.entries(since=WINDOW[0])
 

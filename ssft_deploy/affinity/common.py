@@ -107,25 +107,28 @@ class BlasOwner:
                               if not _per_thread(lc)]
         return self._libs
 
-    def _set(self, lc: Any, n: int) -> int:
-        """Set a count from the control thread; returns the count read back."""
+    def _set(self, changes: list[tuple[Any, int]]) -> list[int]:
+        """Set counts from the control thread (one hand-off); the counts read back."""
+        if not changes:
+            return []
         if self._requests is None:
             self._requests = queue.SimpleQueue()
             threading.Thread(target=_serve, args=(self._requests,), daemon=True,
                              name="ssft-blas-owner").start()
         done: queue.SimpleQueue = queue.SimpleQueue()
-        self._requests.put((lc, n, done))
+        self._requests.put((changes, done))
         return done.get()
 
     def __enter__(self) -> BlasOwner:  # noqa: PYI034 (one process-wide instance)
         with self._lock:
             if self._users == 0:
                 self._retry()
-                for lc in self._controllers():
-                    n = lc.get_num_threads()
-                    if n != 1 and not any(p[0] is lc for p in self._pending) \
-                            and self._set(lc, 1) == 1:
-                        self._changed.append((lc, n))
+                held = {id(lc) for lc, _ in self._pending}
+                saved = [(lc, lc.get_num_threads()) for lc in self._controllers()
+                         if id(lc) not in held]
+                saved = [(lc, n) for lc, n in saved if n != 1]
+                got = self._set([(lc, 1) for lc, _ in saved])
+                self._changed = [ln for ln, g in zip(saved, got) if g == 1]
             self._users += 1
         return self
 
@@ -139,17 +142,21 @@ class BlasOwner:
                 self._retry()
 
     def _retry(self) -> None:
-        self._pending = [(lc, n) for lc, n in self._pending if self._set(lc, n) == 1]
+        got = self._set(self._pending)
+        self._pending = [ln for ln, g in zip(self._pending, got) if g == 1]
 
 
 def _serve(requests: queue.SimpleQueue) -> None:
     while True:
-        lc, n, done = requests.get()
-        try:
-            lc.set_num_threads(n)
-            done.put(lc.get_num_threads())
-        except Exception:  # noqa: BLE001 (a library that cannot be set keeps its threads)
-            done.put(-1)
+        changes, done = requests.get()
+        got = []
+        for lc, n in changes:
+            try:
+                lc.set_num_threads(n)
+                got.append(lc.get_num_threads())
+            except Exception:  # noqa: BLE001 (a library that cannot be set keeps its threads)
+                got.append(-1)
+        done.put(got)
 
 
 def _per_thread(lc: Any) -> bool:
