@@ -81,11 +81,12 @@ class BlasOwner:
     Only BLAS libraries whose thread count is process-wide are touched (numpy's OpenBLAS, MKL,
     BLIS); an OpenMP-threaded OpenBLAS (faiss-cpu's own) sets the calling thread's OpenMP
     thread count, which a restore on another thread could not give back (and numpy never calls
-    it). Every change is made from one control thread and read back: OpenBLAS (0.3.31 here)
-    ignores counts set from threads other than the one that first set a count in the process
-    (a limit from one search thread restored from another stayed at 1). Where a change does
-    not take (someone else set counts first), searches run without the limit (same results,
-    the speed of the plain path); a restore that did not take is retried when next idle."""
+    it). Every change is made from one control thread and read back: numpy's OpenBLAS (0.3.31
+    here) ignored counts set from some threads (a thread other than the one that had set a
+    count first; after the process had started another, every thread but that one), so a limit
+    taken on one search thread and restored from another stayed at 1. Where a change does not
+    take, searches run without the limit (same results, the speed of the plain path); a restore
+    that did not take is retried when the owner is next idle."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
