@@ -2,7 +2,8 @@
 
 Thread-safe: mutations and snapshots hold a lock; searches run on a consistent snapshot. Faiss
 indexes (exact ``flat``; ``ivf`` beyond ``IVF_MIN_ROWS`` rows with ``index="auto"``) are built
-lazily per (version, modality, field) and reused until the next write.
+lazily per (version, modality, field), over its rows in time order, and reused until the next
+write; a time window is one id range of that index (a faiss ``IDSelector``), searched exactly.
 
 One index serves two kinds of search with their own settings: the Eq. 6 neighbour lists of
 gallery entries (k + slack nearest entries, ``nprobe`` / ``ef_search``) and two-stage search's
@@ -10,7 +11,9 @@ stage one (a query's M nearest, ``shortlist_nprobe`` / ``shortlist_ef_search``).
 because gallery entries search among their own kind, while a query comes from another modality
 and camera: IVF's cells, trained on the gallery, say little about where a query's true
 neighbours lie, so stage one probes half the lists by default (``SHORTLIST_PROBE_FRACTION``;
-``benchmarks/gallery_scale.py --sweep`` measures recall against latency).
+``benchmarks/gallery_scale.py --sweep`` measures recall against latency). The settings go
+with each search call (``affinity.knn.search``), never onto the shared index, so concurrent
+searches of either kind never see each other's.
 """
 
 from __future__ import annotations
@@ -153,16 +156,19 @@ class Gallery(GalleryStore):
     def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
              shortlist: bool = False) -> np.ndarray:
         t, ver = self._view()
-        rows = np.flatnonzero(t.mask((modality,), window))
-        if rows.size == 0:
-            return np.full((len(q), limit), -1, np.int64)
-        if window == (None, None):
-            ix = self._faiss_index(t, ver, modality, field, rows)
-        else:  # a time window: exact search over the rows inside it
-            ix = faiss_knn.build_index(unit(t.cols[field][rows]), "flat")
-        found = faiss_knn.search(ix, q, min(limit, rows.size), **self._search_params(
-            ix, limit, shortlist))
+        ix, rows, ts = self._faiss_index(t, ver, modality, field)
+        # index rows are in time order, so a window is one id range of the cached index
+        lo, hi = 0, rows.size
+        if window[0] is not None:
+            lo = int(np.searchsorted(ts, window[0], "left"))
+        if window[1] is not None:
+            hi = max(lo, int(np.searchsorted(ts, window[1], "left")))
         out = np.full((len(q), limit), -1, np.int64)
+        if hi == lo:
+            return out
+        among = None if (lo, hi) == (0, rows.size) else (lo, hi)
+        found = faiss_knn.search(ix, q, min(limit, hi - lo), among=among,
+                                 **self._search_params(ix, limit, shortlist))
         out[:, :found.shape[1]] = np.where(found >= 0, t.cols["ids"][rows][found.clip(min=0)],
                                            -1)
         return out
@@ -175,13 +181,20 @@ class Gallery(GalleryStore):
                     self.nprobe, int(np.ceil(SHORTLIST_PROBE_FRACTION * nlist))),
                 "ef_search": self.shortlist_ef_search or max(self.ef_search, 8 * limit)}
 
-    def _faiss_index(self, t: Entries, ver: int, modality: int, field: str,
-                     rows: np.ndarray) -> Any:
-        kind = self.index
-        if kind == "auto":
-            kind = "ivf" if rows.size >= IVF_MIN_ROWS else "flat"
-        return self._cached(("index", modality, field), ver,
-                            lambda: faiss_knn.build_index(unit(t.cols[field][rows]), kind))
+    def _faiss_index(self, t: Entries, ver: int, modality: int, field: str
+                     ) -> tuple[Any, np.ndarray, np.ndarray]:
+        """The cached index of one (modality, field), its table rows and their timestamps, in
+        time order (search settings travel with each call: ``faiss_knn.search``)."""
+        def make() -> tuple[Any, np.ndarray, np.ndarray]:
+            rows = np.flatnonzero(t.cols["modality"] == modality)
+            rows = rows[np.argsort(t.cols["ts"][rows], kind="stable")]
+            kind = self.index
+            if kind == "auto":
+                kind = "ivf" if rows.size >= IVF_MIN_ROWS else "flat"
+            ix = faiss_knn.build_index(unit(t.cols[field][rows]), kind) if rows.size else None
+            return ix, rows, t.cols["ts"][rows]
+
+        return self._cached(("index", modality, field), ver, make)
 
     # -- persistence -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
