@@ -74,12 +74,14 @@ class IndexCache:
         key = (modality, field)
         with self._lock:
             slot = self._slots.get(key)
-            if slot is None or slot.gen < t.gen:
-                slot = None if t.gen != self.gen else self._build(t, modality, field)
-                if slot is not None:
-                    self._slots[key] = slot
-        if slot is None or slot.gen != t.gen:  # a snapshot from before a removal: its own index
-            slot = self._build(t, modality, field)
+        if slot is None or slot.gen != t.gen:
+            fresh = self._build(t, modality, field)  # outside the lock: may take seconds
+            with self._lock:
+                slot = self._slots.get(key)
+                if t.gen == self.gen and (slot is None or slot.gen < t.gen):
+                    self._slots[key] = slot = fresh
+                elif slot is None or slot.gen != t.gen:  # a snapshot from before a removal
+                    slot = fresh
         with slot.lock:
             n = len(t)
             if slot.n < n:

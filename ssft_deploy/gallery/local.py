@@ -53,12 +53,12 @@ class LocalGallery(Gallery):
         self._flock = FileLock(f"{self.path}.lock", timeout=lock_timeout_s)
         self._seen: tuple[int, ...] | None = None  # the file as last looked at
         self._end = 0                                # end of the last record applied
+        self._legacy = False                         # the file is format 1/2 (no records)
         with self._locked():
             for tmp in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
                 tmp.unlink(missing_ok=True)  # a killed writer's: live ones hold the lock
             if self.path.exists():
-                if self._sync():
-                    self._compact()  # a format 1/2 file becomes a log, once
+                self._sync()
                 if binding is not None:
                     before = self._binding
                     self.bind(binding)  # refuses another bundle's gallery
@@ -80,27 +80,27 @@ class LocalGallery(Gallery):
             except PermissionError as exc:
                 raise GalleryError(f"cannot lock gallery {self.path}: {exc}") from exc
 
-    def _sync(self) -> bool:
-        """Apply what other processes wrote since the last look; True for a format 1/2 file."""
+    def _sync(self) -> None:
+        """Apply what other processes wrote since the last look."""
         with self._lock:
             try:
                 st = os.stat(self.path)
             except FileNotFoundError as exc:
                 raise GalleryError(f"gallery file {self.path} was removed") from exc
-            seen = _signature(st)
-            if seen == self._seen:
-                return False
+            if _signature(st) == self._seen:
+                return
             fh, st = fileio.open_read(self.path)
             with fh:
                 whole = self._seen is None or _signature(st)[:2] != self._seen[:2] or \
                     st.st_size < self._end
-                self._end, old = self._read_log(self.path, fh, 0 if whole else self._end,
-                                                st.st_size)
+                self._end, self._legacy = self._read_log(
+                    self.path, fh, 0 if whole else self._end, st.st_size)
             self._seen = _signature(st)
-            return old
 
     def _commit(self, op: Op) -> None:
         """Append ``op``'s record (the caller holds the lock and synced), then apply it."""
+        if self._legacy:  # a format 1/2 file becomes a log (once) before the first record
+            self._compact()
         self._end = fileio.append(self.path, self._end, encode(op))
         self._seen = _signature(os.stat(self.path))
         self._apply(op)
@@ -112,6 +112,7 @@ class LocalGallery(Gallery):
         fileio.write(self.path, encode(self._snapshot()))
         st = os.stat(self.path)
         self._seen, self._end, self._records, self._dead = _signature(st), st.st_size, 1, 0
+        self._legacy = False
 
     def compact(self) -> None:
         """Rewrite the file as one snapshot now (other processes reload it once)."""

@@ -63,7 +63,8 @@ class Entries:
         n, b = len(self), len(new)
         buf = self._buf
         if buf is None or buf.used != n or buf.capacity < n + b:
-            buf = _Buffers(self.cols, n, n + b + max(b, (n + b) // 4))
+            # 25% spare rows (none for a first load): amortised O(1) copies per row
+            buf = _Buffers(self.cols, n, n + b + (n + b) // 4 if n else b)
         for k, v in new.cols.items():
             buf.cols[k][n:n + b] = v
         buf.used = n + b
