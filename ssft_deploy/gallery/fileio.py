@@ -193,4 +193,5 @@ def array(path: Path, payload: memoryview, spec: dict[str, Any], dtype: np.dtype
     if end > len(payload) or int(spec["offset"]) < 0 or min(shape, default=0) < 0 or \
             int(np.prod(shape)) * dtype.itemsize != int(spec["nbytes"]):
         raise GalleryError(f"gallery {path} is truncated or holds a malformed array {spec}")
-    return np.frombuffer(payload[int(spec["offset"]):end], dtype).reshape(shape).copy()
+    # a read-only view on the bytes read (no copy: a table is never changed in place)
+    return np.frombuffer(payload[int(spec["offset"]):end], dtype).reshape(shape)

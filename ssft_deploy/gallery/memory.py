@@ -155,7 +155,7 @@ class Gallery(GalleryStore):
                 keep[old] = False
                 t = t.take(keep)
                 t.gen, self._dead = self._indexes.removed(keep), self._dead + old.size
-            self._publish(t.append(new))
+            self._publish(t.append(new, adopt=op.owned))
         elif op.kind == "remove":
             t = self._table()
             keep = ~np.isin(t.cols["ids"], op.ids)

@@ -34,6 +34,7 @@ class Op:
     entries: Entries | None = None  # base: the table (None: no binding yet); add: the rows
     ids: np.ndarray | None = None    # remove
     binding: GalleryBinding | None = None  # base, bind
+    owned: bool = False  # the arrays are the gallery's own (read from a file), not a caller's
 
 
 def encode(op: Op) -> list[Any]:
@@ -83,7 +84,7 @@ def decode(path: Path, header: dict[str, Any], payload: memoryview,
             raise GalleryError(f"gallery {path} lacks columns {sorted(set(COLUMNS) - set(specs))}")
         cols = {k: fileio.array(path, payload, specs[k], np.dtype(t)) for k, t in COLUMNS.items()}
         entries = checked(path, Entries(cols, list(header["meta"])), binding)
-        return Op(kind, max(next_id, _after(entries)), entries, binding=binding)
+        return Op(kind, max(next_id, _after(entries)), entries, binding=binding, owned=True)
     except GalleryError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -57,14 +57,17 @@ class Entries:
             self._order = np.argsort(self.cols["ids"], kind="stable")
         return self._order
 
-    def append(self, new: Entries) -> Entries:
+    def append(self, new: Entries, adopt: bool = False) -> Entries:
         """This table plus ``new``'s rows (same ``gen``); amortised O(len(new)) when this is the
-        latest table of its buffers."""
+        latest table of its buffers. ``adopt``: an empty table may take ``new``'s arrays as they
+        are (nobody else holds them; a first load then costs no copy)."""
         n, b = len(self), len(new)
+        if adopt and n == 0:
+            return Entries(dict(new.cols), list(new.meta), self.gen)
         buf = self._buf
         if buf is None or buf.used != n or buf.capacity < n + b:
-            # 25% spare rows (none for a first load): amortised O(1) copies per row
-            buf = _Buffers(self.cols, n, n + b + (n + b) // 4 if n else b)
+            # 25% spare rows: amortised O(1) copies per row
+            buf = _Buffers(self.cols, n, n + b + (n + b) // 4)
         for k, v in new.cols.items():
             buf.cols[k][n:n + b] = v
         buf.used = n + b
