@@ -298,8 +298,14 @@ def main(out, trials, shortlists, sizes, milvus_sizes, dims, queries, milvus_que
     ds, dp = dims
     if writes:
         res = {**header("gallery_writes"), "loadavg_start": os.getloadavg(),
-               "shortlist": gallery_writes.M,
-               "rows": gallery_writes.run(sizes, ds, dp, batch, batches, baseline, click.echo)}
+               "shortlist": gallery_writes.M, "rows": []}
+
+        def on_row(rows: list[dict]) -> None:  # written after every point
+            write_json(out / "gallery_writes.json", {**res, "rows": rows,
+                                                     "ratios": gallery_writes.ratios(rows)})
+
+        res["rows"] = gallery_writes.run(sizes, ds, dp, batch, batches, baseline, click.echo,
+                                         on_row)
         res["ratios"], res["loadavg_end"] = gallery_writes.ratios(res["rows"]), os.getloadavg()
         for r in res["ratios"]:
             click.echo(f"n={r['n']:>8d} add throughput new/old "

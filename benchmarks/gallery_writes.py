@@ -9,13 +9,15 @@ the path: it bulk-loads ``n`` synthetic entries (one add), opens a second handle
 reader, as another process would), runs one two-stage search (builds the faiss indexes), then
 times ``batches`` adds of ``batch`` entries each, the first search after each add, a second
 search, the reader's pick-up of the add (its ``len``) and one remove + the search after it.
-The points of the two checkouts alternate (old first at one size, new first at the next).
+The points of the two checkouts alternate (new first at one size, old first at the next); a
+point stopped for time (``kill`` its process) keeps the rounds it finished, marked incomplete.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,9 +43,11 @@ def _data(n: int, ds: int, dp: int, seed: int) -> tuple[np.ndarray, np.ndarray, 
     return sh, sp, pids
 
 
-def point(n: int, ds: int, dp: int, batch: int, batches: int, seed: int = 0) -> dict:
+def point(n: int, ds: int, dp: int, batch: int, batches: int, seed: int = 0,
+          partial: Path | None = None) -> dict:
     """One store at one size in this process (``ssft_deploy`` from whatever is first on the
-    path)."""
+    path); the figures so far are written to ``partial`` after each step (a point stopped for
+    time still reports its first rounds)."""
     import ssft_deploy
     from ssft_deploy.features import Features
     from ssft_deploy.gallery import open_gallery
@@ -58,7 +62,8 @@ def point(n: int, ds: int, dp: int, batch: int, batches: int, seed: int = 0) -> 
     total = n + batch * batches
     sh, sp, pids = _data(total, ds, dp, seed)
     cams = rng.choice([1, 2, 4, 5], total)
-    tmp = Path(tempfile.mkdtemp(prefix="ssft-gallery-writes-"))
+    tmp = Path(tempfile.mkdtemp(prefix="ssft-gallery-writes-",
+                                dir=None if partial is None else Path(partial).parent))
     path = tmp / "g.gallery"
 
     def search(i: int) -> float:
@@ -76,6 +81,21 @@ def point(n: int, ds: int, dp: int, batch: int, batches: int, seed: int = 0) -> 
     len(g)  # the writer sees the file as the reader left it (the old code rewrote it on open)
     first_search_s = search(0)
     rows, loads = [], []
+    out = {"n": n, "dims": [ds, dp], "batch": batch, "batches": batches,
+           "code": str(Path(ssft_deploy.__file__).resolve().parents[1]), "load_s": load_s,
+           "open_s": open_s, "first_search_s": first_search_s, "rounds": rows}
+
+    def save(**more) -> None:
+        out.update(more, loadavg=os.getloadavg())
+        if rows:
+            med = {k: float(np.median([r[k] for r in rows])) for k in TIMINGS}
+            out.update({f"median_{k}": v for k, v in med.items()},
+                       add_entries_per_s=batch / med["add_s"], loadavg_during=[min(loads),
+                                                                                max(loads)])
+        if partial is not None:
+            Path(partial).write_text(json.dumps(out))
+
+    save()
     for b in range(batches):
         s = slice(n + b * batch, n + (b + 1) * batch)
         t0 = time.perf_counter()
@@ -89,6 +109,7 @@ def point(n: int, ds: int, dp: int, batch: int, batches: int, seed: int = 0) -> 
         rows.append({"add_s": add_s, "search_after_add_s": after, "second_search_s": second,
                      "reader_sync_s": time.perf_counter() - t0, "reader_len": seen})
         loads.append(os.getloadavg()[0])
+        save()
     t0 = time.perf_counter()
     g.remove(entry_ids=[n // 2])
     remove_s = time.perf_counter() - t0
@@ -100,45 +121,50 @@ def point(n: int, ds: int, dp: int, batch: int, batches: int, seed: int = 0) -> 
     for p in sorted(tmp.rglob("*"), reverse=True):
         p.unlink() if p.is_file() or p.is_symlink() else p.rmdir()
     tmp.rmdir()
-    med = {k: float(np.median([r[k] for r in rows])) for k in TIMINGS}
-    return {"n": n, "dims": [ds, dp], "batch": batch, "batches": batches,
-            "code": str(Path(ssft_deploy.__file__).resolve().parents[1]),
-            "load_s": load_s, "open_s": open_s, "first_search_s": first_search_s,
-            "add_entries_per_s": batch / med["add_s"], **{f"median_{k}": v for k, v in
-                                                          med.items()},
-            "remove_s": remove_s, "search_after_remove_s": search_after_remove_s,
-            "file_mib": size / 2**20, "rounds": rows, "loadavg": os.getloadavg(),
-            "loadavg_during": [min(loads), max(loads)]}
+    save(remove_s=remove_s, search_after_remove_s=search_after_remove_s, file_mib=size / 2**20)
+    return out
 
 
 def run(sizes: list[int], ds: int, dp: int, batch: int, batches: int, baseline: Path | None,
-        echo=print) -> list[dict]:
-    """Every (size, checkout) point in its own process; old and new alternate in order."""
+        echo=print, on_row=None) -> list[dict]:
+    """Every (size, checkout) point in its own process; old and new alternate in order (new
+    first at the first size). A point that fails or is stopped (``kill`` it to move on) keeps
+    the rounds it finished, marked ``incomplete``. ``on_row(rows)`` after each point."""
     roots = [("new", ROOT)] + ([("old", Path(baseline).resolve())] if baseline else [])
-    out = []
+    out: list[dict] = []
     for i, n in enumerate(sizes):
-        for label, root in (roots if i % 2 else roots[::-1]):
+        for label, root in (roots[::-1] if i % 2 else roots):
+            partial = Path(tempfile.mkdtemp(prefix="ssft-writes-point-")) / "partial.json"
             cmd = [sys.executable, __file__, "--point", str(n), "--root", str(root),
-                   "--dims", f"{ds},{dp}", "--batch", str(batch), "--batches", str(batches)]
+                   "--dims", f"{ds},{dp}", "--batch", str(batch), "--batches", str(batches),
+                   "--partial", str(partial)]
             env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # ROOT decides
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             if proc.returncode != 0:
-                out.append({"code_label": label, "n": n, "error": proc.stderr[-2000:]})
-                echo(f"{label} n={n}: failed: {proc.stderr[-500:]}")
-                continue
-            row = {"code_label": label, **json.loads(proc.stdout.strip().splitlines()[-1])}
+                row = {"code_label": label, "n": n, "incomplete": True,
+                       "error": proc.stderr[-2000:] or f"exit {proc.returncode}"}
+                if partial.exists():
+                    row = {**json.loads(partial.read_text()), **row}
+                echo(f"{label} n={n}: stopped (exit {proc.returncode}): {proc.stderr[-300:]}")
+            else:
+                row = {"code_label": label, **json.loads(proc.stdout.strip().splitlines()[-1])}
+            shutil.rmtree(partial.parent, ignore_errors=True)  # a stopped point's gallery too
             out.append(row)
+            if on_row is not None:
+                on_row(out)
+            if "add_entries_per_s" not in row:
+                continue
             echo(f"{label:3s} n={n:>8d}  add {row['add_entries_per_s']:9.0f} entries/s  "
                  f"first search after add {row['median_search_after_add_s']:.3f} s  "
                  f"(second {row['median_second_search_s']:.3f} s)  open {row['open_s']:.2f} s  "
                  f"reader sync {row['median_reader_sync_s']:.3f} s  "
-                 f"load {row['loadavg'][0]:.1f}")
+                 f"rounds {len(row['rounds'])}  load {row['loadavg'][0]:.1f}")
     return out
 
 
 def ratios(rows: list[dict]) -> list[dict]:
     """new / old per size (add throughput; old / new for latencies)."""
-    by = {(r["code_label"], r["n"]): r for r in rows if "error" not in r}
+    by = {(r["code_label"], r["n"]): r for r in rows if "add_entries_per_s" in r}
     out = []
     for n in sorted({n for _, n in by}):
         old, new = by.get(("old", n)), by.get(("new", n))
@@ -147,7 +173,8 @@ def ratios(rows: list[dict]) -> list[dict]:
                         new["add_entries_per_s"] / old["add_entries_per_s"],
                         "search_after_add_old_over_new": old["median_search_after_add_s"] /
                         new["median_search_after_add_s"],
-                        "open_old_over_new": old["open_s"] / new["open_s"]})
+                        "open_old_over_new": old["open_s"] / new["open_s"],
+                        "rounds": [len(old["rounds"]), len(new["rounds"])]})
     return out
 
 
@@ -156,7 +183,7 @@ def _main(argv: list[str]) -> None:
     sys.path.insert(0, args.get("--root", str(ROOT)))
     ds, dp = (int(v) for v in args.get("--dims", "256,256").split(","))
     print(json.dumps(point(int(args["--point"]), ds, dp, int(args.get("--batch", 1000)),
-                           int(args.get("--batches", 3)))))
+                           int(args.get("--batches", 3)), partial=args.get("--partial"))))
 
 
 if __name__ == "__main__":
