@@ -101,15 +101,17 @@ def point(n: int, ds: int, dp: int, batch: int, batches: int, seed: int = 0,
         t0 = time.perf_counter()
         g.add(Features(sh[s], sp[s], 0), pids=pids[s], camids=cams[s],
               entry_ids=np.arange(s.start, s.stop))
-        add_s = time.perf_counter() - t0
-        after = search(2 * b + 1)
-        second = search(2 * b + 2)
+        step = {"add_s": time.perf_counter() - t0}
+        save(step=step)  # a point stopped for time keeps each step it finished
+        step["search_after_add_s"] = search(2 * b + 1)
+        save(step=step)
+        step["second_search_s"] = search(2 * b + 2)
         t0 = time.perf_counter()
-        seen = len(reader)
-        rows.append({"add_s": add_s, "search_after_add_s": after, "second_search_s": second,
-                     "reader_sync_s": time.perf_counter() - t0, "reader_len": seen})
+        step["reader_len"] = len(reader)
+        step["reader_sync_s"] = time.perf_counter() - t0
+        rows.append(step)
         loads.append(os.getloadavg()[0])
-        save()
+        save(step=None)
     t0 = time.perf_counter()
     g.remove(entry_ids=[n // 2])
     remove_s = time.perf_counter() - t0
