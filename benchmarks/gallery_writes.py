@@ -44,10 +44,11 @@ def _data(n: int, ds: int, dp: int, seed: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 def point(n: int, ds: int, dp: int, batch: int, batches: int, seed: int = 0,
-          partial: Path | None = None) -> dict:
+          partial: Path | None = None, searches: bool = True) -> dict:
     """One store at one size in this process (``ssft_deploy`` from whatever is first on the
     path); the figures so far are written to ``partial`` after each step (a point stopped for
-    time still reports its first rounds)."""
+    time still reports its first rounds). ``searches=False``: the write path alone (no search,
+    so no index is built: for a size whose searches take longer than there is time)."""
     import ssft_deploy
     from ssft_deploy.features import Features
     from ssft_deploy.gallery import open_gallery
@@ -66,7 +67,9 @@ def point(n: int, ds: int, dp: int, batch: int, batches: int, seed: int = 0,
                                 dir=None if partial is None else Path(partial).parent))
     path = tmp / "g.gallery"
 
-    def search(i: int) -> float:
+    def search(i: int) -> float | None:
+        if not searches:
+            return None
         t0 = time.perf_counter()
         g.search(q.take([i % len(q)]), top=TOP, transfer=sstn, mode="single-query", shortlist=M)
         return time.perf_counter() - t0
@@ -88,7 +91,8 @@ def point(n: int, ds: int, dp: int, batch: int, batches: int, seed: int = 0,
     def save(**more) -> None:
         out.update(more, loadavg=os.getloadavg())
         if rows:
-            med = {k: float(np.median([r[k] for r in rows])) for k in TIMINGS}
+            med = {k: float(np.median([r[k] for r in rows])) for k in TIMINGS
+                   if rows[0][k] is not None}
             out.update({f"median_{k}": v for k, v in med.items()},
                        add_entries_per_s=batch / med["add_s"], loadavg_during=[min(loads),
                                                                                 max(loads)])
@@ -185,7 +189,8 @@ def _main(argv: list[str]) -> None:
     sys.path.insert(0, args.get("--root", str(ROOT)))
     ds, dp = (int(v) for v in args.get("--dims", "256,256").split(","))
     print(json.dumps(point(int(args["--point"]), ds, dp, int(args.get("--batch", 1000)),
-                           int(args.get("--batches", 3)), partial=args.get("--partial"))))
+                           int(args.get("--batches", 3)), partial=args.get("--partial"),
+                           searches=args.get("--searches", "yes") == "yes")))
 
 
 if __name__ == "__main__":
