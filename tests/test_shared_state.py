@@ -103,8 +103,7 @@ def test_a_search_leaves_the_cached_index_settings_alone():
     g = Gallery(32, 8, index="ivf", nprobe=3)
     g.add(gallery, pids=pids, camids=0, entry_ids=np.arange(len(pids)))
     g.knn(query.shared, "shared", "rgb", 5)
-    ix = next(v for k, v in g._aux.items() if "index" in k[1])
-    ix = ix[0] if isinstance(ix, tuple) else ix
+    ix = next(iter(g._indexes._slots.values())).ix          # the store's cached index
     before = ix.nprobe
     twostage.shortlists(g, query, (0,), (None, None), 10)   # 60% of the lists, this call only
     assert ix.nprobe == before

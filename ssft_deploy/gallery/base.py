@@ -147,14 +147,14 @@ class GalleryStore(ABC):
         except (TypeError, ValueError) as exc:
             raise InputError(f"meta must be JSON-serialisable: {exc}") from exc
         cols = {"shared": features.shared, "specific": features.specific,
-                "modality": features.modality, "pids": idv.int_ids("pids", pids, n),
+                "modality": features.modality, "pids": idv.identities(pids, n),
                 "camids": idv.int_ids("camids", camids, n),
                 "tracks": idv.int_ids("tracks", -1 if tracks is None else tracks, n),
                 "ts": idv.timestamps(time.time() if timestamps is None else timestamps, n)}
         if entry_ids is None:
             cols["ids"] = np.zeros(n, np.int64)
         else:
-            cols["ids"] = idv.int_ids("entry_ids", entry_ids, n)
+            cols["ids"] = idv.entry_ids(entry_ids, n)
             if len(np.unique(cols["ids"])) != n:
                 raise InputError("entry_ids repeat within one batch")
         return self._write(Entries(cols, meta), assign_ids=entry_ids is None)
