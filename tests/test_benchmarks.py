@@ -317,3 +317,16 @@ def test_train_speed_runs_variants_side_by_side(tmp_path):
     with pytest.raises(common.BenchError, match="no variant could start"):
         train_speed.run(str(cfg), str(tmp_path), rounds=1, budget_s=0.0, threads=1, extra=[],
                         variants={"a": []})   # no dataset there
+
+
+def test_gallery_writes_point_and_side_by_side_ratios():
+    pytest.importorskip("faiss")
+    from benchmarks import gallery_writes
+
+    row = gallery_writes.point(300, 8, 6, batch=20, batches=2)
+    assert row["n"] == 300 and len(row["rounds"]) == 2
+    assert all(r["reader_len"] in (320, 340) for r in row["rounds"])  # the reader saw each add
+    assert row["add_entries_per_s"] > 0 and row["median_search_after_add_s"] > 0
+    old = {**row, "code_label": "old", "add_entries_per_s": row["add_entries_per_s"] / 4}
+    (r,) = gallery_writes.ratios([old, {**row, "code_label": "new"}])
+    assert r["n"] == 300 and r["add_throughput_new_over_old"] == pytest.approx(4.0)

@@ -10,7 +10,7 @@ a row is written whole, so a search never sees half an entry.
 
 A search that follows this client's own writes first flushes them (``flush``: the rows leave
 the growing segment, which Milvus Lite searches by a slow brute-force path, for sealed, indexed
-segments); at 10k entries that made each search request 4-6x faster here (README).
+segments); at 10k entries that made each search request 4-6x faster here (docs/galleries.md).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 from ssft_deploy.errors import GalleryError, InputError
 from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window
 from ssft_deploy.gallery.binding import GalleryBinding
+from ssft_deploy.gallery.rwlock import ReadWriteLock
 from ssft_deploy.gallery.table import Entries
 
 FORMAT = "ssft-milvus/1"
@@ -77,6 +78,7 @@ class MilvusGallery(GalleryStore):
         self.collection, self.nprobe = collection, int(nprobe)
         self._unflushed = False
         self._search = threading.local()  # rows fetched by this thread's current search
+        self._rw = ReadWriteLock()  # searches share it, writes through this object exclude
         self.shortlist_nprobe = shortlist_nprobe or max(self.nprobe, int(np.ceil(
             SHORTLIST_PROBE_FRACTION * INDEXES["ivf"][1]["nlist"])))
         self._client = connect(client_uri or uri, token, timeout_s)
@@ -141,18 +143,20 @@ class MilvusGallery(GalleryStore):
     @contextlib.contextmanager
     def _pinned(self) -> Iterator[None]:
         """One search: this client's writes flushed first (module docstring); rows fetched once
-        per search (a shortlist's neighbours are also the next level's entries)."""
-        if self._unflushed:
-            self._call("flush", self._client.flush, self.collection)
-            self._unflushed = False
-        if getattr(self._search, "rows", None) is not None:
-            yield
-            return
-        self._search.rows = {}
-        try:
-            yield
-        finally:
-            self._search.rows = None
+        per search (a shortlist's neighbours are also the next level's entries). Writes through
+        this object wait until it ends (``self._rw``), so it reads one state throughout."""
+        with self._rw.read():
+            if self._unflushed:
+                self._call("flush", self._client.flush, self.collection)
+                self._unflushed = False
+            if getattr(self._search, "rows", None) is not None:
+                yield
+                return
+            self._search.rows = {}
+            try:
+                yield
+            finally:
+                self._search.rows = None
 
     def _bump(self) -> None:
         self._unflushed = True
@@ -183,21 +187,23 @@ class MilvusGallery(GalleryStore):
                  "camid": int(c["camids"][i]), "track": int(c["tracks"][i]),
                  "ts": float(c["ts"][i]), "meta": {"v": entries.meta[i]}} for i in range(n)]
         if rows:
-            self._call("write a batch", self._client.upsert, self.collection, rows)
-            self._bump()
+            with self._rw.write():
+                self._call("write a batch", self._client.upsert, self.collection, rows)
+                self._bump()
         return c["ids"].copy()
 
     def _delete(self, sel: dict[str, np.ndarray]) -> int:
         expr = " or ".join(f"{FIELDS[k]} in {v.tolist()}" for k, v in sel.items() if v.size)
         if not expr:
             return 0
-        hit = self._query(expr, ["id"])
-        if not hit:
-            return 0
-        ids = [r["id"] for r in hit]
-        for s in range(0, len(ids), CHUNK):
-            self._call("delete", self._client.delete, self.collection, ids=ids[s:s + CHUNK])
-        self._bump()
+        with self._rw.write():
+            hit = self._query(expr, ["id"])
+            if not hit:
+                return 0
+            ids = [r["id"] for r in hit]
+            for s in range(0, len(ids), CHUNK):
+                self._call("delete", self._client.delete, self.collection, ids=ids[s:s + CHUNK])
+            self._bump()
         return len(ids)
 
     def _query(self, expr: str, fields: list[str]) -> list[dict]:
@@ -212,17 +218,19 @@ class MilvusGallery(GalleryStore):
         return rows
 
     def _select(self, modalities: tuple[int, ...], window: Window) -> tuple[Entries, Hashable]:
-        key = (self._version(), modalities, window)
-        return self._entries(self._query(_filter(modalities, window), _ALL)), key
+        with self._rw.read():  # the query's batches and the version of one state
+            key = (self._version(), modalities, window)
+            return self._entries(self._query(_filter(modalities, window), _ALL)), key
 
     def _fetch(self, ids: np.ndarray) -> Entries:
         cache = getattr(self._search, "rows", None)
         ids = ids.tolist()
         todo = ids if cache is None else [i for i in ids if i not in cache]
         rows: list[dict] = []
-        for s in range(0, len(todo), CHUNK):
-            rows += self._call("fetch entries", self._client.get, self.collection,
-                               ids=todo[s:s + CHUNK], output_fields=_ALL)
+        with self._rw.read():
+            for s in range(0, len(todo), CHUNK):
+                rows += self._call("fetch entries", self._client.get, self.collection,
+                                   ids=todo[s:s + CHUNK], output_fields=_ALL)
         if cache is None:
             return self._entries(rows)
         cache.update((r["id"], r) for r in rows)
@@ -235,13 +243,14 @@ class MilvusGallery(GalleryStore):
         params = {"metric_type": "COSINE", "params": {
             "nprobe": self.shortlist_nprobe if shortlist else self.nprobe,
             "ef": max(64, 8 * limit) if shortlist else 64}}
-        for s in range(0, len(q), CHUNK):
-            res = self._call("search", self._client.search, self.collection,
-                             data=list(q[s:s + CHUNK]), anns_field=field, filter=expr,
-                             limit=limit, search_params=params, output_fields=[])
-            for i, hits in enumerate(res):
-                found = [h["id"] for h in hits]
-                out[s + i, :len(found)] = found
+        with self._rw.read():  # every chunk of queries against one state
+            for s in range(0, len(q), CHUNK):
+                res = self._call("search", self._client.search, self.collection,
+                                 data=list(q[s:s + CHUNK]), anns_field=field, filter=expr,
+                                 limit=limit, search_params=params, output_fields=[])
+                for i, hits in enumerate(res):
+                    found = [h["id"] for h in hits]
+                    out[s + i, :len(found)] = found
         return out
 
     def _entries(self, rows: list[dict]) -> Entries:
