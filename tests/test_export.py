@@ -252,7 +252,8 @@ def test_export_gate_passes_the_good_variants(setup):
         assert rec["files"] == {g: e["sha256"] for g, e in man["variants"][name].items()}
     fp32 = recs["fp32"]["figures"]
     assert fp32["extractor_min_cos"] >= 0.99999 and fp32["transfer_graph_min_cos"] >= 0.99999
-    assert fp32["neighbour_overlap_mean"] == 1.0 and fp32["d_rank1"] == 0.0
+    # ORT and torch fp32 differ in rounding: with 64 queries one near-tie neighbour flips
+    assert fp32["neighbour_overlap_mean"] >= 0.999 and fp32["d_rank1"] == 0.0
     assert recs["fp16"]["figures"]["extractor_min_cos"] >= 0.999
     assert "parity vs torch-fp32" in setup["output"] and "pass [int8]" in setup["output"]
 
