@@ -213,10 +213,12 @@ class GalleryStore(ABC):
                          int(k))
 
     def neighbour_lists(self, entry_ids: np.ndarray, k: int, modalities: tuple[int, ...],
-                        window: Window) -> tuple[np.ndarray, np.ndarray]:
+                        window: Window, weights_only: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
         """Eq. 8 neighbour lists of these entries within the gallery rows of ``modalities`` in
         ``window``: entry ids [n, 2k] (k same-modality by specific, k other-modality by shared,
-        padding = the entry itself) and weights [n, 2k]. Cached per gallery version."""
+        padding = the entry itself) and weights [n, 2k]. Cached per gallery version.
+        ``weights_only``: the caller uses the weights only (a server store then needs no rows)."""
         key = (self._version(), tuple(modalities), window, k)
         with self._nl_lock:
             if self._nl_key != key:

@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from ssft_deploy.affinity.common import SLACK, d_from_cos, unit
 from ssft_deploy.errors import GalleryError, InputError
-from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window
+from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window, fetch_ordered
 from ssft_deploy.gallery.binding import GalleryBinding
 from ssft_deploy.gallery.table import Entries
 
@@ -48,7 +49,9 @@ CHUNK = 1024          # queries / ids per request
 MAX_BATCH_BYTES = 48 << 20  # one upsert request stays under gRPC's 64 MiB message limit
 DEFAULT_SHORTLIST = 100     # two-stage search's M when the caller gives none (at least 4 x top)
 VERSION_KEY = "version"
-_OUT = ["eid", "block", "pid", "camid", "track", "ts", "meta", "vec"]
+# a row's fields as searches return them: both features come in ``meta`` (base64), never as the
+# vector field, which Milvus 2.3 returns several times slower (and pymilvus parses as lists)
+_OUT = ["eid", "block", "pid", "camid", "track", "ts", "meta"]
 
 
 def connect(uri: str, token: str | None, timeout_s: float) -> Any:
@@ -196,8 +199,8 @@ class MilvusGallery(GalleryStore):
             entries.cols["ids"] = np.frombuffer(secrets.token_bytes(8 * n), np.uint64).astype(
                 np.int64) & np.int64(0x7FFF_FFFF_FFFF_FFFF)
         c = entries.cols
-        size = 2 * (4 * self._width + (c["shared"].nbytes + c["specific"].nbytes) // max(n, 1)
-                    + 160) * n
+        size = 2 * (4 * self._width + (c["shared"].nbytes + c["specific"].nbytes) * 4 // 3
+                    // max(n, 1) + 200) * n  # per row: vec, both features in base64, the rest
         if size > MAX_BATCH_BYTES:
             raise InputError(f"a batch of {n} entries ({size >> 20} MiB) exceeds one Milvus "
                              f"request ({MAX_BATCH_BYTES >> 20} MiB): add it in smaller batches "
@@ -218,12 +221,14 @@ class MilvusGallery(GalleryStore):
         for i in range(len(entries)):
             common = {"eid": int(c["ids"][i]), "pid": int(c["pids"][i]),
                       "camid": int(c["camids"][i]), "track": int(c["tracks"][i]),
-                      "ts": float(c["ts"][i])}
-            m, e = int(c["modality"][i]), entries.meta[i]
+                      "ts": float(c["ts"][i]),
+                      "meta": {"v": entries.meta[i], "s": raw["shared"][i],
+                               "p": raw["specific"][i]}}
+            m = int(c["modality"][i])
             rows.append({"pk": f"s:{common['eid']}", "vec": vecs["shared"][i], "block": m,
-                         "meta": {"v": e, "o": raw["specific"][i]}, **common})
+                         **common})
             rows.append({"pk": f"p:{common['eid']}", "vec": vecs["specific"][i], "block": 2 + m,
-                         "meta": {"v": e, "o": raw["shared"][i]}, **common})
+                         **common})
         return rows
 
     def _delete(self, sel: dict[str, np.ndarray]) -> int:
@@ -267,9 +272,16 @@ class MilvusGallery(GalleryStore):
 
     def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
              shortlist: bool = False) -> np.ndarray:
-        out = np.full((len(q), limit), -1, np.int64)
+        return self._scored(q, field, modality, window, limit, shortlist)[0]
+
+    def _scored(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
+                shortlist: bool = False, rows: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Entry ids and cosines [nq, limit] (-1 / -inf where fewer); inside a search with
+        ``rows``, the hits' whole rows are kept for the rest of it."""
+        ids = np.full((len(q), limit), -1, np.int64)
+        cos = np.full((len(q), limit), -np.inf)
         kind = 0 if field == "shared" else 2
-        cache = getattr(self._search, "rows", None)
+        cache = getattr(self._search, "rows", None) if rows else None
         params = {"metric_type": "COSINE", "params": {
             "nprobe": self.shortlist_nprobe if shortlist else self.nprobe,
             "ef": max(64, 8 * limit) if shortlist else 64}}
@@ -282,36 +294,58 @@ class MilvusGallery(GalleryStore):
                              search_params=params, consistency_level=self._level(),
                              output_fields=_OUT if cache is not None else ["eid"])
             for i, hits in enumerate(res):
-                found = [h["entity"]["eid"] for h in hits]
-                out[s + i, :len(found)] = found
+                ids[s + i, :len(hits)] = [h["entity"]["eid"] for h in hits]
+                cos[s + i, :len(hits)] = [h["distance"] for h in hits]
                 if cache is not None:
                     cache.update((r[0], r) for r in map(self._parse, (h["entity"] for h in hits))
                                  if r[0] not in cache)
-        return out
+        return ids, cos
 
     def neighbour_lists(self, entry_ids: np.ndarray, k: int, modalities: tuple[int, ...],
-                        window: Window) -> tuple[np.ndarray, np.ndarray]:
+                        window: Window, weights_only: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
         """As the base store's, without its per-version cache: reading the version would cost a
-        request of its own on every search, and under writers the cache rarely lives long."""
+        request of its own on every search, and under writers the cache rarely lives long.
+        ``weights_only`` (the outer level of a two-stage search, whose entries only contribute
+        their degree): weights from the server's float32 cosines, no rows returned."""
         uniq, inv = np.unique(entry_ids, return_inverse=True)
         if not len(uniq):
             return np.zeros((0, 2 * k), np.int64), np.zeros((0, 2 * k), np.float32)
-        idx, w = self._neighbour_lists(uniq, k, modalities, window)
+        make = self._weights if weights_only else self._neighbour_lists
+        idx, w = make(uniq, k, modalities, window)
         return idx[inv], w[inv]
+
+    def _weights(self, ids: np.ndarray, k: int, modalities: tuple[int, ...], window: Window
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        e = fetch_ordered(self, ids)
+        idx = np.repeat(ids[:, None], 2 * k, axis=1)
+        w = np.zeros((len(ids), 2 * k), np.float32)
+        for m in (0, 1):
+            rows = np.flatnonzero(e.cols["modality"] == m)
+            for half, (field, other) in enumerate((("specific", m), ("shared", 1 - m))):
+                if rows.size == 0 or other not in modalities:
+                    continue
+                cand, cos = self._scored(unit(e.cols[field][rows]), field, other, window,
+                                         k + SLACK, rows=False)
+                cos[cand == ids[rows, None]] = 1.0          # itself: exact, as refine finds it
+                d = np.where(cand >= 0, d_from_cos(cos), -np.inf)
+                order = np.lexsort((cand, -d), axis=1)[:, :k]   # refine's order: -d, entry id
+                cand, d = np.take_along_axis(cand, order, 1), np.take_along_axis(d, order, 1)
+                ok, kk = cand >= 0, order.shape[1]
+                idx[rows, half * k:half * k + kk] = np.where(ok, cand, ids[rows, None])
+                w[rows, half * k:half * k + kk] = np.where(ok, d, 0.0)
+        return idx, w
 
     def default_shortlist(self, top: int) -> int | None:
         return max(DEFAULT_SHORTLIST, 4 * top)
 
-    def _parse(self, r: dict) -> tuple:
+    @staticmethod
+    def _parse(r: dict) -> tuple:
         """A returned row as (eid, shared, specific, modality, pid, camid, track, ts, meta)."""
-        kind, modality = divmod(int(r["block"]), 2)
-        ds, dp = self._binding.dims
-        meta = r["meta"] or {}
-        other = np.frombuffer(base64.b64decode(meta["o"]), np.float32)
-        own = np.asarray(r["vec"], np.float32)[:dp if kind else ds]
-        shared, specific = (other, own) if kind else (own, other)
-        return (int(r["eid"]), shared, specific, modality, int(r["pid"]), int(r["camid"]),
-                int(r["track"]), float(r["ts"]), meta.get("v"))
+        meta = r["meta"]
+        return (int(r["eid"]), np.frombuffer(base64.b64decode(meta["s"]), np.float32),
+                np.frombuffer(base64.b64decode(meta["p"]), np.float32), int(r["block"]) % 2,
+                int(r["pid"]), int(r["camid"]), int(r["track"]), float(r["ts"]), meta.get("v"))
 
     def _entries(self, rows: list[tuple]) -> Entries:
         e = Entries.empty(*self._binding.dims)

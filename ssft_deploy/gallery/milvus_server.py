@@ -29,18 +29,38 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PYTHON = REPO_ROOT / ".venv-milvus" / "bin" / "python"
 START_TIMEOUT_S = 180.0
 
-# Runs in the server's interpreter (only the ``milvus`` package there): every component's
-# advertised address is loopback, the proxy port is the one chosen by the parent.
+# Runs in the server's interpreter (only the ``milvus`` package there). The package's template
+# gains ``etcd.config.path``: the embedded etcd then listens on loopback ports chosen by the parent
+# (by default it takes 2379 / 2380 on every interface, so a second server on the machine fails).
+# Every component advertises loopback; the gRPC servers of Milvus 2.3 have no listen address
+# setting and bind all interfaces on their (free) ports.
 _CHILD = r"""
-import signal, sys, threading
-from milvus import MilvusServer
-base, port = sys.argv[1], int(sys.argv[2])
-srv = MilvusServer(proxy_port=port)
+import os, signal, sys, threading
+import milvus
+from milvus import MilvusServer, MilvusServerConfig
+base, port, etcd, peer = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+data = os.path.join(os.path.dirname(milvus.__file__), "data")
+with open(os.path.join(data, "config.yaml.template")) as f:
+    text = f.read().replace("etcd:\n", "etcd:\n  config:\n    path: {{ etcd_config_path }}\n", 1)
+template = os.path.join(base, "milvus.yaml.template")
+with open(template, "w") as f:
+    f.write(text)
+etcd_yaml = os.path.join(base, "etcd.yaml")
+with open(etcd_yaml, "w") as f:
+    f.write(f"name: default\nlisten-client-urls: http://127.0.0.1:{etcd}\n"
+            f"advertise-client-urls: http://127.0.0.1:{etcd}\n"
+            f"listen-peer-urls: http://127.0.0.1:{peer}\n"
+            f"initial-advertise-peer-urls: http://127.0.0.1:{peer}\n"
+            f"initial-cluster: default=http://127.0.0.1:{peer}\n")
+cfg = MilvusServerConfig(template=template)
+cfg.glog_conf_file = os.path.join(data, "glog.conf")
+srv = MilvusServer(cfg, proxy_port=port, etcd_port=etcd)
 srv.set_base_dir(base)
+srv.config.set("etcd_config_path", etcd_yaml)
 for comp in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord",
              "dataNode"):
     srv.config.set(comp + ".ip", "127.0.0.1")
-for key, value in (a.split("=", 1) for a in sys.argv[3:]):
+for key, value in (a.split("=", 1) for a in sys.argv[5:]):
     srv.config.set(key, value)
 done = threading.Event()
 signal.signal(signal.SIGTERM, lambda *a: done.set())
@@ -69,10 +89,16 @@ def unavailable_reason(python: Path | None = None) -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free right now."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class MilvusServerProcess:
@@ -83,7 +109,8 @@ class MilvusServerProcess:
         self.python = python or milvus_python()
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="ssft-milvus-"))
-        self.port = port or free_port()
+        self.port, self._etcd, self._peer = free_ports(3)
+        self.port = port or self.port
         self.extra = extra or {}
         self.proc: subprocess.Popen | None = None
         self.started_s: float | None = None
@@ -99,7 +126,8 @@ class MilvusServerProcess:
         t0 = time.monotonic()
         log = open(self.base_dir / "launcher.log", "w")  # noqa: SIM115 (the child's lifetime)
         self.proc = subprocess.Popen(
-            [str(self.python), "-c", _CHILD, str(self.base_dir), str(self.port),
+            [str(self.python), "-c", _CHILD, str(self.base_dir), str(self.port), str(self._etcd),
+             str(self._peer),
              *(f"{k}={v}" for k, v in self.extra.items())],
             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         log.close()
