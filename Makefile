@@ -26,7 +26,7 @@ TRITON_STAMP := $(TRITON_VENV)/.setup-stamp
 $(TRITON_STAMP):
 	test -x $(TRITON_VENV)/bin/python || $(PY) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TRITON_VENV)/bin/python -m pip install -q nvidia-pytriton==0.7.0 'numpy<2' onnxruntime opencv-python-headless pillow click tqdm threadpoolctl
+	$(TRITON_VENV)/bin/python -m pip install -q nvidia-pytriton==0.7.0 'numpy<2' onnxruntime opencv-python-headless pillow click tqdm threadpoolctl 'filelock>=3.12'
 	touch $(TRITON_STAMP)
 
 triton-setup: $(TRITON_STAMP)
@@ -62,7 +62,7 @@ $(DEMO)/bundle/manifest.json:
 # scored against the scene's truth (events per IR track, rank-1 matches).
 video: setup $(DEMO)/bundle/manifest.json
 	$(VPY) examples/make_video.py --out $(DEMO)/video/scene --lead-in 10
-	$(VPY) -m ssft_deploy.video.cli --bundle $(DEMO)/bundle --out $(DEMO)/video/out \
+	$(VPY) -m ssft_deploy.video.cli --bundle $(DEMO)/bundle --out $(DEMO)/video/out --overwrite \
 	    --camera cam1=$(DEMO)/video/scene/rgb.avi:rgb --camera cam3=$(DEMO)/video/scene/ir.avi:ir
 	$(VPY) examples/score_video.py --scene $(DEMO)/video/scene --run $(DEMO)/video/out \
 	    --camera cam1=rgb --camera cam3=ir --out $(DEMO)/video/score.json

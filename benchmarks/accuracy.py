@@ -1,4 +1,4 @@
-"""Accuracy of the demo configuration over training seeds: the figures the README reports.
+"""Accuracy of the demo configuration over training seeds: the figures docs/results.md reports.
 
     python benchmarks/accuracy.py --seeds 3                       # docs/results/accuracy_demo.json
     python benchmarks/accuracy.py --seeds 3 --set affinity_grad=false \
@@ -129,7 +129,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    """The README's accuracy table from a results file (figures as ``mean +- std``)."""
+    """The accuracy table of docs/results.md from a results file (figures as ``mean +- std``)."""
     s = result["summary"]
     lines = ["| setting | Rank-1 | mAP | mINP |", "| --- | --- | --- | --- |"]
     names = {"transfer": "transfer (all queries, Sec. 4.5)", "single-query": "single-query (Eq. 22)",

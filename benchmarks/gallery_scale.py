@@ -3,6 +3,7 @@ from 10k to 1M entries for the local store and Milvus Lite (issue 13).
 
     python benchmarks/gallery_scale.py --out runs/bench                       # everything
     python benchmarks/gallery_scale.py --sizes 10000,100000 --milvus-sizes 10000 --trials 2
+    python benchmarks/gallery_scale.py --writes --baseline OLD_CHECKOUT   # the write path
 
 Features are synthetic (identity centres + camera shift + noise) and the transfer is Eq. 10 with
 a fixed random W (no trained model): the accuracy table measures what two-stage search changes
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import gallery_sweep
+from benchmarks import gallery_sweep, gallery_writes
 from benchmarks.common import (
     SYSU_GALLERY,
     SYSU_QUERY,
@@ -283,11 +284,36 @@ def plot_sweep(rows: list[dict], path: Path, m: int, ds: int) -> None:
 @click.option("--sweep-sizes", default="100000,1000000", callback=int_list, show_default=True)
 @click.option("--sweep-hnsw-max", default=100_000, show_default=True,
               help="largest size the sweep builds HNSW at (1M: about 7 min per build here)")
+@click.option("--writes", is_flag=True, help="only the local store's write path "
+              "(gallery_writes: add throughput, first search after an add)")
+@click.option("--baseline", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="with --writes: a checkout of older code, measured side by side")
+@click.option("--batch", default=1000, show_default=True, help="with --writes: entries per add")
+@click.option("--batches", default=3, show_default=True, help="with --writes: adds per point")
 @click.option("--point", default=None, hidden=True, help="STORE:N (internal: one scale point)")
 def main(out, trials, shortlists, sizes, milvus_sizes, dims, queries, milvus_queries, m,
-         skip_accuracy, no_milvus, sweep, sweep_sizes, sweep_hnsw_max, point):
+         skip_accuracy, no_milvus, sweep, sweep_sizes, sweep_hnsw_max, writes, baseline, batch,
+         batches, point):
     """Two-stage gallery search: accuracy vs full SSTN, and scale (JSON + plot)."""
     ds, dp = dims
+    if writes:
+        res = {**header("gallery_writes"), "loadavg_start": os.getloadavg(),
+               "shortlist": gallery_writes.M, "rows": []}
+
+        def on_row(rows: list[dict]) -> None:  # written after every point
+            write_json(out / "gallery_writes.json", {**res, "rows": rows,
+                                                     "ratios": gallery_writes.ratios(rows)})
+
+        res["rows"] = gallery_writes.run(sizes, ds, dp, batch, batches, baseline, click.echo,
+                                         on_row)
+        res["ratios"], res["loadavg_end"] = gallery_writes.ratios(res["rows"]), os.getloadavg()
+        for r in res["ratios"]:
+            click.echo(f"n={r['n']:>8d} add throughput new/old "
+                       f"{r['add_throughput_new_over_old']:.1f}x  first search after add old/new "
+                       f"{r['search_after_add_old_over_new']:.1f}x")
+        write_json(out / "gallery_writes.json", res)
+        click.echo(f"wrote {out / 'gallery_writes.json'}")
+        return
     if sweep:
         run_sweep(out, sweep_sizes, ds, dp, queries, m, sweep_hnsw_max)
         return

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import click
 import numpy as np
 
 from benchmarks.common import Case, run_interleaved, summarize
@@ -139,3 +140,35 @@ def measure_transfer(bundle, dims: dict[str, int], k: int, parts: tuple[str, ...
     done = out["gemms_performed_s"]
     out["ratio_dense_to_performed_gemms"] = dense / done if dense is not None and done > 0 else None
     return out
+
+
+@click.command()
+@click.option("--n-rgb", default=301, show_default=True, help="RGB rows (SYSU's gallery)")
+@click.option("--n-ir", default=3803, show_default=True, help="IR rows (SYSU's queries)")
+@click.option("--dim", default=512, show_default=True, help="shared = specific = transfer dims")
+@click.option("--rounds", default=3, show_default=True)
+@click.option("--budget-s", default=2.0, show_default=True, help="seconds per case per round")
+@click.option("--out", type=click.Path(dir_okay=False), help="JSON results file")
+def main(n_rgb: int, n_ir: int, dim: int, rounds: int, budget_s: float, out: str | None) -> None:
+    """The transfer step (dense, numpy transfer graph) against its GEMMs, without a bundle."""
+    import json
+    import os
+
+    from benchmarks.common import header
+
+    res = header("transfer_cost")
+    dims = {"shared": dim, "specific": dim, "transfer": dim}
+    res["transfer"] = measure_transfer(None, dims, 4, ("shared", "specific"), n_rgb, n_ir,
+                                       methods=("dense",), rounds=rounds, budget_s=budget_s)
+    res["load_avg_after"] = list(os.getloadavg())
+    t = res["transfer"]
+    click.echo(f"dense step {t['steps'].get('dense', 0) * 1e3:.1f} ms, GEMMs "
+               f"{t['gemms_s'] * 1e3:.1f} ms, ratio {t['ratio_dense_to_gemms']:.3f}; load "
+               f"{res['machine']['load_avg_1m']} -> {res['load_avg_after'][0]:.2f}")
+    if out:
+        with open(out, "w") as f:
+            json.dump(res, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,7 @@ from ssft_deploy.bundle import EXTRACTORS, GRAPHS, STAGING_NAME, unpublish_manif
 from ssft_deploy.engines.trt_build import TRANSFER_MAX_ROWS
 from ssft_deploy.fileio import durable_unlink
 from ssft_deploy.preprocess import Preprocessor
+from ssft_deploy.roles import fingerprints
 
 
 @dataclass
@@ -142,6 +143,10 @@ def write_bundle(model: Any, out: str | os.PathLike, opts: ExportOptions,
     durable_unlink(out / STAGING_NAME)
     info = {**mf.model_section(model), "transfer_width": transfer_width(model.config.k)}
     variants = export_onnx_variants(model, out, info, opts, say)
+    # each graph's role fingerprint, checked at every open (ssft_deploy.roles); in the model
+    # section, so every verdict is bound to it
+    fp32 = reg.VARIANTS["fp32"].files
+    info["probe"] = fingerprints({g: out / fp32[g] for g in GRAPHS}, info)
     trt_version = build_engines(out, variants, opts, say) if opts.trt else None
     record = {"exporter": opts.exporter, "max_batch": opts.max_batch, "max_n": opts.max_n,
               "notes": opts.notes}

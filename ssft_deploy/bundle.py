@@ -32,6 +32,12 @@ from ssft_deploy.bundle_io import (  # noqa: F401  (the manifest writers are par
 )
 from ssft_deploy.bundle_io import read_manifest as _read_manifest
 from ssft_deploy.errors import BundleError
+from ssft_deploy.trt_platform import (  # noqa: F401  (part of this API)
+    REBUILD_TRT,
+    TrtPlatform,
+    check_engine_platform,
+    current_trt_platform,
+)
 from ssft_deploy.verdicts import gate_record, reverify_hint, ungated_reason
 
 log = logging.getLogger("ssft_deploy.bundle")
@@ -39,7 +45,6 @@ log = logging.getLogger("ssft_deploy.bundle")
 GRAPHS = ("extractor_rgb", "extractor_ir", "transfer")
 EXTRACTORS = GRAPHS[:2]
 REEXPORT = "re-export with ssft-export"
-REBUILD_TRT = "rebuild with ssft-export --trt on this machine"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -120,59 +125,6 @@ class FileEntry:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class TrtPlatform:
-    """What a TensorRT engine must match here: TensorRT version, GPU name, compute capability."""
-
-    tensorrt: str | None
-    gpu: str | None
-    compute_capability: str | None
-
-
-def current_trt_platform() -> TrtPlatform:
-    """Probe the importable TensorRT and GPU 0 (lazy imports; ``None`` fields where absent)."""
-    try:
-        import tensorrt
-        version = str(tensorrt.__version__)
-    except Exception:  # noqa: BLE001  (any import failure means "no TensorRT")
-        version = None
-    gpu = cc = None
-    try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        if cuda.Device.count() > 0:
-            dev = cuda.Device(0)
-            gpu = str(dev.name())
-            cc = "{}.{}".format(*dev.compute_capability())
-    except Exception as exc:  # noqa: BLE001  (no driver / no pycuda: no GPU for TensorRT)
-        log.debug("no CUDA device for TensorRT: %s", exc)
-    return TrtPlatform(tensorrt=version, gpu=gpu, compute_capability=cc)
-
-
-def check_engine_platform(entry: FileEntry, here: TrtPlatform) -> None:
-    """Refuse a TensorRT engine built for another TensorRT version or GPU than ``here``."""
-    where = f"{entry.variant}/{entry.graph} ({entry.file})"
-    built_trt = entry.meta.get("tensorrt")
-    built_gpu = entry.meta.get("gpu")
-    built_cc = entry.meta.get("compute_capability")
-    if here.tensorrt is None:
-        raise BundleError(f"{where} is a TensorRT engine but TensorRT is not importable here; "
-                          "use an ONNX variant (backend 'ort-cpu' / 'ort-cuda')")
-    if here.gpu is None:
-        raise BundleError(f"{where} is a TensorRT engine but no CUDA GPU is visible here")
-    problems = []
-    if built_trt is not None and str(built_trt) != here.tensorrt:
-        problems.append(f"TensorRT {built_trt} (this machine has {here.tensorrt})")
-    if built_cc is not None and str(built_cc) != here.compute_capability:
-        problems.append(f"compute capability {built_cc} (this GPU has {here.compute_capability})")
-    if built_gpu is not None and str(built_gpu) != here.gpu:
-        problems.append(f"GPU {built_gpu!r} (this machine has {here.gpu!r})")
-    if problems:
-        raise BundleError(f"{where} was built for " + ", ".join(problems) + f"; {REBUILD_TRT} "
-                          "(or open it with rebuild=True to rebuild from its ONNX graph)")
-
-
 @dataclass
 class Bundle:
     """A loaded bundle; files are verified lazily (hash on first use) and thread-safely."""
@@ -182,6 +134,7 @@ class Bundle:
     model: ModelInfo
     variants: dict[str, dict[str, FileEntry]]
     allow_ungated: bool = False
+    check_roles: bool = True  # engines.open_engine checks each graph's role (ssft_deploy.roles)
     _warned: set = field(default_factory=set, repr=False)  # variants warned about (or gating)
     _verified: set = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -375,6 +328,7 @@ def open_for_gate(path: str | os.PathLike, manifest: Mapping[str, Any] | None = 
                         variants=_parse_variants(root, manifest.get("variants")),
                         allow_ungated=True)
     bundle._warned.update(bundle.variants)  # the gate opens them to judge them: no warning
+    bundle.check_roles = False  # the gate measures every variant against the reference itself
     return bundle
 
 

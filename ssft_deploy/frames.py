@@ -10,7 +10,9 @@ Accepted frames (numpy arrays, ``H x W`` at least 2 x 2):
 
 A :class:`Stretch` maps a window ``[lo, hi]`` of raw values linearly onto ``0..255`` (values
 outside are clipped). ``mode="percentile"`` (the default) takes ``lo, hi`` as the ``low`` and
-``high`` percentiles of each frame (1 and 99 unless set), so any sensor gives a visible image;
+``high`` percentiles of each frame (1 and 99 unless set), so any sensor gives a visible image
+(where the two meet, on a flat background with a person on under 1% of the pixels, the frame's
+min and max instead);
 ``mode="fixed"`` uses ``low, high`` as raw values (e.g. ``fixed:27315:31315`` for a camera whose
 counts are centi-kelvin, 0-40 C): identical pixels map to identical grey levels in every frame,
 which keeps a person's appearance stable when the scene's temperature range changes. Spec strings
@@ -74,10 +76,15 @@ class Stretch:
             return float(self.low), float(self.high)
         step = _SUBSAMPLE if raw.shape[0] * raw.shape[1] >= 256 * 256 else 1
         lo, hi = np.percentile(raw[::step, ::step], (self.low, self.high))
+        if hi <= lo:
+            # The percentiles meet on a flat background when the person covers fewer pixels
+            # than 100 - high percent: min / max of the whole frame keep that person visible.
+            lo, hi = raw.min(), raw.max()
         return float(lo), float(hi)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
-        """Raw values -> ``uint8`` of the same shape. A flat frame (``hi == lo``) maps to 0."""
+        """Raw values -> ``uint8`` of the same shape. A flat frame (``hi == lo`` even after the
+        percentile window fell back to min / max) maps to 0."""
         lo, hi = self.window(raw)
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         out = (raw.astype(np.float32) - np.float32(lo)) * np.float32(scale)
@@ -115,6 +122,18 @@ def to_uint8(frame: object, stretch: Stretch | str | None = None) -> np.ndarray:
         return Stretch.parse(stretch).apply(frame)
     raise InputError(f"a frame must be uint8 (BGR / grey), uint16 or float (thermal, mapped to "
                      f"8-bit by a Stretch), got {frame.dtype}")
+
+
+def fit_size(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``frame`` resized to ``size`` (height, width), or itself when it already has that size:
+    a camera's detector state, tracker and annotated video all assume one frame size."""
+    import cv2
+
+    h, w = size
+    if frame.shape[:2] == (h, w):
+        return frame
+    shrink = frame.shape[0] * frame.shape[1] > h * w
+    return cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def to_bgr(frame: object, stretch: Stretch | str | None = None) -> np.ndarray:

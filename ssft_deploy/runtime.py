@@ -90,7 +90,8 @@ class ReIDRuntime:
         if precision == "auto":
             from ssft_deploy.engines.autoselect import choose
 
-            pick = choose(b, backend, batch=min(max_batch, 8), intra_op_threads=intra_op_threads)
+            pick = choose(b, backend, batch=min(max_batch, 8), intra_op_threads=intra_op_threads,
+                          device_id=device_id)
             backend, precision = pick.backend, pick.precision
         opts = {"intra_op_threads": intra_op_threads, "device_id": device_id}
         extractors = {m: open_engine(b, g, precision, backend, **opts)

@@ -4,7 +4,9 @@
 docs/ARCHITECTURE.md, "Bundle"). A variant counts as gated when its record says ``"verdict":
 "pass"``, its ``files`` (graph -> sha256) equal the variant's current manifest entries, and its
 ``model_sha256`` equals the digest of the current ``model`` section: a verdict is bound to exactly
-what was measured.
+what was measured. A recorded ``pass`` is not trusted either: its figures are re-judged against
+this package's own threshold table (``ssft_deploy.thresholds``), so a record edited to "pass", or
+stripped of its figures, does not open.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ssft_deploy.thresholds import CHECKS, THRESHOLDS, missed, variant_precision
 
 GATE_KEY = "gate"
 
@@ -44,11 +48,40 @@ def ungated_reason(manifest: Mapping[str, Any], variant: str,
         why = rec.get("error") or (f"missed {', '.join(map(str, failed))}" if failed
                                    else f"verdict {rec.get('verdict')!r}")
         return f"failed the parity gate ({why})"
+    rejudged = _rejudge(variant, rec)
+    if rejudged:
+        return rejudged
     if rec.get("files") != dict(files):
         return "has changed since it passed the parity gate (its files' sha256 differ)"
     if rec.get("model_sha256") != model_digest(manifest.get("model")):
         return "has a manifest 'model' section changed since it passed the parity gate"
     return None
+
+
+def _rejudge(variant: str, rec: Mapping[str, Any]) -> str | None:
+    """Why a recorded ``pass`` does not hold under this package's thresholds (None: it holds)."""
+    precision = rec.get("precision")
+    implied = variant_precision(variant)
+    if implied is not None and precision != implied:
+        return (f"records a pass at precision {precision!r}, but it is an {implied!r} variant "
+                "(a record that does not match its variant)")
+    if not isinstance(precision, str) or precision not in THRESHOLDS:
+        return (f"records a pass at precision {precision!r}, which this package has no "
+                f"thresholds for (it has {sorted(THRESHOLDS)})")
+    row = THRESHOLDS[precision]
+    figures = rec.get("figures")
+    failed = missed(figures, row)
+    if not failed:
+        return None
+    figures = figures if isinstance(figures, dict) else {}
+    why = []
+    for name in failed:
+        field, kind = CHECKS[name]
+        bound = getattr(row, field)
+        need = f">= {bound:g}" if kind == "min" else f"within +-{bound:g}"
+        why.append(f"{name} {figures.get(name, 'missing')!r} (needs {need})")
+    return (f"records a pass whose figures miss this package's {precision} thresholds: "
+            + ", ".join(why))
 
 
 def reverify_hint(root: Path, variant: str) -> str:

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from export.gate import Reference, finalize
 from export.images import HeldOut
 from ssft_deploy.bundle import MANIFEST_FORMAT, sha256_file, write_manifest
+from ssft_deploy.roles import fingerprints
 
 DS, DP, DT, K = 6, 5, 4, 2
 MEAN = [0.485, 0.456, 0.406]
@@ -138,6 +139,9 @@ def make_bundle(root: Path, input_size=(16, 8), graph_size=None, extra_variants=
         "versions": {"onnx": onnx.__version__},
         "created": "2025-01-01T00:00:00Z",
     }
+    if (gh, gw) == tuple(input_size):  # graphs of another size cannot even run the probe
+        manifest["model"]["probe"] = fingerprints({g: root / f for g, f in files.items()},
+                                                  manifest["model"])
     if not gated:
         write_manifest(root, manifest)
         return root

@@ -38,7 +38,7 @@ class Stub:
     def __init__(self, speeds: dict[str, float]) -> None:
         self.speeds, self.calls = speeds, []
 
-    def __call__(self, bundle, pairs, batch, threads):
+    def __call__(self, bundle, pairs, batch, threads, device_id=0):
         self.calls.append(sorted(pairs))
         return {f"{b}/{p}": self.speeds.get(f"{b}/{p}", 1.0) for b, p in pairs}
 

@@ -292,3 +292,16 @@ def test_parity_gate_and_accuracy_against_torch_twin(tmp_path):
     assert 0.0 <= acc["reference"]["transfer"]["rank1"] <= 100.0
     assert got["d_rank1"] == pytest.approx(0.0, abs=1e-6)
     assert got["d_mAP"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_gallery_writes_point_and_side_by_side_ratios():
+    pytest.importorskip("faiss")
+    from benchmarks import gallery_writes
+
+    row = gallery_writes.point(300, 8, 6, batch=20, batches=2)
+    assert row["n"] == 300 and len(row["rounds"]) == 2
+    assert all(r["reader_len"] in (320, 340) for r in row["rounds"])  # the reader saw each add
+    assert row["add_entries_per_s"] > 0 and row["median_search_after_add_s"] > 0
+    old = {**row, "code_label": "old", "add_entries_per_s": row["add_entries_per_s"] / 4}
+    (r,) = gallery_writes.ratios([old, {**row, "code_label": "new"}])
+    assert r["n"] == 300 and r["add_throughput_new_over_old"] == pytest.approx(4.0)

@@ -1,6 +1,6 @@
 """The one TensorRT variant builder (runtime's ``trt_build.build_variants``, also behind
 ``ssft-export --trt``): protocol-sized profiles and the variant bookkeeping, with ``build_plan``
-replaced by a recorder (TensorRT itself is not here; see the README's GPU section)."""
+replaced by a recorder (TensorRT itself is not here; see docs/gpu.md)."""
 
 from __future__ import annotations
 

@@ -197,6 +197,7 @@ def _bundle_with_plan(tmp_path, gpu=GPU, plans=(("extractor_rgb", 8),), transfer
     import onnx
 
     from ssft_deploy.bundle import sha256_file
+    from ssft_deploy.roles import fingerprints
 
     root = make_bundle(tmp_path / "b", input_size=(16, 8))
     m = json.loads((root / "manifest.json").read_text())
@@ -205,6 +206,8 @@ def _bundle_with_plan(tmp_path, gpu=GPU, plans=(("extractor_rgb", 8),), transfer
         ref, model = transfer
         onnx.save(model, root / "transfer.onnx")
         m["variants"]["fp32"]["transfer"]["sha256"] = sha256_file(root / "transfer.onnx")
+        m["model"]["probe"] = fingerprints({g: root / e["file"]
+                                            for g, e in m["variants"]["fp32"].items()}, m["model"])
     m["variants"]["trt-fp32"] = {}
     for graph, rows in plans:
         plan = root / f"{graph}.fp32.plan"

@@ -13,6 +13,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from ssft_deploy.errors import GalleryError
+from ssft_deploy.gallery import open_gallery
 from ssft_deploy.serving.launch import TritonServerProcess, libdir_of, unavailable_reason
 from ssft_deploy.serving.pytriton_server import (
     MODEL_NAMES,
@@ -56,9 +57,18 @@ def test_gallery_file_forms_load_alike(gallery_file, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_bundle, gallery_file):
-    srv = TritonServerProcess(tiny_bundle, max_batch=8, queue_delay_us=20000, gallery=gallery_file,
-                              top=3, start_timeout_s=180)
+def served_gallery(gallery_file, tmp_path_factory):
+    """``gallery_file``'s entries as a local store file (``Gallery.save``): the server rereads it
+    when another process changes it."""
+    path = tmp_path_factory.mktemp("served") / "gallery.bin"
+    load_gallery(gallery_file).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle, served_gallery):
+    srv = TritonServerProcess(tiny_bundle, max_batch=8, queue_delay_us=20000,
+                              gallery=served_gallery, top=3, start_timeout_s=180)
     with srv:
         yield srv
     assert srv.proc.returncode is not None
@@ -251,6 +261,29 @@ def test_nan_images_fail_their_request_not_the_batch(server, tiny_runtime):
             assert isinstance(got, dict), repr(got)[:2000]
             assert np.isfinite(got["shared"]).all()
             np.testing.assert_allclose(got["shared"][0], want_s[i], rtol=1e-5, atol=1e-5)
+
+
+@needs_triton
+def test_served_gallery_follows_its_file(server, tiny_runtime, served_gallery):
+    """Runs after the searches above: another process empties the served gallery, then adds two
+    people. Today every search of the emptied gallery is HTTP 500, and the server answers from
+    the gallery it read at start for ever."""
+    q = tiny_runtime.extract(list(crops(1, 13)), modality="ir")
+
+    def ask() -> dict[str, np.ndarray]:
+        return infer(server.url, SEARCH_MODEL, shared=q.shared, specific=q.specific,
+                     modality=np.ones((1, 1), np.int64))
+
+    writer = open_gallery(served_gallery, tiny_runtime.bundle)
+    assert set(ask()["pids"][0].tolist()) <= set(range(5))
+    assert writer.remove(pids=range(5)) == 10
+    empty = ask()
+    assert empty["pids"].tolist() == [[-1] * 3] and np.isinf(empty["distances"]).all()
+    ids = writer.add(tiny_runtime.extract(list(crops(2, 14)), modality="rgb"), pids=[40, 41],
+                     camids=0)
+    out = ask()
+    assert sorted(out["pids"][0][:2].tolist()) == [40, 41] and out["pids"][0][2] == -1
+    assert sorted(out["entry_ids"][0][:2].tolist()) == sorted(ids.tolist())
 
 
 @needs_triton

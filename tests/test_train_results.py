@@ -1,4 +1,4 @@
-"""The accuracy figures the README reports are the seed sweep's (docs/results/), and `make demo`
+"""The accuracy figures docs/results.md reports are the seed sweep's (docs/results/), and `make demo`
 compares its own run with that sweep's band."""
 
 from __future__ import annotations
@@ -56,6 +56,6 @@ def test_readme_accuracy_table_is_the_sweep_file(name) -> None:
     now = load(ROOT / result["config_file"], result["overrides"]).to_dict()
     assert {k: v for k, v in result["config"].items() if k != "extra"} == \
         {k: v for k, v in now.items() if k not in ("seed", "extra")}   # not stale
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "results.md").read_text()
     for line in markdown_table(result).splitlines()[2:]:
-        assert line in readme, f"README lacks the row of {name}: {line}"
+        assert line in page, f"docs/results.md lacks the row of {name}: {line}"

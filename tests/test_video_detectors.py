@@ -86,8 +86,8 @@ def test_yolo_bad_models_are_clear_errors(tmp_path):
     with pytest.raises(InputError, match="layout"):
         OnnxPersonDetector(graph(tmp_path / "a.onnx", v8_table()), layout="v9")
     flat = graph(tmp_path / "flat.onnx", np.zeros((1, 10), np.float32))
-    with pytest.raises(EngineError, match="YOLO-family"):
-        OnnxPersonDetector(flat, backend="ort-cpu")(FRAME, 0)
+    with pytest.raises(InputError, match="not a detector graph.*YOLO-family"):
+        OnnxPersonDetector(flat, backend="ort-cpu")       # refused up front, not per frame
     (tmp_path / "junk.onnx").write_bytes(b"not a graph")
     with pytest.raises(EngineError):
         OnnxPersonDetector(tmp_path / "junk.onnx", backend="ort-cpu")

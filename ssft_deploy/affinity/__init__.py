@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ssft_deploy.affinity import dense, joint
-from ssft_deploy.affinity.common import assemble, check_inputs
+from ssft_deploy.affinity.common import assemble, check_inputs, single_threaded_blas
 from ssft_deploy.errors import InputError
 
 METHODS = ("dense", "knn", "cuda", "auto")
@@ -60,6 +60,9 @@ def topk_affinity(shared: Any, specific: Any, modality: Any, k: int = 4, method:
                          f"it takes {sorted(OPTIONS[method])}")
     if method == "dense":
         cand = DenseCandidates(**options)
+        if not options:  # the joint products: one BLAS limit for the whole call (their nested
+            with single_threaded_blas():  # limits then cost nothing; see common.BlasOwner)
+                return assemble(feats, k, cand)
     elif method == "knn":
         from ssft_deploy.affinity import knn
 

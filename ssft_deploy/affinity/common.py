@@ -18,8 +18,8 @@ Both paths compute ``d`` of a pair with the same float64 code, so results stay i
 
 from __future__ import annotations
 
-import contextlib
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -70,22 +70,108 @@ def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     return list(pool.map(fn, items))
 
 
-_blas: Any = None
+class BlasOwner:
+    """The one owner of this process's BLAS thread limit: ``with owner:`` holds BLAS at one
+    thread. The first entrant saves the libraries' thread counts and limits them, the last to
+    leave restores them, so overlapping users (searches on several threads) never leave the
+    process limited and none loses the limit while another leaves. The limit is process-wide:
+    while any user is inside, every thread's BLAS calls (numpy's) run single-threaded. A count
+    someone else changes meanwhile is kept (restored only where it still reads 1).
+
+    Only BLAS libraries whose thread count is process-wide are touched (numpy's OpenBLAS, MKL,
+    BLIS); an OpenMP-threaded OpenBLAS (faiss-cpu's own) sets the calling thread's OpenMP
+    thread count, which a restore on another thread could not give back (and numpy never calls
+    it). Every change is made from one control thread and read back: numpy's OpenBLAS (0.3.31
+    here) ignored counts set from some threads (a thread other than the one that had set a
+    count first; after the process had started another, every thread but that one), so a limit
+    taken on one search thread and restored from another stayed at 1. Where a change does not
+    take, searches run without the limit (same results, the speed of the plain path); a restore
+    that did not take is retried when the owner is next idle."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._libs: list[Any] | None = None
+        self._changed: list[tuple[Any, int]] = []   # (library, count to restore)
+        self._pending: list[tuple[Any, int]] = []   # restores that did not take yet
+        self._requests: queue.SimpleQueue | None = None
+
+    def _controllers(self) -> list[Any]:
+        if self._libs is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:  # a host that vendors its own packages: BLAS keeps its threads
+                self._libs = []
+            else:
+                self._libs = [lc for lc in ThreadpoolController().select(
+                              user_api="blas").lib_controllers
+                              if not _per_thread(lc)]
+        return self._libs
+
+    def _set(self, changes: list[tuple[Any, int]]) -> list[int]:
+        """Set counts from the control thread (one hand-off); the counts read back."""
+        if not changes:
+            return []
+        if self._requests is None:
+            self._requests = queue.SimpleQueue()
+            threading.Thread(target=_serve, args=(self._requests,), daemon=True,
+                             name="ssft-blas-owner").start()
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        self._requests.put((changes, done))
+        return done.get()
+
+    def __enter__(self) -> BlasOwner:  # noqa: PYI034 (one process-wide instance)
+        with self._lock:
+            if self._users == 0:
+                self._retry()
+                held = {id(lc) for lc, _ in self._pending}
+                saved = [(lc, lc.get_num_threads()) for lc in self._controllers()
+                         if id(lc) not in held]
+                saved = [(lc, n) for lc, n in saved if n != 1]
+                got = self._set([(lc, 1) for lc, _ in saved])
+                self._changed = [ln for ln, g in zip(saved, got) if g == 1]
+            self._users += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._pending += [(lc, n) for lc, n in self._changed
+                                  if lc.get_num_threads() == 1]
+                self._changed = []
+                self._retry()
+
+    def _retry(self) -> None:
+        got = self._set(self._pending)
+        self._pending = [ln for ln, g in zip(self._pending, got) if g == 1]
 
 
-def single_threaded_blas() -> Any:
-    """A context in which BLAS calls of this process run on their caller's thread only (via
-    threadpoolctl), so the worker threads can each run their own products; a no-op where
-    threadpoolctl finds no BLAS it can limit."""
-    global _blas
-    if _blas is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # a host that vendors its own packages: BLAS keeps its threads
-            _blas = False
-        else:
-            _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas") if _blas else contextlib.nullcontext()
+def _serve(requests: queue.SimpleQueue) -> None:
+    while True:
+        changes, done = requests.get()
+        got = []
+        for lc, n in changes:
+            try:
+                lc.set_num_threads(n)
+                got.append(lc.get_num_threads())
+            except Exception:  # noqa: BLE001 (a library that cannot be set keeps its threads)
+                got.append(-1)
+        done.put(got)
+
+
+def _per_thread(lc: Any) -> bool:
+    return lc.internal_api == "openblas" and getattr(lc, "threading_layer", "") == "openmp"
+
+
+_blas_owner = BlasOwner()
+
+
+def single_threaded_blas() -> BlasOwner:
+    """A context in which BLAS calls run on their caller's thread only, so the worker threads
+    can each run their own products: the process-wide :class:`BlasOwner` (see there for what
+    other threads see meanwhile); a no-op where threadpoolctl finds no BLAS it can limit."""
+    return _blas_owner
 
 
 def unit(x: np.ndarray, dtype: type = np.float32, block: int = 512) -> np.ndarray:

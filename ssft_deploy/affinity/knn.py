@@ -61,14 +61,36 @@ def build_index(base: np.ndarray, index: str = "flat", nlist: int | None = None,
     return ix
 
 
-def search(ix: Any, q: np.ndarray, c: int, nprobe: int = 16, ef_search: int = 64) -> np.ndarray:
+def search(ix: Any, q: np.ndarray, c: int, nprobe: int = 16, ef_search: int = 64,
+           among: tuple[int, int] | np.ndarray | None = None) -> np.ndarray:
     """Indices [nq, c] of the c best inner products; a slot the index could not fill (an IVF
-    probe that reached fewer than c points) stays -1, which ``assemble`` pads as ``(i, 0)``."""
+    probe that reached fewer than c points) stays -1, which ``assemble`` pads as ``(i, 0)``.
+
+    The settings travel with this call (faiss ``SearchParameters``) and are never written to the
+    index, so one cached index serves concurrent searches with different settings. ``among``
+    restricts the search to some of the index's ids, a ``(start, stop)`` range or a bool mask
+    over all of them, through an ``IDSelector`` on this index; that search is exact (every IVF
+    list probed, HNSW's stored vectors scanned flat), as a flat index over those rows would be.
+    IVF ids must be ascending within each list (true for indexes filled by ``add``)."""
+    faiss = _faiss()
+    sel, keep = None, None  # keep: what the selector points into, alive until search returns
+    if among is not None:
+        if isinstance(among, tuple):
+            sel = faiss.IDSelectorRange(int(among[0]), int(among[1]), True)
+        else:
+            keep = np.packbits(np.asarray(among, bool), bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(among), faiss.swig_ptr(keep))
+        if hasattr(ix, "hnsw"):
+            ix = faiss.downcast_index(ix.storage)
+        nprobe = getattr(ix, "nlist", nprobe)
     if hasattr(ix, "nprobe"):
-        ix.nprobe = nprobe
-    if hasattr(ix, "hnsw"):
-        ix.hnsw.efSearch = max(ef_search, c)
-    _, found = ix.search(np.ascontiguousarray(q, dtype=np.float32), c)
+        params = faiss.SearchParametersIVF(nprobe=nprobe, sel=sel)
+    elif hasattr(ix, "hnsw"):
+        params = faiss.SearchParametersHNSW(efSearch=max(ef_search, c))
+    else:
+        params = None if sel is None else faiss.SearchParameters(sel=sel)
+    _, found = ix.search(np.ascontiguousarray(q, dtype=np.float32), c, params=params)
+    del sel, keep
     return found.astype(np.int64)
 
 

@@ -56,15 +56,23 @@ def header_size(data: bytes | np.ndarray, name: str, limit: int) -> tuple[int, i
                          "truncated or of an unsupported format)") from None
 
 
-def decode_image(data: bytes | np.ndarray, name: str, max_pixels: int | None = None
-                 ) -> np.ndarray:
-    """Encoded image bytes -> RGB ``uint8 [H, W, 3]``; InputError when unreadable or when its
-    header declares more than the pixel limit (checked before any pixel is decoded)."""
+def check_pixels(data: bytes | np.ndarray, name: str, max_pixels: int | None = None
+                 ) -> tuple[int, int]:
+    """``(width, height)`` from the header; InputError when unreadable or over the pixel limit
+    (nothing is decoded)."""
     limit = max_pixels_limit(max_pixels)
     w, h = header_size(data, name, limit)
     if w * h > limit:
         raise InputError(f"image {name} is {w}x{h} = {w * h} pixels, over the limit of {limit} "
                          f"(raise max_pixels or ${MAX_PIXELS_ENV} if it is genuine)")
+    return w, h
+
+
+def decode_image(data: bytes | np.ndarray, name: str, max_pixels: int | None = None
+                 ) -> np.ndarray:
+    """Encoded image bytes -> RGB ``uint8 [H, W, 3]``; InputError when unreadable or when its
+    header declares more than the pixel limit (checked before any pixel is decoded)."""
+    check_pixels(data, name, max_pixels)
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)

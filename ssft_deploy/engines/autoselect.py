@@ -3,15 +3,16 @@
 Which engine and precision are fastest depends on the CPU (AMX, AVX-512 BF16 / VNNI) as much as on
 the engines: the choice is measured, not assumed. Candidates are the bundle's variants that passed
 the parity gate and that a backend can run here; each is timed on the RGB extractor in its own
-process (``engines.probe``), in short interleaved rounds, and the throughputs are cached per machine and bundle (CPU model, ISA flags,
-cores, engine versions, manifest hash in the key) under ``$SSFT_CACHE/autoselect``, so the
-measurement runs once. What was picked and why is logged. An explicit backend or precision
+process (``engines.probe``) on the runtime's own device, in short interleaved rounds, and the
+throughputs are cached per machine and bundle (CPU model, ISA flags, cores, engine versions, GPU
+name and driver, device id, manifest hash in the key) under ``$SSFT_CACHE/autoselect``, so the
+measurement runs once. The cache is read as untrusted input (``engines.autoselect_cache``): a
+corrupt file is logged, measured again and rewritten. What was picked and why is logged. An explicit backend or precision
 restricts the candidates (explicit choices win).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from ssft_deploy.bundle import Bundle, load_bundle, sha256_file
+from ssft_deploy.engines import autoselect_cache
+from ssft_deploy.engines.cuda_info import device_info as gpu_info
 from ssft_deploy.errors import EngineError
-from ssft_deploy.fileio import durable_write
 
 log = logging.getLogger("ssft_deploy.engines.autoselect")
 
@@ -39,7 +41,8 @@ GRAPH = "extractor_rgb"
 # Measure: batch (capped by the runtime's max batch), rounds, seconds per candidate per round.
 BATCH, ROUNDS, BUDGET_S, SETTLE_S, WARMUP_S = 8, 3, 0.6, 0.05, 0.5
 
-Measure = Callable[[Bundle, list[tuple[str, str]], int, "int | None"], dict[str, float]]
+# measure(bundle, pairs, batch, intra_op_threads, device_id=...) -> {"backend/precision": img/s}
+Measure = Callable[..., dict[str, float]]
 
 
 def cpu_info() -> dict[str, Any]:
@@ -66,11 +69,13 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def machine_key(intra_op_threads: int | None = None) -> dict[str, Any]:
-    """What a measured choice depends on besides the bundle."""
+def machine_key(intra_op_threads: int | None = None, device_id: int = 0) -> dict[str, Any]:
+    """What a measured choice depends on besides the bundle (the GPU: name and driver of the
+    runtime's device, None without one)."""
     threads = intra_op_threads or os.environ.get("SSFT_ORT_THREADS") or os.environ.get(
         "OMP_NUM_THREADS")
-    return {"cpu": cpu_info(), "threads": threads,
+    return {"cpu": cpu_info(), "threads": threads, "device_id": int(device_id),
+            "gpu": gpu_info(int(device_id)),
             "versions": {d: _version(d) for d in ("onnxruntime", "onnxruntime-gpu", "openvino",
                                                   "tensorrt")}}
 
@@ -108,10 +113,11 @@ def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto"
 
 
 def measure_throughput(bundle: Bundle, pairs: list[tuple[str, str]], batch: int = BATCH,
-                       intra_op_threads: int | None = None) -> dict[str, float]:
+                       intra_op_threads: int | None = None, *,
+                       device_id: int = 0) -> dict[str, float]:
     """Images/s of the RGB extractor per ``backend/precision``, each candidate in its own process
-    (``engines.probe``) as it will run, in interleaved rounds after a settle pause; the mean
-    over rounds."""
+    (``engines.probe``) as it will run (on GPU ``device_id`` for GPU backends), in interleaved
+    rounds after a settle pause; the mean over rounds."""
     import subprocess
     import sys
 
@@ -126,10 +132,11 @@ def measure_throughput(bundle: Bundle, pairs: list[tuple[str, str]], batch: int 
             time.sleep(SETTLE_S)
             if not sys.executable:  # an embedding host without a Python executable to spawn
                 got[name].append(images_per_s(str(bundle.root), b, p, batch, BUDGET_S,
-                                              intra_op_threads, WARMUP_S))
+                                              intra_op_threads, WARMUP_S, device_id))
                 continue
             cmd = [sys.executable, "-m", "ssft_deploy.engines.probe", str(bundle.root), b, p,
-                   "--batch", str(batch), "--seconds", str(BUDGET_S), "--warmup", str(WARMUP_S)]
+                   "--batch", str(batch), "--seconds", str(BUDGET_S), "--warmup", str(WARMUP_S),
+                   "--device", str(device_id)]
             if intra_op_threads is not None:
                 cmd += ["--threads", str(intra_op_threads)]
             res = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -152,16 +159,11 @@ class Choice:
     cached: bool = False
 
 
-def cache_path(bundle: Bundle, key: dict[str, Any]) -> Path:
-    root = Path(os.environ.get("SSFT_CACHE", Path.home() / ".cache" / "ssft_deploy"))
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return root / "autoselect" / f"{digest}.json"
-
-
 def choose(bundle: Bundle | str | os.PathLike, backend: str = "auto", precision: str = "auto",
-           *, batch: int = BATCH, intra_op_threads: int | None = None,
+           *, batch: int = BATCH, intra_op_threads: int | None = None, device_id: int = 0,
            measure: Measure = measure_throughput, use_cache: bool = True) -> Choice:
-    """The fastest gated (backend, precision) here; see the module docstring."""
+    """The fastest gated (backend, precision) here, for GPU ``device_id``; see the module
+    docstring."""
     b = load_bundle(bundle)
     pairs, skipped = candidates(b, backend, precision)
     why_not = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "none"
@@ -172,15 +174,24 @@ def choose(bundle: Bundle | str | os.PathLike, backend: str = "auto", precision:
     if len(pairs) == 1:
         choice = Choice(*pairs[0], reason="the only gated candidate")
     else:
-        key = {"bundle": sha256_file(b.root / "manifest.json"), "pairs": pairs, "batch": batch,
-               "machine": machine_key(intra_op_threads)}
-        path = cache_path(b, key)
-        thr = _cached(path) if use_cache else None
+        key = {"bundle": sha256_file(b.root / "manifest.json"),
+               "pairs": [list(bp) for bp in pairs], "batch": batch,
+               "machine": machine_key(intra_op_threads, device_id)}
+        path = autoselect_cache.cache_path(key)
+        names = {f"{x}/{y}" for x, y in pairs}
+        thr, corrupt = autoselect_cache.read(path, key, names) if use_cache else (None, None)
+        if corrupt:
+            log.warning("auto-selection cache %s is corrupt (%s): re-measuring and rewriting it",
+                        path, corrupt)
         cached = thr is not None
-        if thr is None or set(thr) != {f"{x}/{y}" for x, y in pairs}:
-            thr, cached = measure(b, pairs, batch, intra_op_threads), False
+        if thr is None:
+            thr, cached = measure(b, pairs, batch, intra_op_threads, device_id=device_id), False
+            bad = autoselect_cache.invalid(thr, names)
+            if bad:  # never cached, never the reason for a pick
+                raise EngineError(f"timing for precision='auto' gave no valid images/s ({bad}); "
+                                  "pick an explicit precision")
             if use_cache:
-                _store(path, key, thr)
+                autoselect_cache.write(path, key, thr)
         best = max(pairs, key=lambda bp: thr[f"{bp[0]}/{bp[1]}"])
         ranked = ", ".join(f"{n} {v:.1f}" for n, v in sorted(thr.items(), key=lambda kv: -kv[1]))
         choice = Choice(*best, throughput=thr, cached=cached,
@@ -190,18 +201,3 @@ def choose(bundle: Bundle | str | os.PathLike, backend: str = "auto", precision:
     log.info("auto-selected backend %s, precision %s: %s (not candidates: %s)", choice.backend,
              choice.precision, choice.reason, why_not)
     return choice
-
-
-def _cached(path: Path) -> dict[str, float] | None:
-    try:
-        return {k: float(v) for k, v in json.loads(path.read_text())["throughput"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
-def _store(path: Path, key: dict[str, Any], throughput: dict[str, float]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        durable_write(path, json.dumps({"key": key, "throughput": throughput}, indent=2).encode())
-    except OSError as exc:  # a read-only cache costs a re-measurement next time, nothing more
-        log.info("could not cache the auto-selection in %s: %s", path, exc)

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ssft_deploy.errors import InputError
+from ssft_deploy.errors import EngineError, InputError
 
 log = logging.getLogger("ssft_deploy.engines")
 
@@ -61,6 +61,8 @@ class Engine(ABC):
     outputs: dict[str, TensorSpec]
     #: Largest leading (batch / N) dimension the engine accepts; ``None`` means no limit.
     max_batch: int | None = None
+    #: Set by ``close()``: every later ``run`` raises EngineError.
+    closed: bool = False
 
     @classmethod
     @abstractmethod
@@ -95,15 +97,23 @@ class Engine(ABC):
         return arrays
 
     def run(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
-        """Run on ``feeds`` (name -> array); returns name -> array for every output."""
+        """Run on ``feeds`` (name -> array); returns name -> array for every output.
+        EngineError once the engine is closed."""
+        if self.closed:
+            raise self.closed_error()
         return self._run(self.check_feeds(feeds))
+
+    def closed_error(self) -> EngineError:
+        return EngineError(f"{self.name} engine {getattr(self, 'path', '')} is closed; open "
+                           "a new one (ReIDRuntime.open / open_engine)")
 
     @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on already checked feeds."""
 
     def close(self) -> None:
-        """Release backend resources (idempotent)."""
+        """Release backend resources (idempotent); later runs raise EngineError."""
+        self.closed = True
 
     def __enter__(self):
         return self

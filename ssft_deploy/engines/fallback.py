@@ -16,6 +16,7 @@ from ssft_deploy.bundle import Bundle
 from ssft_deploy.engines.base import Engine, log
 from ssft_deploy.engines.ort import OrtCpuEngine, OrtCudaEngine
 from ssft_deploy.engines.registry import _usable, open_engine
+from ssft_deploy.errors import EngineError
 
 
 class LazyEngine:
@@ -24,10 +25,15 @@ class LazyEngine:
     def __init__(self, open_fn: Callable[[], Engine], label: str) -> None:
         self._open_fn, self.label = open_fn, label
         self._engine: Engine | None = None
+        self._closed = False
         self._lock = threading.Lock()
 
     def get(self) -> Engine:
+        """The engine, opened at the first call; EngineError after :meth:`close`."""
         with self._lock:
+            if self._closed:
+                raise EngineError(f"the fallback engine {self.label} is closed; open a new "
+                                  "runtime")
             if self._engine is None:
                 self._engine = self._open_fn()
                 log.info("opened the fallback engine %s", self.label)
@@ -39,6 +45,7 @@ class LazyEngine:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._engine is not None:
                 self._engine.close()
                 self._engine = None

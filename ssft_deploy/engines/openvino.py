@@ -9,8 +9,10 @@ really runs (from its runtime graph), e.g. ``"bf16"`` or ``"int8+f32"``.
 
 Compiled models are cached under ``$SSFT_CACHE/openvino`` (``CACHE_DIR``) so a second process
 starts fast. :func:`open_openvino` falls back to ONNX Runtime with a logged reason when OpenVINO
-cannot open a graph, and an engine that fails at run time switches to ONNX Runtime for good
-(there are reports of OpenVINO crashing on some CPUs). ``openvino`` is imported lazily.
+cannot open a graph. A call that fails at run time is retried once on a fresh infer request, then
+served by ONNX Runtime CPU (same graph, same threads): that call only. After
+:data:`SWITCH_AFTER` consecutive failed calls the engine stays on ONNX Runtime for good (there are
+reports of OpenVINO crashing on some CPUs). ``openvino`` is imported lazily.
 
 Thread-safety: ``run`` may be called from several threads; each thread gets its own infer
 request on the one compiled model (OpenVINO's own pattern for concurrent inference).
@@ -37,6 +39,8 @@ VARIANTS = {"fp32": "fp32", "bf16": "bf16", "int8": "ov-int8"}
 #: OpenVINO runtime layer types that carry the arithmetic (the ones whose precision matters)
 COMPUTE_LAYERS = ("Convolution", "FullyConnected", "MatMul", "GroupConvolution", "Deconvolution")
 _INT8 = {"u8", "i8"}
+#: consecutive failed calls (each retried once) after which an engine stays on ONNX Runtime
+SWITCH_AFTER = 3
 
 
 def cache_dir() -> Path:
@@ -135,7 +139,7 @@ class OpenVINOEngine(Engine):
         reason = self.unavailable_reason() or self.supports(precision)
         if reason:
             raise EngineError(f"backend 'openvino' cannot run {precision}: {reason}")
-        self.path, self.precision = str(path), precision
+        self.path, self.precision, self._threads = str(path), precision, intra_op_threads
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision],
                                   "PERFORMANCE_HINT": "LATENCY"}
         threads = _threads(intra_op_threads)
@@ -161,7 +165,9 @@ class OpenVINOEngine(Engine):
         self._ports = [(p.get_any_name(), p) for p in self.compiled.outputs]
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._fallback: Engine | None = None
+        self._fallback: Engine | None = None  # set once OpenVINO is given up for good
+        self._ort: Engine | None = None  # ONNX Runtime on the same graph, opened at a failure
+        self._failures = 0  # consecutive failed calls
         self.fallback_reason: str | None = None
         log.info("OpenVINO %s: asked %s, runs %s (compute layers %s)", path, precision,
                  self.inference_precision, self.layer_precisions)
@@ -173,24 +179,44 @@ class OpenVINOEngine(Engine):
         return req
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._fallback is None:
+        if self._fallback is not None:
+            return self._fallback._run(feeds)
+        error: Exception | None = None
+        for _ in range(2):  # a failed infer request is replaced and the call tried once more
+            if self.__dict__.get("compiled") is None:  # closed by another thread
+                raise self.closed_error()
             try:
                 res = _infer(self._request(), feeds)
-                return {name: np.asarray(res[port]) for name, port in self._ports}
-            except Exception as exc:  # noqa: BLE001  (any OpenVINO failure -> ONNX Runtime)
-                self._switch_to_ort(f"OpenVINO failed at run time: {exc}")
-        return self._fallback._run(feeds)  # type: ignore[union-attr]
+                out = {name: np.asarray(res[port]) for name, port in self._ports}
+            except Exception as exc:  # noqa: BLE001  (any OpenVINO failure)
+                error, self._local.request = exc, None
+                continue
+            self._failures = 0
+            return out
+        return self._failed_call(feeds, f"OpenVINO failed at run time: {error}")
 
-    def _switch_to_ort(self, reason: str) -> None:
+    def _failed_call(self, feeds: dict[str, np.ndarray], reason: str) -> dict[str, np.ndarray]:
+        """Serve one call OpenVINO failed (twice) on ONNX Runtime; give OpenVINO up for good
+        after :data:`SWITCH_AFTER` consecutive failed calls."""
         with self._lock:
-            if self._fallback is not None:
-                return
-            from ssft_deploy.engines.ort import OrtCpuEngine
+            if self.closed:
+                raise self.closed_error()
+            if self._ort is None:
+                from ssft_deploy.engines.ort import OrtCpuEngine
 
-            log.warning("%s: %s; switching this engine to ONNX Runtime CPU", self.path, reason)
-            self._fallback = OrtCpuEngine(self.path)
-            self.fallback_reason = reason
-            self.inference_precision = ort_precision(self.precision)
+                self._ort = OrtCpuEngine(self.path, intra_op_threads=self._threads)
+            self._failures += 1
+            if self._failures >= SWITCH_AFTER and self._fallback is None:
+                log.warning("%s: %s (%d calls in a row); switching this engine to ONNX Runtime "
+                            "CPU", self.path, reason, self._failures)
+                self._fallback, self.fallback_reason = self._ort, reason
+                self.inference_precision = ort_precision(self.precision)
+            elif self._fallback is None:
+                log.warning("%s: %s, retried; this call runs on ONNX Runtime CPU (%d of %d "
+                            "failed calls in a row before switching for good)", self.path,
+                            reason, self._failures, SWITCH_AFTER)
+            ort = self._ort
+        return ort._run(feeds)
 
     @property
     def active_backend(self) -> str:
@@ -198,10 +224,12 @@ class OpenVINOEngine(Engine):
         return "openvino" if self._fallback is None else self._fallback.name
 
     def close(self) -> None:
-        self.__dict__.pop("compiled", None)
-        self._local = threading.local()
-        if self._fallback is not None:
-            self._fallback.close()
+        with self._lock:
+            self.closed = True
+            self.__dict__.pop("compiled", None)
+            self._local = threading.local()
+            if self._ort is not None:
+                self._ort.close()
 
 
 # Indirections the tests replace to force an OpenVINO failure.

@@ -89,13 +89,17 @@ class OrtEngine(Engine):
         return None
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self.__dict__.get("session")
+        if session is None:  # closed by another thread since run() checked
+            raise self.closed_error()
         try:
-            values = self.session.run(self._output_names, feeds)
+            values = session.run(self._output_names, feeds)
         except Exception as exc:
             raise EngineError(f"ONNX Runtime failed on {self.path}: {exc}") from exc
         return dict(zip(self._output_names, values))
 
     def close(self) -> None:
+        self.closed = True
         self.__dict__.pop("session", None)
 
 
@@ -107,20 +111,9 @@ class OrtCpuEngine(OrtEngine):
 
 def _cuda_device_count() -> int:
     """GPUs the CUDA driver sees (0 where no driver); avoids importing any CUDA Python package."""
-    import ctypes
-    import ctypes.util
+    from ssft_deploy.engines.cuda_info import device_count
 
-    lib = ctypes.util.find_library("cuda")
-    for name in filter(None, (lib, "libcuda.so.1", "nvcuda.dll")):
-        try:
-            cuda = ctypes.CDLL(name)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    return 0
+    return device_count()
 
 
 class OrtCudaEngine(OrtEngine):
@@ -130,7 +123,9 @@ class OrtCudaEngine(OrtEngine):
 
     @classmethod
     def _providers(cls, device_id: int) -> list:
-        return [(cls.provider, {"device_id": device_id}), "CPUExecutionProvider"]
+        # use_tf32=0: on Ampere and newer the CUDA provider otherwise runs fp32 MatMul / Conv in
+        # TF32 (10-bit mantissa), which is not the fp32 the parity gate judged
+        return [(cls.provider, {"device_id": device_id, "use_tf32": 0}), "CPUExecutionProvider"]
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -14,7 +14,8 @@ from ssft_deploy.engines.base import Engine, log
 from ssft_deploy.engines.openvino import OpenVINOEngine, open_openvino
 from ssft_deploy.engines.ort import OrtCpuEngine, OrtCudaEngine
 from ssft_deploy.engines.tensorrt import TensorRTEngine
-from ssft_deploy.errors import BundleError, EngineError
+from ssft_deploy.errors import BundleError, EngineError, SSFTError
+from ssft_deploy.roles import check_role
 
 BACKENDS: dict[str, type[Engine]] = {
     cls.name: cls for cls in sorted(
@@ -107,7 +108,9 @@ def open_engine(bundle: Bundle | str | os.PathLike, graph: str, precision: str =
     """Open ``graph`` (``extractor_rgb`` / ``extractor_ir`` / ``transfer``) of a bundle.
 
     The file's hash (and, for TensorRT, GPU and version) is verified, and the engine's I/O is
-    checked against the manifest (input size, dims, dtypes) -> BundleError on any mismatch.
+    checked against the manifest (input size, dims, dtypes) and its outputs on a fixed probe
+    input against the graph's role fingerprint (``ssft_deploy.roles``) -> BundleError on any
+    mismatch.
     ``rebuild=True`` lets TensorRT build (and cache) an engine from the ONNX graph when the
     bundle's engine is missing or was built for another GPU / TensorRT version.
     ``allow_ungated=True`` opens a variant without a pass verdict of the parity gate (warning).
@@ -132,7 +135,9 @@ def open_engine(bundle: Bundle | str | os.PathLike, graph: str, precision: str =
         engine = cls(path, **kwargs)
     try:
         b.check_io(graph, engine.inputs, engine.outputs, source=str(path))
-    except BundleError:
+        if b.check_roles:  # one probe inference: a graph swapped into this slot is refused
+            check_role(b, graph, cls.variant(precision), precision, engine)
+    except SSFTError:
         engine.close()
         raise
     return engine

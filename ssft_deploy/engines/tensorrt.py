@@ -116,6 +116,8 @@ class TensorRTEngine(Engine):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cuda = self._cuda
         with self._lock:
+            if self._device is None:  # closed by another thread since run() checked
+                raise self.closed_error()
             self._ctx.push()
             try:
                 for n, x in feeds.items():
@@ -140,6 +142,7 @@ class TensorRTEngine(Engine):
                 cuda.Context.pop()
 
     def close(self) -> None:
+        self.closed = True
         with self._lock:
             if getattr(self, "_device", None) is None:
                 return

@@ -21,7 +21,8 @@ from ssft_deploy.gallery.base import MODES, GalleryStore, SearchResult
 from ssft_deploy.gallery.binding import GalleryBinding, as_binding, bundle_binding
 from ssft_deploy.gallery.fileio import MAGIC
 from ssft_deploy.gallery.ids import UNKNOWN
-from ssft_deploy.gallery.memory import FORMAT, Gallery
+from ssft_deploy.gallery.memory import Gallery
+from ssft_deploy.gallery.records import FORMAT
 
 MILVUS_LITE = "milvus:"
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ssft_deploy.affinity.common import SLACK, refine, unit
+from ssft_deploy.affinity.common import EPS, SLACK, refine, unit
 from ssft_deploy.errors import GalleryError, InputError
 from ssft_deploy.features import Features, modality_code
 from ssft_deploy.gallery import ids as idv
@@ -30,7 +30,7 @@ from ssft_deploy.transfer import SSTN, RollingAuxiliary, l2_distances
 MODES = ("shared", "single-query", "all-queries", "rolling")
 FIELDS = ("shared", "specific")
 Window = tuple[float | None, float | None]
-SHORTLIST_PROBE_FRACTION = 0.6  # of an IVF index's lists, for stage one (sweep in the README)
+SHORTLIST_PROBE_FRACTION = 0.6  # of an IVF index's lists, for stage one (sweep in docs/galleries.md)
 
 
 @dataclass
@@ -143,11 +143,7 @@ class GalleryStore(ABC):
         if features.dims != self._binding.dims:
             raise InputError(f"features of dims {features.dims} for a gallery of "
                              f"{self._binding.dims} (shared, specific)")
-        for field in FIELDS:
-            zero = ~np.any(getattr(features, field), axis=1)
-            if zero.any():
-                raise InputError(f"{field} feature row {int(np.argmax(zero))} is all zeros "
-                                 "(a broken extractor output cannot be searched)")
+        check_searchable(features)
         meta = [None] * n if meta is None else list(meta)
         if len(meta) != n:
             raise InputError(f"meta must have {n} items, got {len(meta)}")
@@ -156,14 +152,14 @@ class GalleryStore(ABC):
         except (TypeError, ValueError) as exc:
             raise InputError(f"meta must be JSON-serialisable: {exc}") from exc
         cols = {"shared": features.shared, "specific": features.specific,
-                "modality": features.modality, "pids": idv.int_ids("pids", pids, n),
+                "modality": features.modality, "pids": idv.identities(pids, n),
                 "camids": idv.int_ids("camids", camids, n),
                 "tracks": idv.int_ids("tracks", -1 if tracks is None else tracks, n),
                 "ts": idv.timestamps(time.time() if timestamps is None else timestamps, n)}
         if entry_ids is None:
             cols["ids"] = np.zeros(n, np.int64)
         else:
-            cols["ids"] = idv.int_ids("entry_ids", entry_ids, n)
+            cols["ids"] = idv.entry_ids(entry_ids, n)
             if len(np.unique(cols["ids"])) != n:
                 raise InputError("entry_ids repeat within one batch")
         return self._write(Entries(cols, meta), assign_ids=entry_ids is None)
@@ -327,6 +323,19 @@ class GalleryStore(ABC):
         else:
             dist = transfer.auxiliary_distances(q, feats, aux)
         return [(d, cols) for d in dist]
+
+
+def check_searchable(features: Features) -> None:
+    """InputError naming the first row of ``features`` that search cannot scale to unit length:
+    all zeros or denormal (its norm is below the ``unit`` clamp, so it would match everything
+    alike). The gallery refuses to store such rows; a server refuses them as queries."""
+    for field in FIELDS:
+        x = getattr(features, field)
+        weak = np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float64)) < EPS
+        if weak.any():
+            raise InputError(f"{field} feature row {int(np.argmax(weak))} is all zeros or "
+                             f"denormal (norm below {EPS:g}: a broken extractor output cannot "
+                             "be searched)")
 
 
 def fetch_ordered(store: GalleryStore, ids: np.ndarray) -> Entries:

@@ -1,10 +1,14 @@
-"""The gallery file: checked target, durable atomic write, checksummed read (no pickle).
+"""The gallery file: a checked target, an append-only log of checksummed records (no pickle).
 
-Layout: ``MAGIC (8 bytes) | sha256(body) (32 bytes) | body`` with ``body = header length (8 bytes,
-little endian) | header JSON | raw array bytes``; the header names each array's dtype, shape and
-offset. ``write`` refuses a target that exists and is not a regular file (a folder, a device, a
-FIFO, a symlink), writes a temporary file in the same folder, fsyncs it, renames it over the
-target and fsyncs the folder, so a crash leaves the old file or the new one, never a mix.
+Layout (format 3): ``MAGIC (8 bytes) | record | record | ...`` with ``record = payload length
+(8 bytes, little endian) | sha256(payload) (32 bytes) | payload`` and ``payload = header length
+(8 bytes) | header JSON | raw array bytes`` (the header names each array's dtype, shape and
+offset). The first record is a snapshot ("base"); later ones are appended batches. A record
+counts once it is whole and its checksum holds: a writer killed mid-append leaves a torn tail
+that readers ignore and the next writer cuts off, so a crash keeps the last committed state.
+A new file, or a compacted one, is written whole beside the target and renamed over it
+(``ssft_deploy.fileio.durable_write``). Format 1/2 files (``MAGIC_V1``: one checksummed body)
+are still read.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,10 @@ import numpy as np
 from ssft_deploy.errors import GalleryError
 from ssft_deploy.fileio import durable_write
 
-MAGIC = b"SSFTGAL\x01"
+MAGIC_V1 = b"SSFTGAL\x01"
+MAGIC = b"SSFTGAL\x03"
+_PREFIX = MAGIC[:7]
+_REC = 40  # length + sha256
 
 
 def check_target(path: str | os.PathLike) -> Path:
@@ -45,21 +53,33 @@ def check_target(path: str | os.PathLike) -> Path:
     return path
 
 
-def write(path: str | os.PathLike, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
-    """Write header + arrays atomically and durably to ``path`` (GalleryError on any failure;
-    nothing but a regular file at ``path`` is ever replaced)."""
-    path = check_target(path)
-    flat = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
-    head = json.dumps(header).encode()
+def record(header: dict[str, Any], arrays: list[np.ndarray]) -> list[Any]:
+    """The pieces of one record (header + arrays; ``header["arrays"]`` is filled in)."""
+    flat = [np.ascontiguousarray(a) for a in arrays]
+    specs, offset = [], 0
+    for name, a in zip(header.pop("names", [None] * len(flat)), flat):
+        specs.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape),
+                      "offset": offset, "nbytes": a.nbytes})
+        offset += a.nbytes
+    head = json.dumps({**header, "arrays": specs}).encode()
     head = len(head).to_bytes(8, "little") + head
+    bufs = [a.reshape(-1).view(np.uint8) for a in flat]
     digest = hashlib.sha256(head)
-    for a in flat:
-        digest.update(a)
+    for b in bufs:
+        digest.update(b)
+    size = len(head) + offset
+    return [size.to_bytes(8, "little") + digest.digest() + head, *bufs]
+
+
+def write(path: str | os.PathLike, pieces: list[Any]) -> None:
+    """A new file holding one record, written whole and renamed over ``path`` (GalleryError on
+    any failure; nothing but a regular file at ``path`` is ever replaced)."""
+    path = check_target(path)
 
     def body(f) -> None:
-        f.write(MAGIC + digest.digest() + head)
-        for a in flat:
-            f.write(a)
+        f.write(MAGIC)
+        for p in pieces:
+            f.write(p)
 
     try:
         # check_target again before the rename: the target may have become a non-file meanwhile
@@ -69,32 +89,99 @@ def write(path: str | os.PathLike, header: dict[str, Any], arrays: list[np.ndarr
                            "(check the folder exists, is writable and has space)") from exc
 
 
-def read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, os.stat_result]:
-    """(header, payload, stat of the file read) of a gallery file; GalleryError when missing,
-    foreign, truncated or corrupt."""
-    path = Path(path)
+def append(path: Path, end: int, pieces: list[Any]) -> int:
+    """Append one record at ``end`` (cutting off any torn tail a killed writer left), fsync;
+    returns the new end. The caller holds the writers' lock."""
     try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise GalleryError(f"{path} is not a regular file")
-            data = fh.read()
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+            fh.seek(end)
+            try:
+                fh.writelines(pieces)
+                fh.flush()
+                os.fsync(fh.fileno())
+            except BaseException:
+                fh.truncate(end)  # best effort: readers ignore a torn record anyway
+                raise
+            return end + sum(len(memoryview(p).cast("B")) for p in pieces)
+    except OSError as exc:
+        raise GalleryError(f"cannot write gallery {path}: {exc.strerror or exc} (check the "
+                           "file is writable and the disk has space)") from exc
+
+
+def open_read(path: Path) -> tuple[Any, os.stat_result]:
+    """An open file handle and its stat; GalleryError when missing or not a regular file."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 (the caller closes it)
+        st = os.fstat(fh.fileno())
     except OSError as exc:
         raise GalleryError(f"cannot read gallery {path}: {exc}") from exc
-    if data[:len(MAGIC)] != MAGIC:
-        raise GalleryError(f"{path} is not an ssft-deploy gallery file")
-    body = memoryview(data)[len(MAGIC) + 32:]
-    if len(data) < len(MAGIC) + 40 or hashlib.sha256(body).digest() != \
-            data[len(MAGIC):len(MAGIC) + 32]:
-        raise GalleryError(f"gallery {path} is truncated or corrupt (checksum mismatch)")
+    if not stat.S_ISREG(st.st_mode):
+        fh.close()
+        raise GalleryError(f"{path} is not a regular file")
+    return fh, st
+
+
+def kind(fh: Any, path: Path) -> int:
+    """The file format's major version (1 for format 1/2 files, 3 now); GalleryError for a
+    foreign file or one written by a newer ssft-deploy."""
+    fh.seek(0)
+    magic = fh.read(len(MAGIC))
+    if magic == MAGIC_V1:
+        return 1
+    if magic == MAGIC:
+        return 3
+    if len(magic) == len(MAGIC) and magic[:7] == _PREFIX:
+        raise GalleryError(f"gallery {path} has file format {magic[7]}, newer than this "
+                           f"ssft-deploy reads ({MAGIC[7]}): upgrade ssft-deploy")
+    raise GalleryError(f"{path} is not an ssft-deploy gallery file")
+
+
+def records(fh: Any, path: Path, start: int, end: int
+            ) -> Iterator[tuple[dict[str, Any], memoryview, int]]:
+    """(header, payload, end offset) of each whole, intact record in ``[start, end)``; stops at
+    a torn or unfinished tail (a writer killed or still writing). A bad record with more data
+    after it is corruption: GalleryError."""
+    fh.seek(start)
+    data = memoryview(fh.read(max(0, end - start)))
+    pos = 0
+    while pos + _REC <= len(data):
+        size = int.from_bytes(data[pos:pos + 8], "little")
+        stop = pos + _REC + size
+        if stop > len(data):
+            return  # unfinished
+        payload = data[pos + _REC:stop]
+        if hashlib.sha256(payload).digest() != data[pos + 8:pos + _REC]:
+            if stop == len(data):
+                return  # the last record, torn or still being written
+            raise GalleryError(f"gallery {path} is corrupt (record at byte {start + pos})")
+        header, arrays = _header(path, payload)
+        yield header, arrays, start + stop
+        pos = stop
+
+
+def _header(path: Path, payload: memoryview) -> tuple[dict[str, Any], memoryview]:
     try:
-        n_head = int.from_bytes(body[:8], "little")
-        header = json.loads(bytes(body[8:8 + n_head]))
+        n_head = int.from_bytes(payload[:8], "little")
+        if n_head > len(payload) - 8:
+            raise ValueError("header longer than its record")
+        header = json.loads(bytes(payload[8:8 + n_head]))
     except ValueError as exc:
         raise GalleryError(f"gallery {path} has a malformed header: {exc}") from exc
     if not isinstance(header, dict):
         raise GalleryError(f"gallery {path} has a malformed header")
-    return header, body[8 + n_head:], st
+    return header, payload[8 + n_head:]
+
+
+def read_v1(fh: Any, path: Path) -> tuple[dict[str, Any], memoryview]:
+    """(header, payload) of a format 1/2 file (one checksummed body)."""
+    fh.seek(0)
+    data = fh.read()
+    body = memoryview(data)[len(MAGIC) + 32:]
+    if len(data) < len(MAGIC) + 40 or hashlib.sha256(body).digest() != \
+            data[len(MAGIC):len(MAGIC) + 32]:
+        raise GalleryError(f"gallery {path} is truncated or corrupt (checksum mismatch)")
+    return _header(path, body)
 
 
 def array(path: Path, payload: memoryview, spec: dict[str, Any], dtype: np.dtype) -> np.ndarray:
@@ -102,6 +189,9 @@ def array(path: Path, payload: memoryview, spec: dict[str, Any], dtype: np.dtype
     if np.dtype(spec["dtype"]) != dtype:
         raise GalleryError(f"gallery {path} holds an unexpected array {spec}")
     end = int(spec["offset"]) + int(spec["nbytes"])
-    if end > len(payload) or int(spec["offset"]) < 0:
-        raise GalleryError(f"gallery {path} is truncated")
-    return np.frombuffer(payload[int(spec["offset"]):end], dtype).reshape(spec["shape"]).copy()
+    shape = [int(v) for v in spec["shape"]]
+    if end > len(payload) or int(spec["offset"]) < 0 or min(shape, default=0) < 0 or \
+            int(np.prod(shape)) * dtype.itemsize != int(spec["nbytes"]):
+        raise GalleryError(f"gallery {path} is truncated or holds a malformed array {spec}")
+    # a read-only view on the bytes read (no copy: a table is never changed in place)
+    return np.frombuffer(payload[int(spec["offset"]):end], dtype).reshape(shape)

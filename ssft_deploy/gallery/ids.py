@@ -14,6 +14,7 @@ import numpy as np
 from ssft_deploy.errors import InputError
 
 UNKNOWN = -1  # the identity of an entry nobody has named yet
+MAX_ENTRY_ID = 2**62  # entry ids are 0 <= id < this: counting on from any of them cannot overflow
 _I64 = np.iinfo(np.int64)
 
 
@@ -38,6 +39,26 @@ def int_ids(name: str, x: Any, n: int | None = None) -> np.ndarray:
     if np.issubdtype(a.dtype, np.unsignedinteger) and a.max() > _I64.max:
         raise InputError(f"{name} holds {int(a.max())}, outside int64 (max {_I64.max})")
     return a.astype(np.int64)
+
+
+def entry_ids(x: Any, n: int | None = None) -> np.ndarray:
+    """Entry ids to store: integers in ``[0, MAX_ENTRY_ID)`` (-1 means "no entry" in k-NN
+    answers, and ids count on from the largest without overflow)."""
+    a = int_ids("entry_ids", x, n)
+    if a.size and (a.min() < 0 or a.max() >= MAX_ENTRY_ID):
+        bad = int(a.min()) if a.min() < 0 else int(a.max())
+        raise InputError(f"entry_ids must be in [0, 2**62), got {bad}")
+    return a
+
+
+def identities(x: Any, n: int) -> np.ndarray:
+    """Identities to store: integers >= -1 (-1: unknown; other negative values would collide with
+    the ranking's keys for unknown entries)."""
+    a = int_ids("pids", x, n)
+    if a.size and a.min() < UNKNOWN:
+        raise InputError(f"pids must be >= {UNKNOWN} ({UNKNOWN}: unknown identity), got "
+                         f"{int(a.min())}")
+    return a
 
 
 def timestamps(x: Any, n: int) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Thread-safe: mutations and snapshots hold a lock; searches run on a consistent snapshot. Faiss
 indexes (exact ``flat``; ``ivf`` beyond ``IVF_MIN_ROWS`` rows with ``index="auto"``) are built
-lazily per (version, modality, field) and reused until the next write.
+lazily per (modality, field) and follow the table across writes (``indexes.IndexCache``); a time
+window is a faiss ``IDSelector`` over the same index, searched exactly.
 
 One index serves two kinds of search with their own settings: the Eq. 6 neighbour lists of
 gallery entries (k + slack nearest entries, ``nprobe`` / ``ef_search``) and two-stage search's
@@ -10,7 +11,9 @@ stage one (a query's M nearest, ``shortlist_nprobe`` / ``shortlist_ef_search``).
 because gallery entries search among their own kind, while a query comes from another modality
 and camera: IVF's cells, trained on the gallery, say little about where a query's true
 neighbours lie, so stage one probes half the lists by default (``SHORTLIST_PROBE_FRACTION``;
-``benchmarks/gallery_scale.py --sweep`` measures recall against latency).
+``benchmarks/gallery_scale.py --sweep`` measures recall against latency). The settings go
+with each search call (``affinity.knn.search``), never onto the shared index, so concurrent
+searches of either kind never see each other's.
 """
 
 from __future__ import annotations
@@ -25,16 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from ssft_deploy.affinity import knn as faiss_knn
-from ssft_deploy.affinity.common import unit
 from ssft_deploy.errors import GalleryError, InputError
 from ssft_deploy.gallery import fileio
 from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window
 from ssft_deploy.gallery.binding import GalleryBinding
-from ssft_deploy.gallery.table import COLUMNS, Entries
+from ssft_deploy.gallery.ids import MAX_ENTRY_ID
+from ssft_deploy.gallery.indexes import IndexCache
+from ssft_deploy.gallery.records import Op, decode, encode, legacy
+from ssft_deploy.gallery.table import Entries
 
-FORMAT = "ssft-gallery/2"
-OLD_FORMAT = "ssft-gallery/1"  # per-modality arrays, no binding, no timestamps (still readable)
 INDEXES = ("auto", "flat", "ivf", "hnsw")
 IVF_MIN_ROWS = 50_000
 
@@ -65,7 +67,8 @@ class Gallery(GalleryStore):
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
         self.index, self.nprobe, self.ef_search = index, int(nprobe), int(ef_search)
         self.shortlist_nprobe, self.shortlist_ef_search = shortlist_nprobe, shortlist_ef_search
-        self._aux: dict[Hashable, Any] = {}  # per-version faiss indexes and id lookups
+        self._indexes = IndexCache(self.kind_for)  # faiss indexes, kept across writes
+        self._records = self._dead = 0  # records since the file's base, rows dropped since
         self._pin = threading.local()  # a search's own snapshot (see _pinned)
 
     # -- primitives ------------------------------------------------------------------------------
@@ -102,19 +105,20 @@ class Gallery(GalleryStore):
         finally:
             self._pin.view = None
 
-    def _replace(self, table: Entries) -> None:
-        self._t, self._ver, self._aux = table, self._ver + 1, {}
-
+    # -- writes: every change is an Op, applied here (and first appended to a file by the local
+    # store), so a file's records replay into exactly the table its writer had -------------------
     def _write(self, entries: Entries, assign_ids: bool) -> np.ndarray:
         with self._lock:
-            t = self._table()
+            self._table()
             if assign_ids:
+                if self._next_id + len(entries) > MAX_ENTRY_ID:
+                    raise GalleryError(f"gallery {self.uri} has used up its automatic entry ids "
+                                       "(the next one would pass 2**62): pass entry_ids")
                 entries.cols["ids"] = np.arange(self._next_id, self._next_id + len(entries),
                                                 dtype=np.int64)
-            if len(entries):
-                self._next_id = max(self._next_id, int(entries.cols["ids"].max()) + 1)
-            keep = ~np.isin(t.cols["ids"], entries.cols["ids"])  # idempotent by entry id
-            self._replace(Entries.concat([t.take(keep), entries]))
+            next_id = max(self._next_id, int(entries.cols["ids"].max()) + 1) if len(entries) \
+                else self._next_id
+            self._commit(Op("add", next_id, entries))
             return entries.cols["ids"].copy()
 
     def _delete(self, sel: dict[str, np.ndarray]) -> int:
@@ -124,27 +128,56 @@ class Gallery(GalleryStore):
             for name, values in sel.items():
                 drop |= np.isin(t.cols[name], values)
             if drop.any():
-                self._replace(t.take(~drop))
+                self._commit(Op("remove", self._next_id, ids=t.cols["ids"][drop]))
             return int(drop.sum())
+
+    def _commit(self, op: Op) -> None:
+        """Make ``op`` durable (nothing to do in memory), then apply it."""
+        self._apply(op)
+
+    def _apply(self, op: Op) -> None:
+        """Apply one write (the caller holds ``_lock``)."""
+        if op.kind in ("base", "bind"):
+            self._binding = op.binding if op.binding is not None else self._binding
+        if op.kind == "base":
+            self._records, self._dead = 1, 0
+            if op.entries is not None:
+                t = op.entries
+                self._publish(Entries(t.cols, t.meta, self._indexes.reset()))
+        elif op.kind == "add":
+            t = self._table()
+            new = op.entries
+            ids = new.cols["ids"]
+            order = t.order()
+            at = np.searchsorted(t.cols["ids"], ids, sorter=order).clip(max=max(len(t) - 1, 0))
+            old = order[at][t.cols["ids"][order[at]] == ids] if len(t) else order[:0]
+            if old.size:  # replaced entries: removed first (rows move up)
+                keep = np.ones(len(t), bool)
+                keep[old] = False
+                t = t.take(keep)
+                t.gen, self._dead = self._indexes.removed(keep), self._dead + old.size
+            self._publish(t.append(new, adopt=op.owned))
+        elif op.kind == "remove":
+            t = self._table()
+            keep = ~np.isin(t.cols["ids"], op.ids)
+            if not keep.all():
+                gen = self._indexes.removed(keep)
+                t = t.take(keep)
+                t.gen, self._dead = gen, self._dead + int((~keep).sum())
+                self._publish(t)
+        self._next_id = max(self._next_id, op.next_id)
+        self._records += op.kind != "base"
+
+    def _publish(self, table: Entries) -> None:
+        self._t, self._ver = table, self._ver + 1
 
     def _select(self, modalities: tuple[int, ...], window: Window) -> tuple[Entries, Hashable]:
         t, ver = self._view()
         return t.take(t.mask(modalities, window)), (self._uid, ver, modalities, window)
 
-    def _cached(self, key: Hashable, ver: int, make: Any) -> Any:
-        """A per-version derived object (index, id order), kept while ``ver`` is current."""
-        with self._lock:
-            obj = self._aux.get((ver, key))
-        if obj is None:
-            obj = make()
-            with self._lock:
-                if self._ver == ver:
-                    self._aux[(ver, key)] = obj
-        return obj
-
     def _fetch(self, ids: np.ndarray) -> Entries:
-        t, ver = self._view()
-        order = self._cached("order", ver, lambda: np.argsort(t.cols["ids"], kind="stable"))
+        t, _ = self._view()
+        order = t.order()
         pos = np.searchsorted(t.cols["ids"], ids, sorter=order)
         pos = order[pos.clip(max=max(len(order) - 1, 0))] if len(order) else pos
         hit = (t.cols["ids"][pos] == ids) if len(order) else np.zeros(len(ids), bool)
@@ -152,20 +185,17 @@ class Gallery(GalleryStore):
 
     def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
              shortlist: bool = False) -> np.ndarray:
-        t, ver = self._view()
-        rows = np.flatnonzero(t.mask((modality,), window))
-        if rows.size == 0:
-            return np.full((len(q), limit), -1, np.int64)
-        if window == (None, None):
-            ix = self._faiss_index(t, ver, modality, field, rows)
-        else:  # a time window: exact search over the rows inside it
-            ix = faiss_knn.build_index(unit(t.cols[field][rows]), "flat")
-        found = faiss_knn.search(ix, q, min(limit, rows.size), **self._search_params(
-            ix, limit, shortlist))
-        out = np.full((len(q), limit), -1, np.int64)
-        out[:, :found.shape[1]] = np.where(found >= 0, t.cols["ids"][rows][found.clip(min=0)],
-                                           -1)
-        return out
+        t, _ = self._view()
+        since, until = window
+        keep = None
+        if window != (None, None):  # a window is an IDSelector over the same cached index
+            def keep(pos: np.ndarray) -> np.ndarray:
+                ts = t.cols["ts"][pos]
+                return ((ts >= since) if since is not None else True) & \
+                    ((ts < until) if until is not None else True)
+        pos = self._indexes.search(t, modality, field, q, limit,
+                                   lambda ix: self._search_params(ix, limit, shortlist), keep)
+        return np.where(pos >= 0, t.cols["ids"][pos.clip(min=0)], -1)
 
     def _search_params(self, ix: Any, limit: int, shortlist: bool) -> dict[str, int]:
         if not shortlist:
@@ -175,94 +205,60 @@ class Gallery(GalleryStore):
                     self.nprobe, int(np.ceil(SHORTLIST_PROBE_FRACTION * nlist))),
                 "ef_search": self.shortlist_ef_search or max(self.ef_search, 8 * limit)}
 
-    def _faiss_index(self, t: Entries, ver: int, modality: int, field: str,
-                     rows: np.ndarray) -> Any:
-        kind = self.index
-        if kind == "auto":
-            kind = "ivf" if rows.size >= IVF_MIN_ROWS else "flat"
-        return self._cached(("index", modality, field), ver,
-                            lambda: faiss_knn.build_index(unit(t.cols[field][rows]), kind))
-
     # -- persistence -----------------------------------------------------------------------------
+    def kind_for(self, rows: int) -> str:
+        """The faiss index for a modality block of ``rows`` entries."""
+        if self.index != "auto":
+            return self.index
+        return "ivf" if rows >= IVF_MIN_ROWS else "flat"
+
+    def compact(self) -> None:
+        """Rewrite the gallery's file as one snapshot (the local store; nothing to do here)."""
+
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically and durably (see ``fileio``), with the bundle binding; GalleryError
         for a folder, device, missing parent or unwritable target."""
         with self._lock:
-            header, arrays = self._serialise()
-        fileio.write(path, header, arrays)
+            pieces = encode(self._snapshot())
+        fileio.write(path, pieces)
 
-    def _serialise(self) -> tuple[dict[str, Any], list[np.ndarray]]:
-        t = self._table() if self._binding is not None else None
-        specs, arrays, offset = [], [], 0
-        for name in COLUMNS if t is not None else ():
-            a = np.ascontiguousarray(t.cols[name])
-            specs.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape),
-                          "offset": offset, "nbytes": a.nbytes})
-            arrays.append(a)
-            offset += a.nbytes
-        header = {"format": FORMAT, "next_id": self._next_id, "arrays": specs,
-                  "binding": None if self._binding is None else self._binding.to_dict(),
-                  "meta": [] if t is None else t.meta}
-        return header, arrays
+    def _snapshot(self) -> Op:
+        t = None if self._binding is None else self._table()
+        return Op("base", self._next_id, t, binding=self._binding)
 
     @classmethod
     def load(cls, path: str | os.PathLike, binding: GalleryBinding | None = None,
              **options: Any) -> Gallery:
-        """Read a gallery written by ``save``; with ``binding`` (a bundle's), refuse one built
-        by another bundle. A missing, foreign, truncated or corrupt file raises GalleryError."""
+        """Read a gallery written by ``save`` (or a local store's file); with ``binding`` (a
+        bundle's), refuse one built by another bundle. A missing, foreign, truncated or corrupt
+        file raises GalleryError."""
         gallery = cls(uri=str(path), **options)
-        gallery._load(Path(path))
+        fh, _ = fileio.open_read(Path(path))
+        with fh, gallery._lock:
+            gallery._read_log(Path(path), fh, 0, None)
         if binding is not None:
             gallery.bind(binding)
         return gallery
 
-    def _load(self, path: Path) -> os.stat_result:
-        header, payload, st = fileio.read(path)
-        try:
-            fmt = header.get("format")
-            if fmt == OLD_FORMAT:
-                binding, table = _read_v1(path, header, payload)
-            elif fmt == FORMAT:
-                binding = None if header["binding"] is None else GalleryBinding.from_dict(
-                    header["binding"], f"gallery {path}")
-                cols = {s["name"]: fileio.array(path, payload, s, np.dtype(COLUMNS[s["name"]]))
-                        for s in header["arrays"] if s["name"] in COLUMNS}
-                table = None if binding is None else Entries(cols, list(header["meta"]))
-                if table is not None and set(cols) != set(COLUMNS):
-                    raise GalleryError(f"gallery {path} lacks columns "
-                                       f"{sorted(set(COLUMNS) - set(cols))}")
-            else:
-                raise GalleryError(f"gallery {path} has format {fmt!r}, expected {FORMAT!r}")
-            if table is not None and len({len(v) for v in table.cols.values()} |
-                                         {len(table.meta)}) != 1:
-                raise GalleryError(f"gallery {path} has columns of different lengths")
-            next_id = int(header["next_id"])
-        except GalleryError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise GalleryError(f"gallery {path} has a malformed header: {exc}") from exc
-        with self._lock:
-            self._binding = binding if binding is not None else self._binding
-            self._next_id = next_id
-            if table is not None:
-                self._replace(table)
-        return st
-
-
-def _read_v1(path: Path, header: dict, payload: memoryview
-             ) -> tuple[GalleryBinding | None, Entries | None]:
-    """A ``ssft-gallery/1`` file (per-modality arrays) as one table with timestamps 0."""
-    if not header["dims"]:
-        return None, None
-    binding = GalleryBinding(*(int(v) for v in header["dims"]))
-    parts = []
-    for m in (0, 1):
-        specs = {s["name"]: s for s in header["arrays"] if int(s["modality"]) == m}
-        if not specs:
-            continue
-        cols = {n: fileio.array(path, payload, specs[n], np.dtype(COLUMNS[n]))
-                for n in ("shared", "specific", "pids", "camids", "tracks", "ids")}
-        n = len(cols["ids"])
-        cols.update(modality=np.full(n, m, np.int64), ts=np.zeros(n))
-        parts.append(Entries(cols, list(header["meta"][str(m)])))
-    return binding, Entries.concat(parts) if parts else Entries.empty(*binding.dims)
+    def _read_log(self, path: Path, fh: Any, start: int, end: int | None) -> tuple[int, bool]:
+        """Apply the whole records of ``fh`` from ``start`` (0: the whole file, from its base)
+        to ``end`` (None: its end); returns (end of the last one applied, legacy format)."""
+        if end is None:
+            fh.seek(0, os.SEEK_END)
+            end = fh.tell()
+        if fileio.kind(fh, path) == 1:
+            if start:
+                raise GalleryError(f"gallery {path} was replaced by an older ssft-deploy")
+            self._apply(legacy(path, *fileio.read_v1(fh, path)))
+            return end, True
+        first = start < len(fileio.MAGIC)
+        pos = len(fileio.MAGIC) if first else start
+        for header, payload, stop in fileio.records(fh, path, pos, end):
+            op = decode(path, header, payload, self._binding if not first else None)
+            if first != (op.kind == "base"):
+                raise GalleryError(f"gallery {path} is corrupt (a base record out of place)")
+            self._apply(op)
+            first, pos = False, stop
+        if first:
+            raise GalleryError(f"gallery {path} is truncated or corrupt (no whole first record)")
+        return pos, False

@@ -39,6 +39,7 @@ from ssft_deploy.affinity.common import SLACK, d_from_cos, unit
 from ssft_deploy.errors import GalleryError, InputError
 from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window, fetch_ordered
 from ssft_deploy.gallery.binding import GalleryBinding
+from ssft_deploy.gallery.rwlock import ReadWriteLock
 from ssft_deploy.gallery.table import Entries
 
 FORMAT = "ssft-milvus/2"
@@ -92,6 +93,7 @@ class MilvusGallery(GalleryStore):
         self.collection, self.nprobe = collection, int(nprobe)
         self._wrote = False  # Session reads once this client has written, Bounded before
         self._search = threading.local()  # whole rows seen by this thread's current search
+        self._rw = ReadWriteLock()  # searches share it, writes through this object exclude
         self.shortlist_nprobe = shortlist_nprobe or max(self.nprobe, int(np.ceil(
             SHORTLIST_PROBE_FRACTION * INDEXES["ivf"][1]["nlist"])))
         self._client = connect(client_uri or uri, token, timeout_s)
@@ -163,15 +165,18 @@ class MilvusGallery(GalleryStore):
     @contextlib.contextmanager
     def _pinned(self) -> Iterator[None]:
         """One search: every row a request returns is kept for the rest of it (stage one's
-        hits and the neighbour lists' hits are the next steps' entries)."""
-        if getattr(self._search, "rows", None) is not None:
-            yield
-            return
-        self._search.rows = {}
-        try:
-            yield
-        finally:
-            self._search.rows = None
+        hits and the neighbour lists' hits are the next steps' entries). Writes through this
+        object wait until it ends (``self._rw``), so it reads one state throughout; writes by
+        other clients are not held back."""
+        with self._rw.read():
+            if getattr(self._search, "rows", None) is not None:
+                yield
+                return
+            self._search.rows = {}
+            try:
+                yield
+            finally:
+                self._search.rows = None
 
     def _bump(self, rows: list[dict] | None = None) -> Any:
         """Upsert ``rows`` and a new version token in one request."""
@@ -206,7 +211,9 @@ class MilvusGallery(GalleryStore):
                              f"request ({MAX_BATCH_BYTES >> 20} MiB): add it in smaller batches "
                              "(each batch is written all or nothing)")
         if n:
-            self._bump(self._rows(entries))
+            rows = self._rows(entries)
+            with self._rw.write():
+                self._bump(rows)
         return c["ids"].copy()
 
     def _rows(self, entries: Entries) -> list[dict]:
@@ -235,14 +242,20 @@ class MilvusGallery(GalleryStore):
         expr = " or ".join(f"{SELECT[k]} in {v.tolist()}" for k, v in sel.items() if v.size)
         if not expr:
             return 0
-        res = self._call("delete", self._client.delete, self.collection,
-                         filter=f"block >= 0 and ({expr})")
-        self._bump()  # after the delete: a reader never caches pre-delete rows under the new token
+        with self._rw.write():
+            res = self._call("delete", self._client.delete, self.collection,
+                             filter=f"block >= 0 and ({expr})")
+            self._bump()  # after the delete: no reader caches pre-delete rows under the new token
         if isinstance(res, dict):
             return int(res.get("delete_count", 0)) // 2
         return sum(1 for pk in res if str(pk).startswith("s:"))
 
     def _select(self, modalities: tuple[int, ...], window: Window) -> tuple[Entries, Hashable]:
+        with self._rw.read():  # the version and the query's batches of one state
+            return self._select_rows(modalities, window)
+
+    def _select_rows(self, modalities: tuple[int, ...], window: Window
+                     ) -> tuple[Entries, Hashable]:
         key = (self._version(), modalities, window)  # first: the rows are at least as new
         it = self._call("query", self._client.query_iterator, self.collection, batch_size=4096,
                         filter=_filter(list(modalities), window), output_fields=_OUT,
@@ -260,11 +273,12 @@ class MilvusGallery(GalleryStore):
         ids = ids.tolist()
         todo = ids if cache is None else [i for i in ids if i not in cache]
         rows: list[tuple] = []
-        for s in range(0, len(todo), CHUNK):
-            rows += [self._parse(r) for r in self._call(
-                "fetch entries", self._client.get, self.collection,
-                ids=[f"s:{i}" for i in todo[s:s + CHUNK]], output_fields=_OUT,
-                consistency_level=self._level())]
+        with self._rw.read():
+            for s in range(0, len(todo), CHUNK):
+                rows += [self._parse(r) for r in self._call(
+                    "fetch entries", self._client.get, self.collection,
+                    ids=[f"s:{i}" for i in todo[s:s + CHUNK]], output_fields=_OUT,
+                    consistency_level=self._level())]
         if cache is None:
             return self._entries(rows)
         cache.update((r[0], r) for r in rows)
@@ -272,7 +286,8 @@ class MilvusGallery(GalleryStore):
 
     def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
              shortlist: bool = False) -> np.ndarray:
-        return self._scored(q, field, modality, window, limit, shortlist)[0]
+        with self._rw.read():  # every chunk of queries against one state
+            return self._scored(q, field, modality, window, limit, shortlist)[0]
 
     def _scored(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
                 shortlist: bool = False, rows: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -5,16 +5,18 @@ asked for its lib dir, which goes first on ``LD_LIBRARY_PATH`` so Triton's Pytho
 the matching libpython; ``PYTHONPATH`` gets this checkout so the server imports this
 ``ssft_deploy`` without installing it there.
 
-The server runs in its own session: ``stop`` (also on SIGTERM / SIGINT / SIGHUP of ``ssft-serve``)
-ends all of it (tritonserver, its Python backend stubs) and removes the private folder holding
-the admin token (mode 0600, see ``security``). With ``stop_with_parent`` (``ssft-serve`` sets it)
-the kernel sends the server SIGTERM when the thread that started it dies (``PR_SET_PDEATHSIG``),
-so even a killed launcher leaves nothing behind.
+The server runs in its own session: ``stop`` (also on SIGTERM / SIGINT / SIGHUP of ``ssft-serve``,
+whatever signal state it inherited: ``lifecycle``) ends all of it (tritonserver, its Python
+backend stubs), removes the shared memory they leave in /dev/shm (also when one of them was
+killed) and the private folder holding the admin token (mode 0600, see ``security``). With
+``stop_with_parent`` (``ssft-serve`` sets it) the kernel sends the server SIGTERM when the thread
+that started it dies (``PR_SET_PDEATHSIG``), so even a killed launcher leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ssft_deploy.errors import EngineError, SSFTError
+from ssft_deploy.serving.lifecycle import STOP_SIGNALS, RunFiles, take_stop_signals
 from ssft_deploy.serving.security import (
     PARENT_ENV,
     TOKEN_FILE_ENV,
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PYTHON = REPO_ROOT / ".venv-triton" / "bin" / "python"
 MODELS = ("ssft_extract_rgb", "ssft_extract_ir")
+RECORD_EVERY_S = 5.0  # how often a waiting launcher records the server's temporary files
+log = logging.getLogger("ssft_deploy.serving")
 
 
 def triton_python() -> Path:
@@ -90,12 +95,12 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 
 class _Stop(Exception):
-    """SIGTERM / SIGHUP, raised in the main thread so ``finally`` stops the server."""
+    """SIGINT / SIGTERM / SIGHUP, raised in the main thread so ``finally`` stops the server."""
 
 
 def _raise_stop(signum: int, _frame: object) -> None:
     # once: a second signal must not interrupt the cleanup it started
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     raise _Stop(signal.Signals(signum).name)
 
@@ -129,6 +134,7 @@ class TritonServerProcess:
         self.token_file = write_token_file(self.private_dir)
         self.access_token = read_token_file(self.token_file)
         self.proc: subprocess.Popen | None = None
+        self.files: RunFiles | None = None
         # The server's output goes to a file (a pipe nobody reads would fill and stall it).
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
             "w+", prefix="ssft-triton-", suffix=".log", delete=False)
@@ -165,10 +171,22 @@ class TritonServerProcess:
                "--bundle", self.bundle, "--host", self.host, "--http-port", str(self.http_port),
                "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
                *self.args]
+        since = time.time()
         self.proc = subprocess.Popen(cmd, env=self.env(), stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.files = RunFiles(self.proc.pid, since)   # its session id is its pid
         self._wait_ready()
+        self.files.record()
         return self
+
+    def wait(self) -> int:
+        """Wait until the server exits (recording its temporary files meanwhile); its exit code."""
+        while True:
+            self.files.record()
+            try:
+                return self.proc.wait(RECORD_EVERY_S)
+            except subprocess.TimeoutExpired:
+                continue
 
     def _ready(self) -> bool:
         try:
@@ -206,7 +224,8 @@ class TritonServerProcess:
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGINT (PyTriton's clean stop); SIGKILL whatever of its process group lingers; remove
-        the token folder."""
+        the temporary files it left (shared memory, model folders, workspace) and the token
+        folder."""
         try:
             return self._stop(timeout_s)
         finally:
@@ -218,6 +237,7 @@ class TritonServerProcess:
             Path(self.log.name).unlink(missing_ok=True)
             return None
         if self.proc.poll() is None:
+            self.files.record()
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout_s)
@@ -230,6 +250,9 @@ class TritonServerProcess:
         while self._group_alive() and time.monotonic() < deadline:
             time.sleep(0.1)
         self._kill_group()
+        removed = self.files.cleanup()
+        if removed:
+            log.warning("removed what the server left behind: %s", ", ".join(removed))
         self.log.close()
         if self.proc.returncode == 0:       # keep the log of a server that failed
             Path(self.log.name).unlink(missing_ok=True)
@@ -276,10 +299,10 @@ class TritonServerProcess:
 def main(bundle: str, host: str, allow_remote: bool, http_port: int, grpc_port: int,
          metrics_port: int, max_batch: int, queue_delay_us: int, precision: str,
          gallery: str | None) -> None:
-    """Serve BUNDLE (on loopback by default) from the .venv-triton environment until Ctrl-C or
-    SIGTERM; prints one JSON line: endpoints, models, and how to reach the admin endpoints."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_stop)
+    """Serve BUNDLE (on loopback by default) from the .venv-triton environment until Ctrl-C,
+    SIGTERM or SIGHUP; prints one JSON line: endpoints, models, and how to reach the admin
+    endpoints. Exits 1 when the server stops on its own, 2 on a bad argument."""
+    take_stop_signals(_raise_stop)
     srv = None
     try:
         srv = TritonServerProcess(bundle, host=host, ports=(http_port, grpc_port, metrics_port),
@@ -291,7 +314,11 @@ def main(bundle: str, host: str, allow_remote: bool, http_port: int, grpc_port: 
                                "models": srv.models, "log": srv.log.name,
                                "server_pid": srv.proc.pid, "admin": srv.admin_hint()}))
         sys.stdout.flush()
-        srv.proc.wait()
+        code = srv.wait()
+        srv.stop()
+        click.echo(f"error: the server stopped unexpectedly (exit code {code}); its log: "
+                   f"{srv.log.name}", err=True)
+        sys.exit(1)
     except SSFTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -9,9 +9,12 @@ any environment. Models, one per modality so Triton batches each modality on its
 - ``ssft_search`` (with ``--gallery``): a query's ``shared`` ``[Ds]``, ``specific`` ``[Dp]`` and
   ``modality`` ``[1]`` int64 -> the ``top`` best gallery identities of the other modality:
   ``pids`` ``[top]`` int64, ``distances`` ``[top]`` float32, ``entry_ids`` ``[top]`` int64 (the
-  gallery entries that gave them; padded with -1 / inf). Searched in ``single-query`` mode
-  (Eq. 22), so an answer does not depend on which requests share a batch. A bad query
-  (modality not 0/1, NaN features) is that request's 400.
+  gallery entries that gave them; padded with -1 / inf, all padding for an empty gallery).
+  Searched in ``single-query`` mode (Eq. 22), so an answer does not depend on which requests
+  share a batch. A bad query (modality not 0/1, NaN, features the gallery would refuse to store:
+  all zeros or denormal) is that request's 400. A ``Gallery.save`` file is served as the local
+  store: another process's changes are searched from the next request on; a ``save_gallery``
+  ``.npz`` is read once, at start.
 
 Triton's dynamic batcher stacks concurrent requests into one engine call of up to ``max_batch``;
 ``ssft_deploy.serving.requests`` checks and answers each request on its own, so a bad request
@@ -25,6 +28,8 @@ import os
 import signal
 import sys
 import sysconfig
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +37,8 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from ssft_deploy.errors import GalleryError, InputError, SSFTError
+from ssft_deploy.errors import GalleryError, InputError, ServingError, SSFTError
+from ssft_deploy.serving.lifecycle import STOP_SIGNALS, RunFiles, take_stop_signals
 from ssft_deploy.serving.requests import ERROR, RequestBatch, check_finite, finite_outputs
 from ssft_deploy.serving.security import (
     PARENT_ENV,
@@ -44,12 +50,22 @@ from ssft_deploy.serving.security import (
 )
 
 if TYPE_CHECKING:
-    from ssft_deploy.gallery import Gallery
+    from ssft_deploy.gallery import Gallery, GalleryStore
 
 MODEL_NAMES = {"rgb": "ssft_extract_rgb", "ir": "ssft_extract_ir"}
 SEARCH_MODEL = "ssft_search"
 GALLERY_KEYS = ("shared", "specific", "modality", "pids", "camids")
 log = logging.getLogger("ssft_deploy.serving")
+STOP_REQUESTED = threading.Event()   # set by a stop signal: serving ended because we were asked
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    """A stop signal: PyTriton's clean stop (it catches KeyboardInterrupt), once; a second
+    signal must not interrupt that cleanup (the launcher SIGKILLs a server that hangs)."""
+    STOP_REQUESTED.set()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def python_libdir() -> str:
@@ -137,18 +153,24 @@ def save_gallery(path: str | os.PathLike, feats, pids: np.ndarray, camids: np.nd
              pids=np.asarray(pids, np.int64), camids=np.asarray(camids, np.int64))
 
 
+def is_gallery_file(path: str | os.PathLike) -> bool:
+    """True for a ``Gallery.save`` file, False for anything else (a ``save_gallery`` .npz)."""
+    from ssft_deploy.gallery import MAGIC
+
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(MAGIC)) == MAGIC
+    except OSError as exc:
+        raise GalleryError(f"cannot read gallery file {path}: {exc}") from exc
+
+
 def load_gallery(path: str | os.PathLike, binding=None) -> Gallery:
     """A ``Gallery.save`` file or a ``save_gallery`` ``.npz`` (entry ids = its rows) -> Gallery;
     with ``binding`` (the served bundle's), GalleryError for another bundle's gallery."""
     from ssft_deploy.features import Features
-    from ssft_deploy.gallery import MAGIC, Gallery
+    from ssft_deploy.gallery import Gallery
 
-    try:
-        with open(path, "rb") as fh:
-            is_gallery = fh.read(len(MAGIC)) == MAGIC
-    except OSError as exc:
-        raise GalleryError(f"cannot read gallery file {path}: {exc}") from exc
-    if is_gallery:
+    if is_gallery_file(path):
         return Gallery.load(path, binding)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -167,22 +189,43 @@ def load_gallery(path: str | os.PathLike, binding=None) -> Gallery:
     return gallery
 
 
+def open_served_gallery(path: str | os.PathLike, binding) -> GalleryStore:
+    """The gallery ``--gallery`` serves: a ``Gallery.save`` file as the local store (it rereads
+    the file when another process changed it), a ``save_gallery`` ``.npz`` read once; GalleryError
+    for another bundle's gallery."""
+    if not is_gallery_file(path):
+        return load_gallery(path, binding)
+    from ssft_deploy.gallery.local import LocalGallery
+
+    # opened without a binding: a reader never rewrites the file; through a symbolic link, the
+    # file it names (the local store writes only to regular files, so writers use that one)
+    gallery = LocalGallery(Path(path).resolve())
+    gallery.bind(binding)
+    return gallery
+
+
 def query_features(inputs: dict[str, np.ndarray]):
-    """A search request's inputs -> Features (InputError: modality not 0/1, NaN, ...)."""
+    """A search request's inputs -> Features (InputError: modality not 0/1, NaN, rows the gallery
+    would refuse to store, ...)."""
     from ssft_deploy.features import Features
+    from ssft_deploy.gallery.base import check_searchable
 
     modality = inputs["modality"]
     if modality.dtype.kind not in "iu":
         raise InputError(f"modality must be int64 codes, got {modality.dtype}")
-    return Features(inputs["shared"], inputs["specific"], modality.reshape(-1))
+    feats = Features(inputs["shared"], inputs["specific"], modality.reshape(-1))
+    check_searchable(feats)
+    return feats
 
 
-def make_search_fn(runtime, gallery: Gallery, top: int) -> Callable:
-    """A PyTriton function over requests: ``runtime.search`` in single-query mode."""
+def make_search_fn(runtime, gallery: GalleryStore, top: int) -> Callable:
+    """A PyTriton function over requests: ``runtime.search`` in single-query mode (an empty
+    gallery answers padding only: it may be filled later)."""
     def compute(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        hits = runtime.search(query_features(inputs), top=top, mode="single-query",
-                              gallery=gallery)
-        n = len(hits)
+        query = query_features(inputs)
+        hits = runtime.search(query, top=top, mode="single-query", gallery=gallery) \
+            if len(gallery) else []
+        n = len(query)
         pids, ids = np.full((n, top), -1, np.int64), np.full((n, top), -1, np.int64)
         dist = np.full((n, top), np.inf, np.float32)
         for i, r in enumerate(hits):
@@ -194,7 +237,7 @@ def make_search_fn(runtime, gallery: Gallery, top: int) -> Callable:
                         finite_outputs("distances", allow_inf=True))
 
 
-def bind_search(triton, runtime, gallery: Gallery, top: int, max_batch: int,
+def bind_search(triton, runtime, gallery: GalleryStore, top: int, max_batch: int,
                 queue_delay_us: int) -> None:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
@@ -218,7 +261,10 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
           metrics_port: int = 8002, precision: str = "fp32", backend: str = "auto",
           max_batch: int = 32, queue_delay_us: int = 2000, gallery: str | None = None,
           top: int = 10, allow_remote: bool = False) -> None:
-    """Open the bundle's runtime, start Triton on ``host`` and serve until SIGINT / SIGTERM."""
+    """Open the bundle's runtime, start Triton on ``host`` and serve until SIGINT / SIGTERM /
+    SIGHUP (main thread only); ServingError when Triton stops on its own."""
+    take_stop_signals(_interrupt)
+    since = time.time()
     check_host(host, allow_remote)
     check_ports_free(host, {"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
     token_file = os.environ.get(TOKEN_FILE_ENV)
@@ -232,7 +278,7 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
                                max_batch=max_batch)
     from ssft_deploy.gallery import bundle_binding
 
-    gal = load_gallery(gallery, bundle_binding(runtime.bundle)) if gallery else None
+    gal = open_served_gallery(gallery, bundle_binding(runtime.bundle)) if gallery else None
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host,
                           grpc_port=grpc_port, metrics_address=host, metrics_port=metrics_port,
                           exit_timeout_secs=5, log_verbose=0)
@@ -241,8 +287,6 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
     # nobody knows. tritonserver takes it only on its command line (PyTriton puts it there).
     security = TritonSecurityConfig(access_token=token)
     install_request_errors()
-    # PyTriton's serve() turns SIGINT into a clean stop; give SIGTERM the same meaning.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with Triton(config=config, security_config=security) as triton:
             bind_extractors(triton, runtime.extract_array, runtime.bundle.input_size,
@@ -250,10 +294,16 @@ def serve(bundle: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
             if gal is not None:
                 bind_search(triton, runtime, gal, top, max_batch, queue_delay_us)
             log.warning("ssft serving %s on http://%s:%d (grpc %d)%s", bundle, host,
-                        http_port, grpc_port, " with search" if gal else "")
-            triton.serve()
+                        http_port, grpc_port, " with search" if gal is not None else "")
+            triton.serve()   # returns on a stop signal, or when tritonserver / a model died
+        if not STOP_REQUESTED.is_set():
+            raise ServingError("the server stopped unexpectedly: tritonserver or a model process "
+                               "exited (see the log above)")
     finally:
         runtime.close()
+        # the Python backend's shared memory, left when tritonserver was killed under us
+        # (nothing recorded: only our own pytrtion<pid>-* regions)
+        RunFiles(os.getpid(), since).cleanup()
 
 
 @click.command()
@@ -278,8 +328,8 @@ def main(bundle: str, host: str, allow_remote: bool, http_port: int, grpc_port: 
          gallery: str | None, top: int) -> None:
     """Serve BUNDLE's extractors on Triton (run in .venv-triton; see ssft_deploy.serving.launch)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    take_stop_signals(_interrupt)   # before anything: a stop signal may come at once
     if os.environ.get(PARENT_ENV, "").isdigit():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
         term_with_parent(int(os.environ[PARENT_ENV]))
     try:
         serve(bundle, host, http_port, grpc_port, metrics_port, precision, backend, max_batch,

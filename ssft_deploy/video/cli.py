@@ -4,14 +4,21 @@
                [--detector motion|onnx:yolo.onnx|mot:DIR] [--stretch cam3=fixed:27315:31315]
 
 Writes ``events.jsonl``, ``tracks.json``, per camera ``NAME.mot.txt`` and an annotated
-``NAME.avi``, and ``rankings/`` (see :mod:`ssft_deploy.video.outputs`). Ctrl-C (or SIGTERM)
+``NAME.avi``, and ``rankings/`` (see :mod:`ssft_deploy.video.outputs`); a non-empty ``--out`` is
+refused before any work unless ``--overwrite`` (a previous run's folder only). Ctrl-C (or SIGTERM)
 stops the cameras, ends the open tracks, and flushes everything before exiting.
+
+Exit codes (:mod:`ssft_deploy.video.health`): 0 every camera ran to its end (or the duration /
+Ctrl-C) with no error; 2 bad arguments or inputs, found before any work; 3 every camera failed;
+4 a stage failed and stopped the run; 5 the run finished with errors (a camera failed, pictures
+not written, frames skipped). Each error is printed on one ``error:`` line.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import os
 import signal
 import sys
 
@@ -19,6 +26,8 @@ import click
 
 from ssft_deploy.errors import InputError, SSFTError
 from ssft_deploy.gallery import MODES
+from ssft_deploy.video.association import DEFAULT_MAX_AGE_S, DEFAULT_MAX_SIZE
+from ssft_deploy.video.health import EXIT_USAGE
 
 
 def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[str, str]:
@@ -37,6 +46,8 @@ def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[
 @click.option("--camera", "cameras", multiple=True, required=True,
               help="NAME=PATH_OR_URL:rgb|ir (repeat per camera; a folder = image sequence)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
+@click.option("--overwrite", is_flag=True, help="replace the outputs of a previous run in --out "
+              "(a non-empty --out is refused without it)")
 @click.option("--detector", default="motion", show_default=True,
               help="motion | onnx:MODEL.onnx (YOLO-family export) | mot:FILE_OR_DIR")
 @click.option("--stretch", multiple=True, help="NAME=percentile[:LO:HI] | NAME=fixed:LO:HI "
@@ -52,7 +63,13 @@ def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[
 @click.option("--max-distance", default=1.0, show_default=True, type=click.FloatRange(0, 2),
               help="a best match farther than this is 'unknown'")
 @click.option("--lost-frames", default=30, show_default=True, type=click.IntRange(1),
-              help="frames without a box before a track ends")
+              help="processed frames without a box before a track ends")
+@click.option("--gallery-max-size", default=DEFAULT_MAX_SIZE, show_default=True,
+              type=click.IntRange(1), help="gallery entries kept (one per gallery-modality "
+              "track); the least recently updated leave first")
+@click.option("--gallery-max-age", default=DEFAULT_MAX_AGE_S, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="seconds an entry stays in the gallery after its last update")
 @click.option("--max-frames", default=None, type=click.IntRange(1), help="per camera")
 @click.option("--duration", default=None, type=click.FloatRange(0), help="seconds, then stop")
 @click.option("--reid", type=click.Choice(["batcher", "direct"]), default="batcher",
@@ -61,16 +78,23 @@ def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[
 @click.option("--backend", default="auto", show_default=True)
 @click.option("--no-video", is_flag=True, help="skip the annotated videos")
 @click.option("--no-pictures", is_flag=True, help="skip the ranking pictures")
-def main(bundle, cameras, out, detector, stretch, live, every, gallery_modality, mode, top,
-         max_distance, lost_frames, max_frames, duration, reid, precision, backend, no_video,
-         no_pictures) -> None:
+def main(bundle, cameras, out, overwrite, detector, stretch, live, every, gallery_modality, mode,
+         top, max_distance, lost_frames, gallery_max_size, gallery_max_age, max_frames, duration,
+         reid, precision, backend, no_video, no_pictures) -> None:
     """Track people in RGB and IR cameras and match them across modalities."""
     from tqdm import tqdm
 
     from ssft_deploy.runtime import ReIDRuntime
+    from ssft_deploy.video.outputs import check_out
     from ssft_deploy.video.pipeline import PipelineConfig, VideoPipeline
     from ssft_deploy.video.sources import CameraSpec
 
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        import cv2
+
+        # OpenCV warns on every open that FFmpeg opens are not serialised (sources.py says why);
+        # camera problems are reported on the ``error:`` lines instead
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
         specs = [CameraSpec.parse(c) for c in cameras]
         names = [s.name for s in specs]
@@ -83,9 +107,12 @@ def main(bundle, cameras, out, detector, stretch, live, every, gallery_modality,
         for s in specs:
             if "://" not in s.source and not glob.glob(s.source):
                 raise InputError(f"camera {s.name}: {s.source} does not exist")
+        check_out(out, overwrite)
         cfg = PipelineConfig(every=every, gallery_modality=gallery_modality, mode=mode,
                              top=top, max_distance=max_distance, lost_frames=lost_frames,
-                             reid=reid, max_frames=max_frames)
+                             reid=reid, max_frames=max_frames,
+                             gallery_max_size=gallery_max_size,
+                             gallery_max_age_s=gallery_max_age)
         rt = ReIDRuntime.open(bundle, precision=precision, backend=backend)
 
         def show(ev: dict) -> None:
@@ -96,7 +123,8 @@ def main(bundle, cameras, out, detector, stretch, live, every, gallery_modality,
                        f"{ev['end_frame']} {tail}")
 
         pipe = VideoPipeline(rt, specs, detector, out=out, config=cfg, annotate=not no_video,
-                             pictures=not no_pictures, progress=True, on_event=show)
+                             pictures=not no_pictures, progress=True, on_event=show,
+                             overwrite=overwrite)
         # Ctrl-C and SIGTERM only raise a flag the run loop reads. Installed here, not inherited:
         # a process started with SIGINT ignored (a background job of a script) got no
         # KeyboardInterrupt and its live cameras ran on, writing video until the disk was full.
@@ -109,16 +137,20 @@ def main(bundle, cameras, out, detector, stretch, live, every, gallery_modality,
                 signal.signal(s, handler)
     except SSFTError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     crops = summary["crops"]
     click.echo(json.dumps({"frames": summary["frames"], "events": summary["events"],
                            "tracks": len(summary["tracks"]), "interrupted": summary["interrupted"],
                            "crops": {k: crops[k] for k in ("sampled", "extracted", "filtered",
                                                            "failed")},
+                           "errors": len(summary["errors"]), "exit_code": summary["exit_code"],
                            "out": out}))
-    for name, cam in summary["cameras"].items():
-        if cam["error"]:
-            click.echo(f"warning: camera {name}: {cam['error']}", err=True)
+    for e in summary["errors"]:
+        where = f"camera {e['camera']}: " if e["camera"] else ""
+        times = f" ({e['count']} times)" if e["count"] > 1 else ""
+        fatal = ", the run stopped" if e["fatal"] else ""
+        click.echo(f"error: {where}{e['stage']}: {e['error']}{times}{fatal}", err=True)
+    sys.exit(summary["exit_code"])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,13 @@
 ``tracks.json``   every tracklet (span, samples and their fate), camera and crop counters
 ``NAME.mot.txt``  per camera, the tracker's boxes (MOTChallenge ``frame,id,x,y,w,h,score,-1,-1,-1``)
 ``NAME.avi``      per camera, the annotated video (boxes, track ids, identities; MJPG)
-``rankings/``     one ranking picture per event (:mod:`ssft_deploy.visrank`)
+``rankings/``     one ranking picture per event (:mod:`ssft_deploy.visrank`),
+                  ``CAMERA_TRACK_STARTFRAME.jpg`` (``_2``, ... if a name comes again)
+
+Nothing is written outside the folder. A folder that is not empty is refused
+(:class:`OutputExistsError`) unless ``overwrite``, and even then only a previous run's folder (it
+has ``events.jsonl``): that run's outputs above are deleted first (``NAME.avi`` only beside a
+``NAME.mot.txt``), so no old picture is left matching no event; other files are left alone.
 """
 
 from __future__ import annotations
@@ -22,12 +28,54 @@ from ssft_deploy.visrank import Tile, ranking_picture, save_picture
 _COLOURS = {"rgb": (60, 200, 255), "ir": (255, 160, 60)}
 
 
-class RunOutput:
-    """Writers of one run; every method is safe to call from camera threads."""
+class OutputExistsError(InputError):
+    """The output folder holds files (a previous run?) and overwriting was not asked for."""
 
-    def __init__(self, out: str | Path, annotate: bool = True, pictures: bool = True) -> None:
+
+def check_out(out: str | Path, overwrite: bool = False) -> None:
+    """OutputExistsError unless ``out`` is missing, empty, or (with ``overwrite``) a previous
+    run's folder; nothing is changed (callers check this before any work)."""
+    out = Path(out)
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not held:
+        return
+    shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+    if not overwrite:
+        raise OutputExistsError(f"output folder {out} is not empty ({shown}; a previous run?): "
+                                "pass --overwrite (overwrite=True) to replace that run's "
+                                "outputs, or choose a new folder")
+    if not (out / "events.jsonl").is_file():
+        raise OutputExistsError(f"output folder {out} is not empty ({shown}) and not the "
+                                "output of an ssft-video run (no events.jsonl): nothing in it "
+                                "is deleted; choose a new or empty folder")
+
+
+def _clear_run(out: Path) -> None:
+    """Delete what a previous run wrote into ``out`` (see the module docstring)."""
+    rankings = out / "rankings"
+    pictures = [] if rankings.is_symlink() else rankings.glob("*.jpg")  # never outside out
+    # NAME.avi only beside NAME.mot.txt: an input video kept in the folder stays
+    mot = list(out.glob("*.mot.txt"))
+    videos = [p.with_name(p.name[:-len(".mot.txt")] + ".avi") for p in mot]
+    old = [out / "events.jsonl", out / "tracks.json", *mot, *videos, *pictures]
+    for p in old:
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+    if rankings.is_dir() and not rankings.is_symlink() and not any(rankings.iterdir()):
+        rankings.rmdir()
+
+
+class RunOutput:
+    """Writers of one run; every method is safe to call from camera threads. ``overwrite``:
+    see the module docstring."""
+
+    def __init__(self, out: str | Path, annotate: bool = True, pictures: bool = True,
+                 overwrite: bool = False) -> None:
         self.out = Path(out)
+        check_out(self.out, overwrite)
         try:
+            if overwrite and self.out.is_dir():
+                _clear_run(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
             self._events = open(self.out / "events.jsonl", "w")  # noqa: SIM115 - kept open
         except OSError as exc:
@@ -38,6 +86,14 @@ class RunOutput:
         self._videos: dict[str, cv2.VideoWriter] = {}
         self.labels: dict[tuple[str, int], str] = {}
         self.n_events = 0
+        self._pictures: set[str] = set()
+
+    def _path(self, name: str) -> Path:
+        """``out / name``, or InputError when ``name`` would lead outside ``out``."""
+        path = self.out / name
+        if ".." in Path(name).parts or Path(name).is_absolute() or "\0" in name:
+            raise InputError(f"refusing to write {name!r}: outside the output folder {self.out}")
+        return path
 
     def event(self, event: dict) -> None:
         with self.lock:
@@ -51,7 +107,7 @@ class RunOutput:
         with self.lock:
             f = self._mot.get(camera)
             if f is None:
-                f = self._mot[camera] = open(self.out / f"{camera}.mot.txt", "w")  # noqa: SIM115
+                f = self._mot[camera] = open(self._path(f"{camera}.mot.txt"), "w")  # noqa: SIM115
         lines = [f"{index + 1},{int(t)},{b[0]:.1f},{b[1]:.1f},{b[2] - b[0]:.1f},"
                  f"{b[3] - b[1]:.1f},{s:.3f},-1,-1,-1\n" for b, s, t in zip(xyxy, scores, ids)]
         f.writelines(lines)  # one camera thread per file
@@ -71,7 +127,7 @@ class RunOutput:
         writer = self._videos.get(camera)
         if writer is None:
             h, w = img.shape[:2]
-            writer = cv2.VideoWriter(str(self.out / f"{camera}.avi"),
+            writer = cv2.VideoWriter(str(self._path(f"{camera}.avi")),
                                      cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
             if not writer.isOpened():
                 raise InputError(f"OpenCV cannot write {self.out / f'{camera}.avi'} (MJPG)")
@@ -91,8 +147,14 @@ class RunOutput:
                 continue
             tiles.append(Tile(thumb, [f"{m['camera']} #{m['track']}",
                                       f"id {m['identity']} d={m['distance']:.3f}"]))
-        rel = f"rankings/{event['camera']}_{event['track']}.jpg"
-        save_picture(self.out / rel, ranking_picture(q, tiles))
+        stem = f"rankings/{event['camera']}_{event['track']}_{event['start_frame']}"
+        with self.lock:     # a track id may come again (a tracker restart, a looping file)
+            rel, n = f"{stem}.jpg", 1
+            while rel in self._pictures:
+                n += 1
+                rel = f"{stem}_{n}.jpg"
+            self._pictures.add(rel)
+        save_picture(self._path(rel), ranking_picture(q, tiles))
         return rel
 
     def tracks(self, summary: dict) -> None:
@@ -105,3 +167,18 @@ class RunOutput:
                 f.close()
             for w in self._videos.values():
                 w.release()
+
+
+def check_paths(out: str | Path, cameras: list[str], annotate: bool = True) -> None:
+    """Refuse, before any work, an output folder that is a file or a file this run writes that
+    is taken by a folder (e.g. ``OUT/cam1.avi`` a folder: OpenCV's writer only said so once the
+    first frame was written, and the run went on with warnings)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    names = ["events.jsonl", "tracks.json", *(f"{c}.mot.txt" for c in cameras),
+             *(f"{c}.avi" for c in cameras if annotate)]
+    for name in names:
+        if (out / name).is_dir():
+            raise InputError(f"cannot write {out / name}: a folder of that name is in the way")
+

@@ -6,6 +6,14 @@ batch of crops from all cameras), and one associator thread that settles ended t
 writes events. :meth:`VideoPipeline.stop` (or Ctrl-C in :meth:`run`) stops the readers; every
 tracklet still open then ends, is associated, and everything is flushed.
 
+Every thread catches at its boundary (issue 19): a frame whose detection / tracking fails is
+skipped and counted, a camera fails alone after ``max_frame_errors`` such frames in a row, a track
+whose association fails ends with that reason, a ranking picture that cannot be written is
+counted (the event is still written), and a stage that cannot go on (the events file cannot be
+written, ``max_associate_errors`` tracks in a row failed) stops the run. All of it lands in the
+summary's ``errors``; every ended track has an ``outcome``; ``exit_code`` says how the run went
+(:mod:`ssft_deploy.video.health`).
+
 ``reid="direct"`` replaces the batcher by one ``extract_boxes`` call per crop (the benchmark's
 baseline). ``stage_seconds`` are thread-seconds per stage (read, detect, track, reid, associate,
 annotate); on a busy machine they overlap in wall time.
@@ -16,10 +24,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,9 +34,11 @@ import numpy as np
 from ssft_deploy.batcher import CropFeatures, FrameBatcher
 from ssft_deploy.errors import InputError
 from ssft_deploy.frames import to_bgr
-from ssft_deploy.video.association import Associator
+from ssft_deploy.video.associate_stage import AssociationStage
+from ssft_deploy.video.association import DEFAULT_MAX_AGE_S, DEFAULT_MAX_SIZE, Associator
 from ssft_deploy.video.detectors import Detector, make_detector
-from ssft_deploy.video.outputs import RunOutput
+from ssft_deploy.video.health import RunErrors, exit_code
+from ssft_deploy.video.outputs import RunOutput, check_paths
 from ssft_deploy.video.sources import Backoff, CameraReader, CameraSpec, Capture, FrameQueue
 from ssft_deploy.video.tracker import ByteTracker
 from ssft_deploy.video.tracklets import Ledger, SamplingConfig, Tracklet, TrackletBook
@@ -72,6 +81,13 @@ class PipelineConfig:
     max_frames: int | None = None
     loop: bool = False
     provisional_every: int = 4        # samples between provisional identity labels (0: off)
+    open_timeout_s: float = 10.0      # a camera open (or reopen) is given up after this
+    read_timeout_s: float = 10.0      # a stream read that gets nothing for this long fails
+    max_frame_errors: int = 25        # failed frames in a row after which a camera fails
+    max_associate_errors: int = 10    # failed tracks in a row after which the run stops
+    keep_events: int = 1000           # latest events kept in memory (all are in events.jsonl)
+    gallery_max_size: int = DEFAULT_MAX_SIZE        # entries; the least recently updated go
+    gallery_max_age_s: float = DEFAULT_MAX_AGE_S    # seconds without an update, then it goes
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     backoff: Backoff = field(default_factory=Backoff)
 
@@ -82,6 +98,8 @@ class _Camera:
         self.spec, self.index, self.reader, self.detector = spec, index, reader, detector
         self.book, self.tracker = book, tracker
         self.processed = 0
+        self.frame_errors = 0
+        self.writing = True            # False once this camera's video / MOT writer failed
         self.error: str | None = None
         self.thread: threading.Thread | None = None
 
@@ -93,31 +111,37 @@ def _done(result: object = None, error: BaseException | None = None) -> Future:
     return fut
 
 
-class VideoPipeline:
+class VideoPipeline(AssociationStage):
     """Run cameras through detection, tracking and cross-modality ReID with one runtime."""
 
     def __init__(self, runtime, cameras: list[CameraSpec], detector: str | dict = "motion",
                  out: str | None = None, config: PipelineConfig | None = None,
                  open_fns: dict[str, Callable[[], Capture]] | None = None,
                  annotate: bool = True, pictures: bool = True, progress: bool = False,
-                 on_event: Callable[[dict], None] | None = None) -> None:
+                 on_event: Callable[[dict], None] | None = None, overwrite: bool = False
+                 ) -> None:
         names = [c.name for c in cameras]
         if not cameras or len(set(names)) != len(names):
             raise InputError(f"need one or more cameras with distinct names, got {names}")
         self.rt, self.cfg = runtime, config or PipelineConfig()
         if self.cfg.reid not in ("batcher", "direct"):
             raise InputError(f"reid must be 'batcher' or 'direct', got {self.cfg.reid!r}")
-        self.clock, self.ledger = StageClock(), Ledger()
-        self.output = RunOutput(out, annotate, pictures) if out else None
+        self.clock, self.ledger, self.errors = StageClock(), Ledger(), RunErrors()
+        self.pictures_failed = 0
+        # inputs that can be checked are checked before anything is written
+        detectors = detector if isinstance(detector, dict) else make_detector(detector, names)
+        if out:
+            check_paths(out, names, annotate)
+        self.output = RunOutput(out, annotate, pictures, overwrite) if out else None
         self.on_event, self.progress = on_event, progress
-        self.events: list[dict] = []
-        self.tracklets: list[Tracklet] = []
+        self.events: deque[dict] = deque(maxlen=self.cfg.keep_events)   # the latest events
+        self.n_events = 0
+        self.track_records: list[tuple[int, int, dict]] = []   # ended tracks' summaries
         self.stop_event = threading.Event()
         self._interrupt_requested = False  # set by interrupt() (a signal handler)
         self._ended: queue.Queue = queue.Queue()
         self._guessed: dict[tuple[str, int], int] = {}
         self._in_flight: dict[int, Tracklet] = {}   # ended, not yet associated
-        detectors = detector if isinstance(detector, dict) else make_detector(detector, names)
         self.batcher = None
         if self.cfg.reid == "batcher":
             self.batcher = FrameBatcher(self._timed_extract, runtime.preprocess_fn,
@@ -128,12 +152,15 @@ class VideoPipeline:
         self.cameras: list[_Camera] = []
         self.associator = Associator(runtime, self.cfg.gallery_modality, self.cfg.mode,
                                      self.cfg.top, self.cfg.max_distance, self.cfg.include_live,
-                                     self._live_tracklets)
+                                     self._live_tracklets, self.cfg.gallery_max_size,
+                                     self.cfg.gallery_max_age_s)
         for i, spec in enumerate(cameras):
             reader = CameraReader(spec, FrameQueue(self.cfg.frame_queue,
                                                    "drop" if spec.is_live else "block"),
                                   (open_fns or {}).get(spec.name), self.cfg.backoff,
-                                  self.cfg.max_frames, self.cfg.loop)
+                                  self.cfg.max_frames, self.cfg.loop,
+                                  open_timeout_s=self.cfg.open_timeout_s,
+                                  read_timeout_s=self.cfg.read_timeout_s, errors=self.errors)
             gallery = self.associator.is_gallery(Tracklet(spec.name, i, spec.modality, 0, 0, 0))
             book = TrackletBook(spec.name, i, spec.modality, self._submit, self.ledger,
                                 self.cfg.sampling, self.cfg.every, self.cfg.lost_frames,
@@ -175,11 +202,14 @@ class VideoPipeline:
                 + list(self._in_flight.values()))
 
     def _end(self, t: Tracklet) -> None:
+        self._guessed.pop((t.camera, t.track), None)
+        if self.output is not None:
+            self.output.labels.pop((t.camera, t.track), None)
         self._in_flight[id(t)] = t
         self._ended.put(t)
 
     def _work(self, cam: _Camera, bar) -> None:
-        clock, out = self.clock, self.output
+        failures = 0        # frames in a row that failed
         try:
             while True:
                 fr = cam.reader.queue.get(timeout=0.2)
@@ -189,34 +219,58 @@ class VideoPipeline:
                     if self.stop_event.is_set():
                         break
                     continue
-                t0 = time.perf_counter()
-                bgr = to_bgr(fr.image)
-                det = cam.detector(bgr, fr.index)
-                t1 = time.perf_counter()
-                xyxy, scores, ids = cam.tracker.update(det)
-                t2 = time.perf_counter()
-                clock.add("detect", t1 - t0)
-                clock.add("track", t2 - t1)
-                cam.book.observe(fr.index, fr.time_s, fr.image, xyxy, scores, ids)
-                for t in cam.book.expire(fr.index):
-                    self._end(t)
-                t3 = time.perf_counter()
-                if out is not None:
-                    self._label(cam, ids)
-                    out.boxes(cam.spec.name, fr.index, xyxy, scores, ids)
-                    out.frame(cam.spec.name, cam.spec.modality, bgr, xyxy, ids, cam.reader.fps)
-                clock.add("annotate", time.perf_counter() - t3)
+                stage = ["detect"]
+                try:
+                    self._frame(cam, fr, stage)
+                    failures = 0
+                except Exception as exc:  # one bad frame is skipped and counted
+                    failures += 1
+                    cam.frame_errors += 1
+                    self.errors.add(stage[0], exc, cam.spec.name)
+                    if failures >= self.cfg.max_frame_errors:
+                        raise
+                    continue
                 cam.processed += 1
                 if bar is not None:
                     bar.update(1)
                 if self.stop_event.is_set():
                     break
         except Exception as exc:  # noqa: BLE001 - one camera's fault must not stop the others
-            cam.error = repr(exc)
+            cam.error = f"stopped after {failures} failed frames in a row: {exc!r}"
+            cam.reader.state.set("failed", cam.error)
+            self.errors.add("camera", cam.error, cam.spec.name)
         finally:
             cam.reader.stop()
             for t in cam.book.end_all():
                 self._end(t)
+
+    def _frame(self, cam: _Camera, fr, stage: list[str]) -> None:
+        """Detect, track, sample and write one frame; ``stage[0]`` names the step running."""
+        clock, out = self.clock, self.output
+        t0 = time.perf_counter()
+        bgr = to_bgr(fr.image)
+        det = cam.detector(bgr, fr.index)
+        t1 = time.perf_counter()
+        stage[0] = "track"
+        xyxy, scores, ids = cam.tracker.update(det)
+        t2 = time.perf_counter()
+        clock.add("detect", t1 - t0)
+        clock.add("track", t2 - t1)
+        stage[0] = "tracklets"
+        cam.book.observe(fr.index, fr.time_s, fr.image, xyxy, scores, ids)
+        for t in cam.book.expire():
+            self._end(t)
+        t3 = time.perf_counter()
+        if out is not None and cam.writing:
+            stage[0] = "annotate"
+            self._label(cam, ids)
+            try:
+                out.boxes(cam.spec.name, fr.index, xyxy, scores, ids)
+                out.frame(cam.spec.name, cam.spec.modality, bgr, xyxy, ids, cam.reader.fps)
+            except Exception as exc:  # noqa: BLE001 - the writer stops, the camera goes on
+                cam.writing = False
+                self.errors.add("write", exc, cam.spec.name)
+        clock.add("annotate", time.perf_counter() - t3)
 
     def _label(self, cam: _Camera, ids: np.ndarray) -> None:
         """Identity labels for the annotated video: gallery tracks show theirs; query tracks a
@@ -237,51 +291,6 @@ class VideoPipeline:
                 if guess is not None:
                     labels[(cam.spec.name, tid)] = f"-> id {guess}?"
 
-    # -- association --------------------------------------------------------------------------
-    def _settle(self, t: Tracklet, timeout: float = 60.0) -> None:
-        futs = [s.future for s in t.samples if s.future is not None]
-        if futs:
-            wait_futures(futs, timeout)
-        book = self.cameras[t.camera_index].book
-        for s in t.samples:
-            book.settle(s)
-
-    def _associate(self) -> None:
-        closing = False
-        while not closing:
-            batch = [self._ended.get()]
-            while True:
-                try:
-                    batch.append(self._ended.get_nowait())
-                except queue.Empty:
-                    break
-            closing = any(t is None for t in batch)
-            ready = [t for t in batch if t is not None]
-            # gallery tracklets first: a person leaving both cameras at once is then found
-            ready.sort(key=lambda t: not self.associator.is_gallery(t))
-            for t in ready:
-                t0 = time.perf_counter()
-                self._settle(t)
-                event = self.associator.end(t)
-                self._in_flight.pop(id(t), None)
-                self.tracklets.append(t)
-                if event is not None:
-                    self._emit(t, event)
-                self.clock.add("associate", time.perf_counter() - t0)
-
-    def _emit(self, t: Tracklet, event: dict) -> None:
-        if self.output is not None:
-            owners = [self.associator.owner(m["identity"]) for m in event["matches"]]
-            live = {x.identity: x for x in self._live_tracklets() if x.identity is not None}
-            thumbs = [(o or live.get(m["identity"])) for o, m in zip(owners, event["matches"])]
-            pic = self.output.picture(event, t.thumb, [o.thumb if o else None for o in thumbs])
-            if pic:
-                event["picture"] = pic
-            self.output.event(event)
-        self.events.append(event)
-        if self.on_event:
-            self.on_event(event)
-
     # -- running ------------------------------------------------------------------------------
     def interrupt(self) -> None:
         """Ask :meth:`run` to stop as interrupted; safe in a signal handler (it only sets a flag
@@ -300,7 +309,8 @@ class VideoPipeline:
         from tqdm import tqdm
 
         t_start = time.perf_counter()
-        assoc = threading.Thread(target=self._associate, name="ssft-associate", daemon=True)
+        assoc = threading.Thread(target=self._associate_guarded, name="ssft-associate",
+                                 daemon=True)
         assoc.start()
         bars = []
         for cam in self.cameras:
@@ -315,6 +325,8 @@ class VideoPipeline:
         interrupted = False
         try:
             while any(c.thread.is_alive() for c in self.cameras):
+                if not assoc.is_alive():       # its boundary recorded why; nothing to wait for
+                    self.stop()
                 if self._interrupt_requested and not interrupted:
                     interrupted = True
                     self.stop()
@@ -338,10 +350,23 @@ class VideoPipeline:
             cam.reader.thread.join(5)
         for cam in self.cameras:
             self.clock.add("read", cam.reader.read_seconds)
+            st = cam.reader.state
+            # stopped while reconnecting after a normal end of a looped file is no outage
+            outage = time.time() - st.since > self.cfg.open_timeout_s + self.cfg.backoff.maximum
+            if st.state in ("connecting", "reconnecting") and (outage or not cam.processed):
+                self.errors.add("connection", f"not connected when the run ended ({st.state} "
+                                              f"for {time.time() - st.since:.0f} s): {st.reason}",
+                                cam.spec.name)
         summary = self.summary(time.perf_counter() - t_start, interrupted)
         if self.output is not None:
-            self.output.tracks(summary)
-            self.output.close()
+            for stage, write in (("tracks", lambda: self.output.tracks(summary)),
+                                 ("close", self.output.close)):
+                try:
+                    write()
+                except Exception as exc:  # noqa: BLE001 - reported in the returned summary
+                    self.errors.add(stage, exc, fatal=True)
+                    summary["errors"] = self.errors.snapshot()
+                    summary["exit_code"] = exit_code(summary)
         return summary
 
     def summary(self, wall_s: float, interrupted: bool = False) -> dict:
@@ -351,11 +376,15 @@ class VideoPipeline:
             cams[c.spec.name] = {"modality": c.spec.modality, "source": c.spec.source,
                                  "processed": c.processed, **r.stats, "dropped": r.dropped,
                                  "invalid_boxes": c.tracker.invalid, "error": c.error or r.error,
+                                 "frame_errors": c.frame_errors, **r.state.as_dict(),
                                  "connection": r.events}
-        ended = sorted(self.tracklets, key=lambda t: (t.camera_index, t.track))
-        return {"wall_s": round(wall_s, 3), "interrupted": interrupted,
-                "frames": sum(c.processed for c in self.cameras), "cameras": cams,
-                "crops": self.ledger.snapshot(), "stage_seconds": self.clock.snapshot(),
-                "events": len(self.events),
-                "batcher": self.batcher.stats() if self.batcher is not None else None,
-                "tracks": [t.summary() for t in ended]}
+        ended = sorted(self.track_records, key=lambda r: r[:2])
+        out = {"wall_s": round(wall_s, 3), "interrupted": interrupted,
+               "frames": sum(c.processed for c in self.cameras), "cameras": cams,
+               "crops": self.ledger.snapshot(), "stage_seconds": self.clock.snapshot(),
+               "events": self.n_events, "pictures_failed": self.pictures_failed,
+               "batcher": self.batcher.stats() if self.batcher is not None else None,
+               "errors": self.errors.snapshot(),
+               "tracks": [r[2] for r in ended]}
+        out["exit_code"] = exit_code(out)
+        return out

@@ -6,9 +6,16 @@ in-process ``open_fn`` returning an object with ``read() -> ndarray | None`` and
 
 Every frame goes through the package's frame contract (:func:`ssft_deploy.frames.to_uint8`, with
 the camera's :class:`~ssft_deploy.frames.Stretch`), so later stages see ``uint8`` BGR or grey.
-A frame that cannot be decoded or does not meet the contract is counted (``corrupt``) and
-skipped. A live camera (a stream URL, or ``live=True``) that stops delivering is reported and
-reopened with exponential backoff; it never raises into the pipeline.
+A frame that cannot be decoded, is over the pixel limit (image folders: checked before decoding)
+or does not meet the contract is counted (``corrupt``) and skipped; one of another size than the
+camera's first frame is resized to it (``resized``). A live camera (a stream URL, or
+``live=True``) that stops delivering is reported and reopened with exponential backoff; it never
+raises into the pipeline.
+
+Cameras are independent: each open runs in a helper thread and is given up after
+``open_timeout_s`` (a stalled server, or a FIFO with no writer, which blocks in ``open(2)`` where
+no timeout reaches), and stream reads time out after ``read_timeout_s``. The reader's
+:class:`~ssft_deploy.video.health.CameraState` says where the camera stands and why.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -26,12 +34,22 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ssft_deploy.datasets.images import check_pixels, max_pixels_limit
 from ssft_deploy.errors import InputError
 from ssft_deploy.features import modality_code
-from ssft_deploy.frames import Stretch, to_uint8
+from ssft_deploy.frames import Stretch, fit_size, to_uint8
+from ssft_deploy.video.health import CameraState, RunErrors
+from ssft_deploy.video.opener import PendingOpen
+
+# OpenCV serialises every FFmpeg open behind one process-wide lock unless told FFmpeg is
+# thread-safe (it is since FFmpeg 4): one stalled stream's open then held up every other camera's
+# open for its whole timeout (a file camera beside it processed 0 frames). Set before the first
+# open; a user's explicit setting wins.
+os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "1")
 
 log = logging.getLogger("ssft_deploy.video")
 _IMAGE_EXT = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 _STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
@@ -57,6 +75,10 @@ class CameraSpec:
     live: bool | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _SAFE_NAME.fullmatch(self.name):
+            # The name becomes part of output file names: "../x" wrote beside --out.
+            raise InputError(f"camera name {self.name!r}: use 1-64 ASCII letters, digits, '.', "
+                             "'_' or '-', starting with a letter or digit (it names output files)")
         modality_code(self.modality)  # InputError for anything but rgb / ir
 
     @property
@@ -78,13 +100,20 @@ class CameraSpec:
 class OpenCVCapture:
     """A video file or stream through ``cv2.VideoCapture`` (FFmpeg backend where available)."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, open_timeout_s: float = 10.0,
+                 read_timeout_s: float = 10.0) -> None:
         import cv2
 
         self.source = source
-        self.cap = cv2.VideoCapture(source)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
+        t0 = time.monotonic()
+        self.cap = cv2.VideoCapture(source, cv2.CAP_ANY, params)
         if not self.cap.isOpened():
             self.cap.release()
+            if time.monotonic() - t0 >= 0.9 * open_timeout_s:
+                raise InputError(f"opening {source!r} timed out after {open_timeout_s:g} s "
+                                 "(the server accepted but sent nothing)")
             raise InputError(f"OpenCV cannot open {source!r} (missing file, unsupported codec "
                              "or unreachable stream)")
         fps = self.cap.get(cv2.CAP_PROP_FPS)
@@ -99,16 +128,19 @@ class OpenCVCapture:
 
 
 class ImageSequence:
-    """Image files in name order, each read unchanged (16-bit stays 16-bit); an unreadable file
-    yields an empty array (counted corrupt by the reader), the end yields None."""
+    """Image files in name order, each read unchanged (16-bit stays 16-bit); a file that cannot
+    be read, or whose header declares more than the pixel limit (``max_pixels``, else
+    ``$SSFT_MAX_IMAGE_PIXELS``; checked before decoding), yields an empty array (counted corrupt
+    by the reader; the reason is logged), the end yields None."""
 
-    def __init__(self, source: str, fps: float = 25.0) -> None:
+    def __init__(self, source: str, fps: float = 25.0, max_pixels: int | None = None) -> None:
         path = Path(source)
         files = (sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_EXT)
                  if path.is_dir() else sorted(Path(p) for p in glob.glob(source)))
         if not files:
             raise InputError(f"no images ({', '.join(_IMAGE_EXT)}) in {source!r}")
         self.files, self.pos, self.fps = files, 0, float(fps)
+        self.max_pixels = max_pixels_limit(max_pixels)
 
     def read(self) -> np.ndarray | None:
         import cv2
@@ -117,18 +149,25 @@ class ImageSequence:
             return None
         f = self.files[self.pos]
         self.pos += 1
-        img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+        try:
+            data = np.fromfile(f, dtype=np.uint8)
+            check_pixels(data, str(f), self.max_pixels)
+            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except (OSError, InputError, cv2.error) as exc:
+            log.warning("skipped frame %s: %s", f, exc)
+            img = None
         return img if img is not None else np.zeros((0, 0), np.uint8)
 
     def release(self) -> None:
         self.pos = len(self.files)
 
 
-def open_source(source: str) -> Capture:
+def open_source(source: str, open_timeout_s: float = 10.0, read_timeout_s: float = 10.0
+                ) -> Capture:
     """An image folder / glob -> ImageSequence; anything else -> OpenCVCapture."""
     if os.path.isdir(source) or any(c in source for c in "*?["):
         return ImageSequence(source)
-    return OpenCVCapture(source)
+    return OpenCVCapture(source, open_timeout_s, read_timeout_s)
 
 
 @dataclass
@@ -202,9 +241,11 @@ class Backoff:
 class CameraReader:
     """The reader thread of one camera: source -> frame contract -> :class:`FrameQueue`.
 
-    ``stats`` counts ``frames``, ``corrupt`` (undecodable or refused frames), ``dropped``
+    ``stats`` counts ``frames``, ``corrupt`` (undecodable or refused frames), ``resized``
+    (frames of another size than the camera's first, resized to it), ``dropped``
     (queue full), ``disconnects``, ``reconnects``; ``events`` lists what happened to the
-    connection (``on_event`` is called with each, e.g. to print it)."""
+    connection (``on_event`` is called with each, e.g. to print it); ``state`` is where the
+    camera stands; a camera that fails is also recorded in ``errors``."""
 
     #: Failed reads in a row after which a source counts as ended (file) or lost (live).
     MAX_BAD_READS = 3
@@ -212,15 +253,23 @@ class CameraReader:
     def __init__(self, spec: CameraSpec, queue: FrameQueue | None = None,
                  open_fn: Callable[[], Capture] | None = None, backoff: Backoff | None = None,
                  max_frames: int | None = None, loop: bool = False,
-                 on_event: Callable[[dict], None] | None = None) -> None:
+                 on_event: Callable[[dict], None] | None = None, open_timeout_s: float = 10.0,
+                 read_timeout_s: float = 10.0, errors: RunErrors | None = None) -> None:
         self.spec = spec
         self.queue = queue or FrameQueue(policy="drop" if spec.is_live else "block")
-        self.open_fn = open_fn or (lambda: open_source(spec.source))
+        self.open_fn = open_fn or (lambda: open_source(spec.source, open_timeout_s,
+                                                       read_timeout_s))
+        self.open_timeout_s = float(open_timeout_s)
+        self.errors = errors or RunErrors()
+        self.state = CameraState()
+        self._pending: PendingOpen | None = None
         self.backoff = backoff or Backoff()
         self.max_frames, self.loop = max_frames, loop
         self.on_event = on_event
         self.stop_event = threading.Event()
-        self.stats = {"frames": 0, "corrupt": 0, "disconnects": 0, "reconnects": 0}
+        self.stats = {"frames": 0, "corrupt": 0, "resized": 0, "disconnects": 0,
+                      "reconnects": 0}
+        self.size: tuple[int, int] | None = None    # (h, w) of the first frame
         self.events: list[dict] = []
         self.fps = 25.0
         self.error: str | None = None
@@ -242,32 +291,60 @@ class CameraReader:
     def _report(self, kind: str, **info: Any) -> None:
         ev = {"camera": self.spec.name, "event": kind, "time": time.time(), **info}
         self.events.append(ev)
+        if len(self.events) > 500:    # a camera flapping for days: keep the first and the latest
+            del self.events[250]
         log.warning("camera %s: %s %s", self.spec.name, kind, info or "")
         if self.on_event:
             self.on_event(ev)
+
+    def _fail(self, stage: str, msg: str) -> None:
+        self.error = msg
+        self.state.set("failed", msg)
+        self.errors.add(stage, msg, self.spec.name)
+
+    def _try_open(self) -> Capture:
+        """One open attempt in a helper thread (see :class:`PendingOpen`); raises on failure."""
+        if self._pending is None:
+            self._pending = PendingOpen(self.open_fn, self.spec.name)
+        pending = self._pending
+        if not pending.wait(self.open_timeout_s, self.stop_event):
+            if self.stop_event.is_set():
+                pending.abandon()
+                self._pending = None
+            raise InputError(f"open timed out after {self.open_timeout_s:g} s")
+        self._pending = None
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
 
     def _open(self, first: bool) -> Capture | None:
         """Open the source; live cameras retry with backoff until it opens or we stop."""
         delays = self.backoff.delays()
         while not self.stop_event.is_set():
             try:
-                cap = self.open_fn()
+                cap = self._try_open()
                 self.fps = float(getattr(cap, "fps", 0) or 25.0)
+                self.state.set("live")
                 if not first:
                     self.stats["reconnects"] += 1
                     self._report("reconnected")
                 return cap
             except Exception as exc:  # noqa: BLE001 - any open failure is reported, not raised
+                if self.stop_event.is_set():
+                    break
                 msg = str(exc) if isinstance(exc, InputError) else repr(exc)
                 if not self.spec.is_live:
-                    self.error = msg
+                    self._fail("open", msg)
                     self._report("open-failed", error=msg)
                     return None
                 delay = next(delays, None)
                 if delay is None:
-                    self.error = f"gave up after {self.backoff.tries} reconnect attempts: {msg}"
+                    self._fail("open", f"gave up after {self.backoff.tries} reconnect attempts: "
+                                       f"{msg}")
                     self._report("gave-up", error=msg)
                     return None
+                self.state.set("connecting" if first and not self.stats["frames"]
+                               else "reconnecting", msg)
                 self._report("retry", error=msg, delay_s=delay)
                 self.stop_event.wait(delay)
         return None
@@ -276,9 +353,11 @@ class CameraReader:
         try:
             self._read_all()
         except Exception as exc:  # noqa: BLE001 - a reader never takes the pipeline down
-            self.error = repr(exc)
+            self._fail("read", repr(exc))
             self._report("failed", error=repr(exc))
         finally:
+            if self.state.state == "live":
+                self.state.set("stopped" if self.stop_event.is_set() else "ended")
             self.queue.close()
 
     def _read_all(self) -> None:
@@ -303,6 +382,7 @@ class CameraReader:
                 if not self.spec.is_live:
                     break
                 self.stats["disconnects"] += 1
+                self.state.set("reconnecting", f"no frame in {bad} reads after {index} frames")
                 self._report("disconnected", frames=index)
                 cap, bad = self._open(first=False), 0
                 continue
@@ -313,6 +393,11 @@ class CameraReader:
             except InputError:
                 self.stats["corrupt"] += 1
                 continue
+            if self.size is None:
+                self.size = image.shape[:2]
+            elif image.shape[:2] != self.size:
+                image = fit_size(image, self.size)
+                self.stats["resized"] += 1
             self.read_seconds += time.perf_counter() - t
             ts = time.time() if self.spec.is_live else index / self.fps
             self.queue.put(Frame(self.spec.name, index, ts, image), self.stop_event)

@@ -117,22 +117,34 @@ class Tracklet:
     thumb_quality: float = -1.0
     identity: int | None = None
     ended: bool = False
+    last_step: int = 0          # the book's processed-frame count when last seen
+    released: bool = False      # sample features dropped (see release)
 
     def extracted(self) -> list[Sample]:
         return [s for s in self.samples if s.state == "extracted"]
 
+    def release(self) -> None:
+        """Drop the samples' features and futures once the tracklet is associated (states,
+        boxes and counts stay for ``tracks.json``): a long run keeps every tracklet, and a
+        sample's features are 2 x 2048 floats."""
+        for s in self.samples:
+            s.shared = s.specific = s.future = None
+        self.released = True
+
     def sample_features(self) -> Features | None:
-        """The extracted samples' features (rows in sample order), or None."""
+        """The extracted samples' features (rows in sample order), or None (also once
+        released)."""
         done = self.extracted()
-        if not done:
+        if not done or self.released:
             return None
         return Features(np.stack([s.shared for s in done]), np.stack([s.specific for s in done]),
                         modality_code(self.modality))
 
     def feature(self) -> Features | None:
-        """Quality-weighted mean of unit shared / specific features: one row, or None."""
+        """Quality-weighted mean of unit shared / specific features: one row, or None (also
+        once released)."""
         done = self.extracted()
-        if not done:
+        if not done or self.released:
             return None
         q = np.asarray([max(s.quality, 1e-6) for s in done], np.float64)[:, None]
 
@@ -162,7 +174,9 @@ Submit = Callable[[np.ndarray, list, str, str, list], list[Future]]
 
 class TrackletBook:
     """The tracklets of one camera: update with each frame's tracked boxes, sample due tracks,
-    and hand out tracklets whose track was lost for more than ``lost_frames``."""
+    and hand out tracklets whose track was lost for more than ``lost_frames`` processed frames
+    (as the tracker counts them: a live camera that drops frames skips reader indices, and
+    expiring by those ended tracks the tracker still kept, under the same track id)."""
 
     def __init__(self, camera: str, camera_index: int, modality: str, submit: Submit,
                  ledger: Ledger, cfg: SamplingConfig = SamplingConfig(), every: int = 5,
@@ -174,11 +188,13 @@ class TrackletBook:
         self.live: dict[int, Tracklet] = {}
         self._last_try: dict[int, int] = {}
         self._lock = threading.Lock()
+        self.steps = 0              # frames observed (processed), the clock of expiry
 
     def observe(self, index: int, time_s: float, frame8: np.ndarray, xyxy: np.ndarray,
                 scores: np.ndarray, ids: np.ndarray) -> None:
         """Record one frame's tracked boxes and submit the crops that are due."""
         fh, fw = frame8.shape[:2]
+        self.steps += 1
         due: list[tuple[Tracklet, Sample]] = []
         for box, score, tid in zip(xyxy, scores, ids):
             tid = int(tid)
@@ -189,6 +205,7 @@ class TrackletBook:
                 if self.new_identity is not None:
                     t.identity = self.new_identity()
             t.last_frame, t.last_time, t.boxes = index, time_s, t.boxes + 1
+            t.last_step = self.steps
             last = self._last_try.get(tid)
             if last is not None and index - last < self.every:
                 continue
@@ -256,9 +273,10 @@ class TrackletBook:
         else:
             self._finish(s, None, TimeoutError("no feature before the track was associated"))
 
-    def expire(self, index: int) -> list[Tracklet]:
-        """Tracklets not seen for more than ``lost_frames`` frames (removed from ``live``)."""
-        gone = [t for t in self.live.values() if index - t.last_frame > self.lost_frames]
+    def expire(self) -> list[Tracklet]:
+        """Tracklets not seen for more than ``lost_frames`` processed frames (removed from
+        ``live``)."""
+        gone = [t for t in self.live.values() if self.steps - t.last_step > self.lost_frames]
         return [self._end(t) for t in gone]
 
     def end_all(self) -> list[Tracklet]:

@@ -87,6 +87,20 @@ class OnnxPersonDetector:
         self.layout, self.conf, self.iou = layout, float(conf), float(iou)
         self.person_class = int(person_class)
         self.path = str(path)
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        """Refuse a graph without a detector's output up front (e.g. a ReID extractor given by
+        mistake): its first output's rank, then one run on a blank frame must decode."""
+        name, spec = next(iter(self.engine.outputs.items()))
+        try:
+            if len(spec.shape) != 3:
+                raise EngineError(f"output {name!r} is {list(spec.shape)}, not a YOLO-family "
+                                  "[1, ., .] layout")
+            blank = np.zeros((1, 3, *self.size), self.dtype)
+            self.decode(next(iter(self.engine.run({self.input_name: blank}).values())))
+        except (EngineError, InputError) as exc:
+            raise InputError(f"{self.path} is not a detector graph: {exc}") from exc
 
     def letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float, float, float]:
         """Frame -> model input ``[1,3,H,W]``, scale and (x, y) padding of the letterbox."""

@@ -1,0 +1,78 @@
+"""The README's headline results table, drawn from the JSON in ``docs/results/``.
+
+``python -m benchmarks.headline`` prints it; ``tests/test_readme.py`` checks that the README
+holds exactly this table, so the landing page cannot drift from the measured files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+THROUGHPUT_ROWS = (("torch/fp32", "torch eager fp32"), ("ort-cpu/fp32", "ONNX Runtime fp32"),
+                   ("openvino/bf16", "OpenVINO bf16"), ("ort-cpu/int8", "ONNX Runtime int8"),
+                   ("openvino/int8", "OpenVINO int8"))
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _pm(stat: dict, signed: bool = False) -> str:
+    return f"{stat['mean']:{'+' if signed else ''}.1f} +- {stat['std']:.1f}"
+
+
+def accuracy_rows(sweep: dict) -> list[str]:
+    """Transfer, shared-only and the gain, mean +- std over the sweep's training seeds."""
+    s, n = sweep["summary"], len(sweep["seeds"])
+    rows = []
+    for key, name in (("transfer", "cm-SSFT transfer (all queries)"),
+                      ("shared-only", "shared features only")):
+        rows.append(f"| demo accuracy, {n} seeds | {name} | Rank-1 {_pm(s[key]['rank1'])}, "
+                    f"mAP {_pm(s[key]['mAP'])}, mINP {_pm(s[key]['mINP'])} |")
+    g = s["gain"]["transfer_minus_shared"]
+    rows.append(f"| demo accuracy, {n} seeds | gain of the transfer | Rank-1 "
+                f"{_pm(g['rank1'], True)}, mAP {_pm(g['mAP'], True)}, "
+                f"mINP {_pm(g['mINP'], True)} |")
+    return rows
+
+
+def throughput_rows(latency: dict) -> list[str]:
+    """Images/s of the paper-size extractor at batch 32, one process per backend."""
+    model = next(m for m in latency["models"] if m.get("arch") == "resnet50")
+    size = "x".join(str(v) for v in model["input_size"])
+    got = {r["name"]: r["throughput"] for r in model["results"] if r["batch"] == 32}
+    torch = got.get("torch/fp32")
+    rows = []
+    for key, name in THROUGHPUT_ROWS:
+        if key in got:
+            ratio = f" ({got[key] / torch:.1f}x torch)" if torch and key != "torch/fp32" else ""
+            rows.append(f"| CPU, ResNet-50 {size}, batch 32 | {name} | "
+                        f"{got[key]:.1f} img/s{ratio} |")
+    return rows
+
+
+def table() -> str:
+    """The headline table (markdown)."""
+    latency = _load("latency.json")
+    machine = latency["machine"]
+    isa = ", ".join(k for k in ("avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+                    if machine["isa"].get(k)) or "no AVX-512 VNNI / AMX"
+    lines = ["| what | setting | measured |", "| --- | --- | --- |",
+             *accuracy_rows(_load("accuracy_demo.json")), *throughput_rows(latency)]
+    return "\n".join(lines) + (f"\n\nCPU figures: {machine['cpu']} ({isa}), "
+                                f"{machine['logical_cores']} cores, no GPU.")
+
+
+@click.command()
+def main() -> None:
+    """Print the README's headline table."""
+    click.echo(table())
+
+
+if __name__ == "__main__":
+    main()
