@@ -1,12 +1,15 @@
-"""Many writers, nothing lost (issue 13 item 4): several processes add and remove entries in one
-local store while another process searches; the final count is adds minus removes and no search
-raises. (Milvus Lite admits one process, so this runs on the local store's multi-process mode.)"""
+"""Many writers, nothing lost (issues 13 and 21): three processes add and remove entries in one
+store while another process searches; the final count is adds minus removes and no search
+raises. On the local store's multi-process mode and on the session's real Milvus server (Milvus
+Lite admits one process)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -23,8 +26,9 @@ WRITER = textwrap.dedent("""
     import numpy as np
     from ssft_deploy.features import Features
     from ssft_deploy.gallery import open_gallery
-    path, wid, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    g = open_gallery(path, {dims!r})
+    import json
+    path, wid, rounds, opts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    g = open_gallery(path, {dims!r}, **json.loads(opts))
     rng = np.random.default_rng(wid)
     adds = removes = 0
     for r in range(rounds):
@@ -45,8 +49,9 @@ SEARCHER = textwrap.dedent("""
     import numpy as np
     from ssft_deploy.features import Features
     from ssft_deploy.gallery import open_gallery
-    path, stop = sys.argv[1], sys.argv[2]
-    g = open_gallery(path, {dims!r})
+    import json
+    path, stop, opts = sys.argv[1], sys.argv[2], sys.argv[3]
+    g = open_gallery(path, {dims!r}, **json.loads(opts))
     rng = np.random.default_rng(99)
     searches = 0
     import os
@@ -60,30 +65,48 @@ SEARCHER = textwrap.dedent("""
 """)
 
 
-def test_writers_and_a_searcher_share_one_local_store(tmp_path):
-    path = tmp_path / "shared.gallery"
-    open_gallery(path, DIMS)                                # create it once
+@pytest.mark.parametrize("kind", ["local", pytest.param("server",
+                                                          marks=pytest.mark.milvus_server)])
+def test_writers_and_a_searcher_share_one_store(kind, request, tmp_path):
+    if kind == "server":
+        path, opts = request.getfixturevalue("milvus_server").uri, {
+            "collection": f"t{uuid.uuid4().hex[:16]}"}
+    else:
+        path, opts = str(tmp_path / "shared.gallery"), {}
+    rounds = 6 if kind == "server" else 12                   # every third round removes two
+    created = open_gallery(path, DIMS, **opts)               # create it once
     fmt = {"root": str(ROOT), "dims": DIMS, "ds": DIMS[0], "dp": DIMS[1]}
     (tmp_path / "w.py").write_text(WRITER.format(**fmt))
     (tmp_path / "s.py").write_text(SEARCHER.format(**fmt))
     stop = tmp_path / "stop"
-    searcher = subprocess.Popen([sys.executable, str(tmp_path / "s.py"), str(path), str(stop)],
+    searcher = subprocess.Popen([sys.executable, str(tmp_path / "s.py"), path, str(stop),
+                                 json.dumps(opts)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    writers = [subprocess.Popen([sys.executable, str(tmp_path / "w.py"), str(path), str(i), "12"],
+    writers = [subprocess.Popen([sys.executable, str(tmp_path / "w.py"), path, str(i), str(rounds),
+                                 json.dumps(opts)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for i in range(1, 4)]
     adds = removes = 0
-    for w in writers:
-        out, err = w.communicate(timeout=300)
-        assert w.returncode == 0, err
-        a, r = map(int, out.split())
-        adds, removes = adds + a, removes + r
-    stop.touch()
-    out, err = searcher.communicate(timeout=300)
-    assert searcher.returncode == 0, err                   # no search raised
-    assert int(out) >= 5
-    assert removes == 3 * 4 * 2
-    assert len(open_gallery(path, DIMS)) == adds - removes
+    try:
+        for w in writers:
+            out, err = w.communicate(timeout=300)
+            assert w.returncode == 0, err                   # no write raised
+            a, r = map(int, out.split())
+            adds, removes = adds + a, removes + r
+        stop.touch()
+        out, err = searcher.communicate(timeout=300)
+        assert searcher.returncode == 0, err               # no search raised
+        assert int(out) >= 5
+        assert removes == 3 * (rounds // 3) * 2
+        with open_gallery(path, DIMS, **opts) as fresh:
+            assert len(fresh) == adds - removes
+    finally:
+        for p in [searcher, *writers]:
+            if p.poll() is None:
+                p.kill()
+        if kind == "server":
+            created._client.drop_collection(opts["collection"])
+        created.close()
 
 
 KILLED = textwrap.dedent("""

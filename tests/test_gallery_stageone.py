@@ -9,7 +9,7 @@ import pytest
 
 from ssft_deploy.errors import InputError
 from ssft_deploy.features import Features
-from ssft_deploy.gallery import Gallery, open_gallery, twostage
+from ssft_deploy.gallery import Gallery, twostage
 
 pytest.importorskip("faiss", reason="the gallery's k-NN needs faiss (pip install faiss-cpu)")
 
@@ -64,29 +64,6 @@ def test_search_settings_must_be_positive_integers(opt, bad):
         Gallery(4, 4, **{opt: bad})
 
 
-def test_milvus_flushes_its_own_writes_once_before_searching(tmp_path):
-    pytest.importorskip("pymilvus", reason="Milvus Lite needs pip install 'pymilvus[milvus-lite]'")
-    gallery, pids, query = scattered(n_ids=20, per_id=2, queries=2)
-    g = open_gallery(f"milvus:{tmp_path / 'g.db'}", (32, 8))
-    try:
-        flushes = []
-        real = g._client.flush
-        g._client.flush = lambda name, **kw: (flushes.append(name), real(name, **kw))[1]
-        g.add(gallery, pids=pids, camids=0, entry_ids=np.arange(len(pids)))
-        assert flushes == []                           # a write does not wait for a flush
-        first = g.search(query, top=5)
-        assert flushes == [g.collection]               # the next search seals it once
-        again = g.search(query, top=5)
-        assert flushes == [g.collection]
-        for a, b in zip(first, again):
-            np.testing.assert_array_equal(a.entry_ids, b.entry_ids)
-        g.remove(entry_ids=[0])
-        g.search(query, top=5)
-        assert len(flushes) == 2
-    finally:
-        g.close()
-
-
 def test_sweep_recall_measurement():
     """The benchmark's recall: exact answers score 1, a half-right answer 0.5, and an entry tied
     with the exact M-th counts under the tolerant recall only."""
@@ -119,29 +96,3 @@ def test_sweep_rows_flat_exact_and_ivf_all_lists_exact():
     assert search[1]["recall_at_m"] < 1.0
     assert all(r["p99_ms"] >= r["p50_ms"] > 0 and len(r["loadavg"]) == 3 for r in search)
     assert {r["nprobe"] for r in rows if r.get("neighbour_lists")} == {16, 32, 64}
-
-
-def test_milvus_fetches_each_row_once_per_search(tmp_path):
-    pytest.importorskip("pymilvus", reason="Milvus Lite needs pip install 'pymilvus[milvus-lite]'")
-    from benchmarks.gallery_scale import stand_in_sstn
-
-    gallery, pids, query = scattered(n_ids=30, per_id=4, queries=3)
-    g = open_gallery(f"milvus:{tmp_path / 'g.db'}", (32, 8))
-    ref = Gallery(32, 8)
-    try:
-        for s in (g, ref):
-            s.add(gallery, pids=pids, camids=0, entry_ids=np.arange(len(pids)))
-        fetched = []
-        real = g._client.get
-        g._client.get = lambda name, ids, **kw: (fetched.extend(ids), real(name, ids=ids, **kw))[1]
-        sstn = stand_in_sstn(32, 8)
-        got = g.search(query, top=8, transfer=sstn, mode="single-query", shortlist=10)
-        assert fetched and len(fetched) == len(set(fetched))   # no row fetched twice
-        want = ref.search(query, top=8, transfer=sstn, mode="single-query", shortlist=10)
-        for a, b in zip(got, want):
-            np.testing.assert_array_equal(a.entry_ids, b.entry_ids)
-        fetched.clear()
-        g.search(query, top=8, transfer=sstn, mode="single-query", shortlist=10)
-        assert fetched                                         # the cache lasts one search
-    finally:
-        g.close()

@@ -1,10 +1,12 @@
-"""One gallery interface, several stores (issue 13): the same answers from the in-process store,
-the local file store and Milvus Lite; filters, idempotent and all-or-nothing writes, the Eq. 6
-blocks as filtered k-NN, and each kind of bad input."""
+"""One gallery interface, several stores (issues 13, 21): the same answers from the in-process
+store, the local file store, Milvus Lite and a real Milvus server (the session's ``milvus_server``);
+filters, idempotent and all-or-nothing writes, the Eq. 6 blocks as filtered k-NN, and each kind
+of bad input."""
 
 from __future__ import annotations
 
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -19,16 +21,26 @@ from tests.test_transfer import stand_in_transfer
 
 pytest.importorskip("faiss", reason="the local store's k-NN needs faiss (pip install faiss-cpu)")
 DIMS = (12, 8)
-STORES = ["memory", "local", "milvus-lite"]
+SERVER = pytest.param("milvus-server", marks=pytest.mark.milvus_server)
+STORES = ["memory", "local", "milvus-lite", SERVER]
 
 
-def make_store(kind, tmp_path, dims=DIMS):
+def make_store(kind, tmp_path, dims=DIMS, server=None):
     if kind == "memory":
         return Gallery(*dims)
     if kind == "local":
         return open_gallery(tmp_path / "g.gallery", dims)
-    pytest.importorskip("pymilvus", reason="Milvus Lite needs pip install 'pymilvus[milvus-lite]'")
+    pytest.importorskip("pymilvus", reason="Milvus needs pip install 'pymilvus[milvus-lite]'")
+    if kind == "milvus-server":
+        return open_gallery(server.uri, dims, collection=f"t{uuid.uuid4().hex[:16]}")
     return open_gallery(f"milvus:{tmp_path / 'g.db'}", dims)
+
+
+def close_store(s):
+    """Close; a server collection is dropped (the server lives for the whole session)."""
+    if getattr(s, "uri", "").startswith("http"):
+        s._client.drop_collection(s.collection)
+    s.close()
 
 
 def fill(store):
@@ -40,16 +52,22 @@ def fill(store):
     return store
 
 
+def server_of(request, kind):
+    return request.getfixturevalue("milvus_server") if kind == "milvus-server" else None
+
+
 @pytest.fixture(params=STORES)
 def store(request, tmp_path):
-    s = fill(make_store(request.param, tmp_path))
+    s = fill(make_store(request.param, tmp_path, server=server_of(request, request.param)))
     yield s
-    s.close()
+    close_store(s)
 
 
-def test_same_queries_same_ranking_across_stores(tmp_path):
-    stores = {k: fill(make_store(k, tmp_path / k if k != "memory" else tmp_path))
-              for k in STORES if (tmp_path / k).mkdir() or True}
+@pytest.mark.milvus_server
+def test_same_queries_same_ranking_across_stores(request, tmp_path):
+    kinds = ["memory", "local", "milvus-lite", "milvus-server"]
+    stores = {k: fill(make_store(k, tmp_path / k, server=server_of(request, k)))
+              for k in kinds if (tmp_path / k).mkdir() or True}
     sstn = SSTN(stand_in_transfer, k=2)
     q = Features.concat([people([3, 4, 5, 6], "ir", seed=2), people([1], "rgb", seed=3)])
     for mode, opts in [("shared", {}), ("single-query", {}), ("all-queries", {}),
@@ -65,7 +83,7 @@ def test_same_queries_same_ranking_across_stores(tmp_path):
             assert got == ref[0], (mode, opts, name)
             np.testing.assert_allclose(dist, ref[1], atol=1e-5)
     for s in stores.values():
-        s.close()
+        close_store(s)
 
 
 def test_modality_and_time_window(store):

@@ -94,6 +94,11 @@ class GalleryStore(ABC):
         """Reads inside see one snapshot where the store can pin one (no-op here)."""
         yield
 
+    def default_shortlist(self, top: int) -> int | None:
+        """Two-stage search's M when a search gives none; None: every entry, as a single stage
+        (the in-process and local stores; a server store avoids streaming the collection)."""
+        return None
+
     def close(self) -> None:
         """Release the store's connection (no-op for in-process stores)."""
 
@@ -204,10 +209,12 @@ class GalleryStore(ABC):
                          int(k))
 
     def neighbour_lists(self, entry_ids: np.ndarray, k: int, modalities: tuple[int, ...],
-                        window: Window) -> tuple[np.ndarray, np.ndarray]:
+                        window: Window, weights_only: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
         """Eq. 8 neighbour lists of these entries within the gallery rows of ``modalities`` in
         ``window``: entry ids [n, 2k] (k same-modality by specific, k other-modality by shared,
-        padding = the entry itself) and weights [n, 2k]. Cached per gallery version."""
+        padding = the entry itself) and weights [n, 2k]. Cached per gallery version.
+        ``weights_only``: the caller uses the weights only (a server store then needs no rows)."""
         key = (self._version(), tuple(modalities), window, k)
         with self._nl_lock:
             if self._nl_key != key:
@@ -258,8 +265,8 @@ class GalleryStore(ABC):
         ``cross_modality`` a query searches the other modality's entries only; ``since`` /
         ``until`` keep entries with ``since <= ts < until``. ``shortlist=M``: two-stage search
         (each query's M nearest entries per modality block by the Eq. 6 field, then the SSTN
-        exactly on their subgraph; only shortlisted entries are ranked); None or "all": every
-        entry, as a single stage."""
+        exactly on their subgraph; only shortlisted entries are ranked); "all": every entry, as
+        a single stage; None: the store's default (``default_shortlist``)."""
         if mode not in MODES:
             raise InputError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
         if mode != "shared" and transfer is None:
@@ -270,7 +277,9 @@ class GalleryStore(ABC):
             raise InputError("Gallery.search expects a Features object")
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
             raise InputError(f"top must be a positive integer, got {top!r}")
-        if shortlist == "all":
+        if shortlist is None:
+            shortlist = self.default_shortlist(top)
+        elif shortlist == "all":
             shortlist = None
         if shortlist is not None and (isinstance(shortlist, bool) or not isinstance(
                 shortlist, (int, np.integer)) or shortlist < 1):

@@ -1,20 +1,30 @@
 """The Milvus store: Milvus Lite (``milvus:PATH.db``, embedded, one process) or a Milvus
-standalone / distributed server (``http(s)://host:19530``), through the same pymilvus client.
+standalone / distributed server (``http(s)://host:19530``, 2.3 and later), through the same
+pymilvus client and one code path.
 
-One collection per gallery: ``id`` (primary key), ``shared`` and ``specific`` vector fields
-(COSINE), ``modality``, ``pid`` (-1 unknown), ``camid``, ``track``, ``ts`` and ``meta`` (JSON).
-The collection's properties record the bundle binding (refused when another bundle's) and a
-version token renewed after every write (the searchers' caches key on it). Writes are upserts by
-entry id (idempotent) in one request per batch, which Milvus applies entirely or not at all;
-a row is written whole, so a search never sees half an entry.
+Schema (``ssft-milvus/2``): one vector field per collection (Milvus 2.3 allows only one), so an
+entry is two rows written in one request: its ``shared`` row (block = modality) and its
+``specific`` row (block = 2 + modality), primary keys ``s:ID`` / ``p:ID``. Each row's ``vec`` is
+its own feature (zero-padded to the larger dim, which leaves cosines unchanged); its ``meta``
+JSON holds the entry's meta value and the other feature (float32, base64), so any row found by a
+search carries the whole entry. Columns ``eid``, ``pid``, ``camid``, ``track``, ``ts`` serve
+filters. A row ``version`` (block -1) holds a token renewed in the same request as every add and
+right after every remove: caches key on it, and the collection is never altered after creation
+(its properties record the format and the bundle binding once).
 
-A search that follows this client's own writes first flushes them (``flush``: the rows leave
-the growing segment, which Milvus Lite searches by a slow brute-force path, for sealed, indexed
-segments); at 10k entries that made each search request 4-6x faster here (docs/galleries.md).
+Writes: an add is one upsert of both rows of every entry and the version row, which Milvus
+applies at one timestamp, entirely or not at all, so no read sees half an entry or half a batch;
+by entry id it is idempotent (a retried batch replaces itself). A remove is one delete by filter.
+Reads: ``Session`` consistency once this client has written (it sees its own writes without a
+flush), ``Bounded`` before; ``len`` is ``Strong`` (an exact count across writers). No read
+flushes. Two-stage search is the default (``shortlist`` sized by the store) and costs three
+search requests: stage one and the two neighbour-list levels each return whole rows, which the
+search keeps, so it never fetches by id and never sees an entry vanish halfway.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import secrets
@@ -25,19 +35,24 @@ from typing import Any
 
 import numpy as np
 
+from ssft_deploy.affinity.common import SLACK, d_from_cos, unit
 from ssft_deploy.errors import GalleryError, InputError
-from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window
+from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window, fetch_ordered
 from ssft_deploy.gallery.binding import GalleryBinding
 from ssft_deploy.gallery.rwlock import ReadWriteLock
 from ssft_deploy.gallery.table import Entries
 
-FORMAT = "ssft-milvus/1"
+FORMAT = "ssft-milvus/2"
 INDEXES = {"flat": ("FLAT", {}), "ivf": ("IVF_FLAT", {"nlist": 1024}),
            "hnsw": ("HNSW", {"M": 16, "efConstruction": 128}), "auto": ("AUTOINDEX", {})}
-FIELDS = {"pids": "pid", "camids": "camid", "tracks": "track", "ids": "id", "ts": "ts",
-          "modality": "modality", "shared": "shared", "specific": "specific"}
+SELECT = {"pids": "pid", "camids": "camid", "ids": "eid"}  # remove()'s columns
 CHUNK = 1024          # queries / ids per request
 MAX_BATCH_BYTES = 48 << 20  # one upsert request stays under gRPC's 64 MiB message limit
+DEFAULT_SHORTLIST = 100     # two-stage search's M when the caller gives none (at least 4 x top)
+VERSION_KEY = "version"
+# a row's fields as searches return them: both features come in ``meta`` (base64), never as the
+# vector field, which Milvus 2.3 returns several times slower (and pymilvus parses as lists)
+_OUT = ["eid", "block", "pid", "camid", "track", "ts", "meta"]
 
 
 def connect(uri: str, token: str | None, timeout_s: float) -> Any:
@@ -76,8 +91,8 @@ class MilvusGallery(GalleryStore):
             raise InputError(f"unknown Milvus index {index!r}: use one of {', '.join(INDEXES)}")
         super().__init__(binding, uri)
         self.collection, self.nprobe = collection, int(nprobe)
-        self._unflushed = False
-        self._search = threading.local()  # rows fetched by this thread's current search
+        self._wrote = False  # Session reads once this client has written, Bounded before
+        self._search = threading.local()  # whole rows seen by this thread's current search
         self._rw = ReadWriteLock()  # searches share it, writes through this object exclude
         self.shortlist_nprobe = shortlist_nprobe or max(self.nprobe, int(np.ceil(
             SHORTLIST_PROBE_FRACTION * INDEXES["ivf"][1]["nlist"])))
@@ -97,34 +112,38 @@ class MilvusGallery(GalleryStore):
                                ) from exc
 
     # -- schema ----------------------------------------------------------------------------------
+    @property
+    def _width(self) -> int:
+        return max(self._binding.dims)
+
     def _create(self, index: str) -> None:
         from pymilvus import DataType
 
-        c, (ds, dp) = self._client, self._binding.dims
+        c = self._client
         schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("shared", DataType.FLOAT_VECTOR, dim=ds)
-        schema.add_field("specific", DataType.FLOAT_VECTOR, dim=dp)
-        for name in ("modality", "pid", "camid", "track"):
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
+        schema.add_field("vec", DataType.FLOAT_VECTOR, dim=self._width)
+        for name in ("eid", "block", "pid", "camid", "track"):
             schema.add_field(name, DataType.INT64)
         schema.add_field("ts", DataType.DOUBLE)
         schema.add_field("meta", DataType.JSON)
         kind, params = INDEXES[index]
         ip = c.prepare_index_params()
-        for field in ("shared", "specific"):
-            ip.add_index(field, index_type=kind, metric_type="COSINE", params=params)
+        ip.add_index("vec", index_type=kind, metric_type="COSINE", params=params)
         c.create_collection(self.collection, schema=schema, index_params=ip,
-                            consistency_level="Strong",
-                            properties={"ssft.format": FORMAT, "ssft.version": _token(),
+                            consistency_level="Bounded",
+                            properties={"ssft.format": FORMAT,
                                         "ssft.binding": json.dumps(self._binding.to_dict())})
-
-    def _properties(self) -> dict[str, str]:
-        return self._client.describe_collection(self.collection).get("properties") or {}
+        self._bump()
 
     def _check_collection(self) -> None:
-        props = self._properties()
+        props = self._client.describe_collection(self.collection).get("properties") or {}
         where = f"Milvus collection {self.collection} at {self.uri}"
         if props.get("ssft.format") != FORMAT or "ssft.binding" not in props:
+            found = props.get("ssft.format")
+            if found:
+                raise GalleryError(f"{where} holds format {found}, this ssft-deploy reads "
+                                   f"{FORMAT}: rebuild it, or use another collection name")
             raise GalleryError(f"{where} was not created by ssft-deploy ({FORMAT}); use another "
                                "collection name")
         try:
@@ -140,15 +159,16 @@ class MilvusGallery(GalleryStore):
         except Exception as exc:
             raise GalleryError(f"Milvus at {self.uri} failed to {what}: {exc}") from exc
 
+    def _level(self) -> str:
+        return "Session" if self._wrote else "Bounded"
+
     @contextlib.contextmanager
     def _pinned(self) -> Iterator[None]:
-        """One search: this client's writes flushed first (module docstring); rows fetched once
-        per search (a shortlist's neighbours are also the next level's entries). Writes through
-        this object wait until it ends (``self._rw``), so it reads one state throughout."""
+        """One search: every row a request returns is kept for the rest of it (stage one's
+        hits and the neighbour lists' hits are the next steps' entries). Writes through this
+        object wait until it ends (``self._rw``), so it reads one state throughout; writes by
+        other clients are not held back."""
         with self._rw.read():
-            if self._unflushed:
-                self._call("flush", self._client.flush, self.collection)
-                self._unflushed = False
             if getattr(self._search, "rows", None) is not None:
                 yield
                 return
@@ -158,17 +178,24 @@ class MilvusGallery(GalleryStore):
             finally:
                 self._search.rows = None
 
-    def _bump(self) -> None:
-        self._unflushed = True
-        self._call("record a new version", self._client.alter_collection_properties,
-                   self.collection, properties={"ssft.version": _token()})
+    def _bump(self, rows: list[dict] | None = None) -> Any:
+        """Upsert ``rows`` and a new version token in one request."""
+        version = {"pk": VERSION_KEY, "vec": np.eye(1, self._width, dtype=np.float32)[0],
+                   "eid": -1, "block": -1, "pid": -1, "camid": -1, "track": -1, "ts": 0.0,
+                   "meta": {"token": secrets.token_hex(8)}}
+        self._call("write a batch" if rows else "record a new version", self._client.upsert,
+                   self.collection, [*(rows or []), version])
+        self._wrote = True
 
     def _version(self) -> Hashable:
-        return self.uri, self.collection, self._properties().get("ssft.version")
+        rows = self._call("read the version", self._client.get, self.collection,
+                          ids=[VERSION_KEY], output_fields=["meta"],
+                          consistency_level=self._level())
+        return self.uri, self.collection, rows[0]["meta"]["token"] if rows else None
 
     def __len__(self) -> int:
-        res = self._call("count", self._client.query, self.collection, filter="",
-                         output_fields=["count(*)"])
+        res = self._call("count", self._client.query, self.collection, filter="block in [0, 1]",
+                         output_fields=["count(*)"], consistency_level="Strong")
         return int(res[0]["count(*)"])
 
     def _write(self, entries: Entries, assign_ids: bool) -> np.ndarray:
@@ -176,91 +203,175 @@ class MilvusGallery(GalleryStore):
         if assign_ids:  # random 63-bit ids: unique across writers without coordination
             entries.cols["ids"] = np.frombuffer(secrets.token_bytes(8 * n), np.uint64).astype(
                 np.int64) & np.int64(0x7FFF_FFFF_FFFF_FFFF)
-        size = entries.cols["shared"].nbytes + entries.cols["specific"].nbytes + 64 * n
+        c = entries.cols
+        size = 2 * (4 * self._width + (c["shared"].nbytes + c["specific"].nbytes) * 4 // 3
+                    // max(n, 1) + 200) * n  # per row: vec, both features in base64, the rest
         if size > MAX_BATCH_BYTES:
             raise InputError(f"a batch of {n} entries ({size >> 20} MiB) exceeds one Milvus "
                              f"request ({MAX_BATCH_BYTES >> 20} MiB): add it in smaller batches "
                              "(each batch is written all or nothing)")
-        c = entries.cols
-        rows = [{"id": int(c["ids"][i]), "shared": c["shared"][i], "specific": c["specific"][i],
-                 "modality": int(c["modality"][i]), "pid": int(c["pids"][i]),
-                 "camid": int(c["camids"][i]), "track": int(c["tracks"][i]),
-                 "ts": float(c["ts"][i]), "meta": {"v": entries.meta[i]}} for i in range(n)]
-        if rows:
+        if n:
+            rows = self._rows(entries)
             with self._rw.write():
-                self._call("write a batch", self._client.upsert, self.collection, rows)
-                self._bump()
+                self._bump(rows)
         return c["ids"].copy()
 
+    def _rows(self, entries: Entries) -> list[dict]:
+        c, w = entries.cols, self._width
+        vecs = {f: np.zeros((len(entries), w), np.float32) for f in ("shared", "specific")}
+        raw = {}
+        for f, v in vecs.items():
+            v[:, :c[f].shape[1]] = c[f]
+            raw[f] = [base64.b64encode(r.tobytes()).decode("ascii")
+                      for r in np.ascontiguousarray(c[f], np.float32)]
+        rows = []
+        for i in range(len(entries)):
+            common = {"eid": int(c["ids"][i]), "pid": int(c["pids"][i]),
+                      "camid": int(c["camids"][i]), "track": int(c["tracks"][i]),
+                      "ts": float(c["ts"][i]),
+                      "meta": {"v": entries.meta[i], "s": raw["shared"][i],
+                               "p": raw["specific"][i]}}
+            m = int(c["modality"][i])
+            rows.append({"pk": f"s:{common['eid']}", "vec": vecs["shared"][i], "block": m,
+                         **common})
+            rows.append({"pk": f"p:{common['eid']}", "vec": vecs["specific"][i], "block": 2 + m,
+                         **common})
+        return rows
+
     def _delete(self, sel: dict[str, np.ndarray]) -> int:
-        expr = " or ".join(f"{FIELDS[k]} in {v.tolist()}" for k, v in sel.items() if v.size)
+        expr = " or ".join(f"{SELECT[k]} in {v.tolist()}" for k, v in sel.items() if v.size)
         if not expr:
             return 0
         with self._rw.write():
-            hit = self._query(expr, ["id"])
-            if not hit:
-                return 0
-            ids = [r["id"] for r in hit]
-            for s in range(0, len(ids), CHUNK):
-                self._call("delete", self._client.delete, self.collection, ids=ids[s:s + CHUNK])
-            self._bump()
-        return len(ids)
-
-    def _query(self, expr: str, fields: list[str]) -> list[dict]:
-        it = self._call("query", self._client.query_iterator, self.collection, batch_size=4096,
-                        filter=expr, output_fields=fields)
-        rows: list[dict] = []
-        try:
-            while batch := self._call("query", it.next):
-                rows += batch
-        finally:
-            it.close()
-        return rows
+            res = self._call("delete", self._client.delete, self.collection,
+                             filter=f"block >= 0 and ({expr})")
+            self._bump()  # after the delete: no reader caches pre-delete rows under the new token
+        if isinstance(res, dict):
+            return int(res.get("delete_count", 0)) // 2
+        return sum(1 for pk in res if str(pk).startswith("s:"))
 
     def _select(self, modalities: tuple[int, ...], window: Window) -> tuple[Entries, Hashable]:
-        with self._rw.read():  # the query's batches and the version of one state
-            key = (self._version(), modalities, window)
-            return self._entries(self._query(_filter(modalities, window), _ALL)), key
+        with self._rw.read():  # the version and the query's batches of one state
+            return self._select_rows(modalities, window)
+
+    def _select_rows(self, modalities: tuple[int, ...], window: Window
+                     ) -> tuple[Entries, Hashable]:
+        key = (self._version(), modalities, window)  # first: the rows are at least as new
+        it = self._call("query", self._client.query_iterator, self.collection, batch_size=4096,
+                        filter=_filter(list(modalities), window), output_fields=_OUT,
+                        consistency_level=self._level())
+        rows: list[tuple] = []
+        try:
+            while batch := self._call("query", it.next):
+                rows += [self._parse(r) for r in batch]
+        finally:
+            it.close()
+        return self._entries(rows), key
 
     def _fetch(self, ids: np.ndarray) -> Entries:
         cache = getattr(self._search, "rows", None)
         ids = ids.tolist()
         todo = ids if cache is None else [i for i in ids if i not in cache]
-        rows: list[dict] = []
+        rows: list[tuple] = []
         with self._rw.read():
             for s in range(0, len(todo), CHUNK):
-                rows += self._call("fetch entries", self._client.get, self.collection,
-                                   ids=todo[s:s + CHUNK], output_fields=_ALL)
+                rows += [self._parse(r) for r in self._call(
+                    "fetch entries", self._client.get, self.collection,
+                    ids=[f"s:{i}" for i in todo[s:s + CHUNK]], output_fields=_OUT,
+                    consistency_level=self._level())]
         if cache is None:
             return self._entries(rows)
-        cache.update((r["id"], r) for r in rows)
+        cache.update((r[0], r) for r in rows)
         return self._entries([cache[i] for i in ids if i in cache])
 
     def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
              shortlist: bool = False) -> np.ndarray:
-        out = np.full((len(q), limit), -1, np.int64)
-        expr = _filter((modality,), window)
+        with self._rw.read():  # every chunk of queries against one state
+            return self._scored(q, field, modality, window, limit, shortlist)[0]
+
+    def _scored(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
+                shortlist: bool = False, rows: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Entry ids and cosines [nq, limit] (-1 / -inf where fewer); inside a search with
+        ``rows``, the hits' whole rows are kept for the rest of it."""
+        ids = np.full((len(q), limit), -1, np.int64)
+        cos = np.full((len(q), limit), -np.inf)
+        kind = 0 if field == "shared" else 2
+        cache = getattr(self._search, "rows", None) if rows else None
         params = {"metric_type": "COSINE", "params": {
             "nprobe": self.shortlist_nprobe if shortlist else self.nprobe,
             "ef": max(64, 8 * limit) if shortlist else 64}}
-        with self._rw.read():  # every chunk of queries against one state
-            for s in range(0, len(q), CHUNK):
-                res = self._call("search", self._client.search, self.collection,
-                                 data=list(q[s:s + CHUNK]), anns_field=field, filter=expr,
-                                 limit=limit, search_params=params, output_fields=[])
-                for i, hits in enumerate(res):
-                    found = [h["id"] for h in hits]
-                    out[s + i, :len(found)] = found
-        return out
+        data = np.zeros((len(q), self._width), np.float32)
+        data[:, :q.shape[1]] = q
+        for s in range(0, len(q), CHUNK):
+            res = self._call("search", self._client.search, self.collection,
+                             data=list(data[s:s + CHUNK]), anns_field="vec",
+                             filter=_filter([kind + modality], window), limit=limit,
+                             search_params=params, consistency_level=self._level(),
+                             output_fields=_OUT if cache is not None else ["eid"])
+            for i, hits in enumerate(res):
+                ids[s + i, :len(hits)] = [h["entity"]["eid"] for h in hits]
+                cos[s + i, :len(hits)] = [h["distance"] for h in hits]
+                if cache is not None:
+                    cache.update((r[0], r) for r in map(self._parse, (h["entity"] for h in hits))
+                                 if r[0] not in cache)
+        return ids, cos
 
-    def _entries(self, rows: list[dict]) -> Entries:
+    def neighbour_lists(self, entry_ids: np.ndarray, k: int, modalities: tuple[int, ...],
+                        window: Window, weights_only: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """As the base store's, without its per-version cache: reading the version would cost a
+        request of its own on every search, and under writers the cache rarely lives long.
+        ``weights_only`` (the outer level of a two-stage search, whose entries only contribute
+        their degree): weights from the server's float32 cosines, no rows returned."""
+        uniq, inv = np.unique(entry_ids, return_inverse=True)
+        if not len(uniq):
+            return np.zeros((0, 2 * k), np.int64), np.zeros((0, 2 * k), np.float32)
+        make = self._weights if weights_only else self._neighbour_lists
+        idx, w = make(uniq, k, modalities, window)
+        return idx[inv], w[inv]
+
+    def _weights(self, ids: np.ndarray, k: int, modalities: tuple[int, ...], window: Window
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        e = fetch_ordered(self, ids)
+        idx = np.repeat(ids[:, None], 2 * k, axis=1)
+        w = np.zeros((len(ids), 2 * k), np.float32)
+        for m in (0, 1):
+            rows = np.flatnonzero(e.cols["modality"] == m)
+            for half, (field, other) in enumerate((("specific", m), ("shared", 1 - m))):
+                if rows.size == 0 or other not in modalities:
+                    continue
+                cand, cos = self._scored(unit(e.cols[field][rows]), field, other, window,
+                                         k + SLACK, rows=False)
+                cos[cand == ids[rows, None]] = 1.0          # itself: exact, as refine finds it
+                d = np.where(cand >= 0, d_from_cos(cos), -np.inf)
+                order = np.lexsort((cand, -d), axis=1)[:, :k]   # refine's order: -d, entry id
+                cand, d = np.take_along_axis(cand, order, 1), np.take_along_axis(d, order, 1)
+                ok, kk = cand >= 0, order.shape[1]
+                idx[rows, half * k:half * k + kk] = np.where(ok, cand, ids[rows, None])
+                w[rows, half * k:half * k + kk] = np.where(ok, d, 0.0)
+        return idx, w
+
+    def default_shortlist(self, top: int) -> int | None:
+        return max(DEFAULT_SHORTLIST, 4 * top)
+
+    @staticmethod
+    def _parse(r: dict) -> tuple:
+        """A returned row as (eid, shared, specific, modality, pid, camid, track, ts, meta)."""
+        meta = r["meta"]
+        return (int(r["eid"]), np.frombuffer(base64.b64decode(meta["s"]), np.float32),
+                np.frombuffer(base64.b64decode(meta["p"]), np.float32), int(r["block"]) % 2,
+                int(r["pid"]), int(r["camid"]), int(r["track"]), float(r["ts"]), meta.get("v"))
+
+    def _entries(self, rows: list[tuple]) -> Entries:
         e = Entries.empty(*self._binding.dims)
         if not rows:
             return e
-        cols = {k: np.asarray([r[f] for r in rows], e.cols[k].dtype) for k, f in FIELDS.items()}
+        cols = list(zip(*rows))
+        names = ("ids", "shared", "specific", "modality", "pids", "camids", "tracks", "ts")
+        out = {n: np.asarray(v, e.cols[n].dtype) for n, v in zip(names, cols)}
         for k in ("shared", "specific"):
-            cols[k] = cols[k].reshape(len(rows), -1)
-        return Entries(cols, [(r.get("meta") or {}).get("v") for r in rows])
+            out[k] = out[k].reshape(len(rows), -1)
+        return Entries(out, list(cols[8]))
 
     def close(self) -> None:
         client, self._client = getattr(self, "_client", None), None
@@ -269,17 +380,10 @@ class MilvusGallery(GalleryStore):
                 client.close()
 
 
-_ALL = ["id", "shared", "specific", "modality", "pid", "camid", "track", "ts", "meta"]
-
-
-def _filter(modalities: tuple[int, ...], window: Window) -> str:
-    parts = [f"modality in {list(modalities)}"]
+def _filter(blocks: list[int], window: Window) -> str:
+    parts = [f"block in {blocks}"]
     if window[0] is not None:
         parts.append(f"ts >= {window[0]!r}")
     if window[1] is not None:
         parts.append(f"ts < {window[1]!r}")
     return " and ".join(parts)
-
-
-def _token() -> str:
-    return secrets.token_hex(8)

@@ -72,7 +72,7 @@ def _single_query(store: GalleryStore, q: Features, short: list[np.ndarray],
     s_all = np.unique(np.concatenate(short))
     s_idx, s_w = store.neighbour_lists(s_all, k, mods, window)
     b_all = np.setdiff1d(s_idx, s_all)
-    _, b_w = store.neighbour_lists(b_all, k, mods, window)
+    _, b_w = store.neighbour_lists(b_all, k, mods, window, weights_only=True)
     nodes = np.concatenate([s_all, b_all])
     order = np.argsort(nodes)
     nodes_sorted = nodes[order]

@@ -1,0 +1,318 @@
+"""The gallery stores side by side (issue 21): a real Milvus server (``.venv-milvus``, started
+here on loopback), Milvus Lite and the local store. Per store and size: add throughput (the
+first 10,000 entries in batches of 1000), p50 / p99 of single-query two-stage search
+(``--shortlist``, Eq. 22 with a stand-in W), stage one's recall against exact k-NN, memory; then
+3 writer processes + 1 searcher for ``--churn-s`` seconds against the server: failed writes,
+failed searches, final count against adds - removes.
+
+    python benchmarks/gallery_stores.py --out docs/results                   # 10k and 100k
+    python benchmarks/gallery_stores.py --sizes 10000 --stores server --churn-s 10
+
+Each (store, size) runs in its own process; the load average is recorded around every point
+(the machine may be shared: a point measured under load says so in ``loadavg_during``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import click
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import gallery_sweep
+from benchmarks.common import check_target, format_table, header, int_list, write_json
+from benchmarks.gallery_scale import TOP, _unit, rss_mib, scale_data, stand_in_sstn
+from ssft_deploy.errors import SSFTError
+from ssft_deploy.features import Features
+from ssft_deploy.gallery import open_gallery, twostage
+
+TIMED_ENTRIES, BATCH = 10_000, 1000
+TARGETS = {10_000: 150.0, 100_000: 250.0}  # p99 ms, real server, 512/512-d
+
+
+def open_store(store: str, n: int, ds: int, dp: int, where: Path, uri: str | None):
+    if store == "local":
+        return open_gallery(where / "g.gallery", (ds, dp))
+    if store == "lite":
+        return open_gallery(f"milvus:{where / 'g.db'}", (ds, dp),
+                            index="ivf" if n >= 50_000 else "flat")
+    return open_gallery(uri, (ds, dp), collection=f"bench{uuid.uuid4().hex[:12]}", index="ivf")
+
+
+def settle(g) -> float:
+    """Milvus: seal the loaded rows and (server) wait for their index (setup after the bulk
+    load, as a deployed gallery would be; never on the search path)."""
+    if not g.uri.startswith(("http", "milvus:")):
+        return 0.0
+    t0 = time.perf_counter()
+    g._client.flush(g.collection)
+    if not g.uri.startswith("http"):
+        return time.perf_counter() - t0
+    while True:
+        info = g._client.describe_index(g.collection, "vec")
+        if int(info.get("pending_index_rows", 0)) == 0 and int(info.get("indexed_rows", 0)) >= \
+                int(info.get("total_rows", 0)):
+            return time.perf_counter() - t0
+        time.sleep(1.0)
+
+
+def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: str | None) -> dict:
+    feats, pids, cams, q = scale_data(n, ds, dp, queries)
+    where = Path(tempfile.mkdtemp(prefix="ssft-stores-bench-"))
+    g = open_store(store, n, ds, dp, where, uri)
+    ids = np.arange(n)
+    timed = min(n, TIMED_ENTRIES)
+    t0 = time.perf_counter()
+    for s in range(0, timed, BATCH):
+        sl = ids[s:s + BATCH] if s + BATCH <= timed else ids[s:timed]
+        g.add(feats.take(sl), pids=pids[sl], camids=cams[sl], entry_ids=sl)
+    add_s = time.perf_counter() - t0
+    bulk = n if store == "local" else 2000             # the rest, untimed
+    for s in range(timed, n, bulk):
+        sl = ids[s:s + bulk]
+        g.add(feats.take(sl), pids=pids[sl], camids=cams[sl], entry_ids=sl)
+    load_s = time.perf_counter() - t0
+    settle_s = settle(g)
+    sstn = stand_in_sstn(ds, dp)
+    t0 = time.perf_counter()
+    g.search(q.take([0]), top=TOP, transfer=sstn, mode="single-query", shortlist=m)
+    first_s = time.perf_counter() - t0
+    lat, loads, in_requests = [], [], []
+    spent = [0.0]
+    if store != "local":                                 # time inside the client's requests
+        real = g._client.search
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t
+        g._client.search = timed
+    for i in range(queries):
+        spent[0] = 0.0
+        t0 = time.perf_counter()
+        g.search(q.take([i]), top=TOP, transfer=sstn, mode="single-query", shortlist=m)
+        lat.append(time.perf_counter() - t0)
+        in_requests.append(spent[0])
+        loads.append(os.getloadavg()[0])
+    got = twostage.shortlists(g, q, (0,), (None, None), m)
+    base, qs = _unit(feats.shared), _unit(q.shared)
+    exact, mth = gallery_sweep.exact_top(qs, base, m)
+    recall = gallery_sweep.recalls(np.stack(got), exact, mth, qs, base)
+    rss = rss_mib()
+    if store == "server":
+        g._client.drop_collection(g.collection)
+    g.close()
+    lat_ms = 1e3 * np.array(lat)
+    return {"store": store, "n": n, "dims": [ds, dp], "shortlist": m, "queries": queries,
+            "adds_per_s": timed / add_s, "add_batch": BATCH, "timed_entries": timed,
+            "load_s": load_s, "settle_s": settle_s, "first_search_s": first_s,
+            "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
+            "requests_p50_ms": 1e3 * float(np.percentile(in_requests, 50)),
+            "client_rss_mib": rss, "shortlist_recall": recall["recall_at_m"],
+            "loadavg": os.getloadavg(), "loadavg_during": [min(loads), max(loads)]}
+
+
+# -- churn: 3 writer processes + 1 searcher on the server -----------------------------------------
+def writer(uri: str, collection: str, wid: int, seconds: float, ds: int, dp: int) -> dict:
+    g = open_gallery(uri, (ds, dp), collection=collection)
+    rng = np.random.default_rng(wid)
+    adds = removes = failed = rounds = 0
+    errors: list[str] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        eids = wid * 10**9 + rounds * 100 + np.arange(100)
+        f = Features(rng.standard_normal((100, ds)), rng.standard_normal((100, dp)), 0)
+        try:
+            g.add(f, pids=eids % 500, camids=wid, entry_ids=eids)
+            adds += 100
+            if rounds % 3 == 2:
+                removes += g.remove(entry_ids=eids[:50])
+        except SSFTError as exc:                      # a failed write, counted
+            failed += 1
+            errors.append(str(exc)[:300])
+        rounds += 1
+    return {"adds": adds, "removes": removes, "failed_writes": failed, "rounds": rounds,
+            "errors": errors[:5]}
+
+
+def searcher(uri: str, collection: str, seconds: float, ds: int, dp: int, m: int) -> dict:
+    g = open_gallery(uri, (ds, dp), collection=collection)
+    sstn = stand_in_sstn(ds, dp)
+    rng = np.random.default_rng(99)
+    ok = failed = 0
+    lat: list[float] = []
+    errors: list[str] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        q = Features(rng.standard_normal((1, ds)), rng.standard_normal((1, dp)), 1)
+        t0 = time.perf_counter()
+        try:
+            g.search(q, top=TOP, transfer=sstn, mode="single-query", shortlist=m)
+            ok += 1
+            lat.append(time.perf_counter() - t0)
+        except SSFTError as exc:                      # a failed search, counted
+            failed += 1
+            errors.append(str(exc)[:300])
+    lat_ms = 1e3 * np.array(lat or [np.nan])
+    return {"searches": ok, "failed_searches": failed,
+            "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)), "errors": errors[:5]}
+
+
+def churn(uri: str, seconds: float, ds: int, dp: int, m: int, prefill: int) -> dict:
+    collection = f"churn{uuid.uuid4().hex[:12]}"
+    g = open_gallery(uri, (ds, dp), collection=collection, index="ivf")
+    feats, pids, cams, _ = scale_data(prefill, ds, dp, 1, seed=7)
+    for s in range(0, prefill, 2000):
+        sl = np.arange(s, min(prefill, s + 2000))
+        g.add(feats.take(sl), pids=pids[sl], camids=cams[sl], entry_ids=sl)
+    settle(g)
+    base = [sys.executable, __file__, "--dims", f"{ds},{dp}", "--shortlist", str(m), "--uri", uri]
+    procs = [subprocess.Popen(base + ["--role", f"writer:{collection}:{w}:{seconds}"],
+                              stdout=subprocess.PIPE, text=True) for w in (1, 2, 3)]
+    procs.append(subprocess.Popen(base + ["--role", f"searcher:{collection}:0:{seconds}"],
+                                  stdout=subprocess.PIPE, text=True))
+    loads = []
+    while any(p.poll() is None for p in procs):
+        loads.append(os.getloadavg()[0])
+        time.sleep(1.0)
+    outs = [json.loads(p.stdout.read().strip().splitlines()[-1]) for p in procs]
+    writers, search = outs[:3], outs[3]
+    adds, removes = sum(w["adds"] for w in writers), sum(w["removes"] for w in writers)
+    final = len(g)
+    g._client.drop_collection(collection)
+    g.close()
+    return {"seconds": seconds, "prefill": prefill, "writers": writers, "searcher": search,
+            "adds": adds, "removes": removes, "final_count": final,
+            "expected_count": prefill + adds - removes,
+            "failed_writes": sum(w["failed_writes"] for w in writers),
+            "failed_searches": search["failed_searches"],
+            "loadavg_during": [min(loads or [0]), max(loads or [0])]}
+
+
+def server_usage(srv) -> dict:
+    rss = 0
+    for pid in srv.pids():
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1])
+        except OSError:
+            pass
+    return {"server_rss_mib": rss / 1024}
+
+
+@click.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench"),
+              show_default=True)
+@click.option("--sizes", default="10000,100000", callback=int_list, show_default=True)
+@click.option("--stores", default="server,lite,local", show_default=True)
+@click.option("--dims", default="512,512", callback=int_list, show_default=True)
+@click.option("--queries", default=50, show_default=True, help="single queries per point")
+@click.option("--shortlist", "m", default=100, show_default=True)
+@click.option("--churn-s", default=30.0, show_default=True,
+              help="seconds of 3 writers + 1 searcher on the server (0: none)")
+@click.option("--churn-prefill", default=5000, show_default=True)
+@click.option("--merge", is_flag=True, help="keep the points of other sizes already in the JSON")
+@click.option("--point", default=None, hidden=True, help="STORE:N (internal)")
+@click.option("--uri", default=None, hidden=True)
+@click.option("--role", default=None, hidden=True, help="writer|searcher:COLL:ID:S (internal)")
+def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, merge, point, uri, role):
+    """Stores side by side: add throughput, two-stage latency, churn (JSON)."""
+    ds, dp = dims
+    if role:
+        kind, coll, wid, secs = role.split(":")
+        res = writer(uri, coll, int(wid), float(secs), ds, dp) if kind == "writer" else \
+            searcher(uri, coll, float(secs), ds, dp, m)
+        click.echo(json.dumps(res))
+        return
+    if point:
+        store, n = point.split(":")
+        click.echo(json.dumps(run_point(store, int(n), ds, dp, queries, m, uri)))
+        return
+    from ssft_deploy.gallery.milvus_server import MilvusServerProcess
+
+    stores = stores.split(",")
+    res = {**header("gallery_stores"), "loadavg_start": os.getloadavg(), "points": []}
+    srv = MilvusServerProcess().start() if "server" in stores else None
+    try:
+        if srv:
+            res["server"] = {"version": "2.3.5 (PyPI milvus, standalone)",
+                             "start_s": srv.started_s, **server_usage(srv)}
+            time.sleep(10)
+            res["server"]["idle"] = server_usage(srv)
+        for n in sizes:
+            for store in stores:
+                cmd = [sys.executable, __file__, "--point", f"{store}:{n}", "--dims", f"{ds},{dp}",
+                       "--shortlist", str(m), "--queries", str(queries)] + \
+                      (["--uri", srv.uri] if srv else [])
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if proc.returncode:
+                    res["points"].append({"store": store, "n": n, "error": proc.stderr[-2000:]})
+                    click.echo(f"{store} {n}: failed: {proc.stderr[-800:]}", err=True)
+                    continue
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                if srv:
+                    row.update(server_usage(srv))
+                res["points"].append(row)
+                click.echo(f"{store:7s} n={n:>7d}  adds {row['adds_per_s']:8.0f}/s  p50 "
+                           f"{row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  recall@{m} "
+                           f"{row['shortlist_recall']:.3f}  load {row['loadavg_during']}")
+        if srv and churn_s > 0:
+            res["churn"] = churn(srv.uri, churn_s, ds, dp, m, churn_prefill)
+            c = res["churn"]
+            click.echo(f"churn {churn_s:.0f} s: adds {c['adds']} removes {c['removes']} final "
+                       f"{c['final_count']} (expected {c['expected_count']}) failed writes "
+                       f"{c['failed_writes']} failed searches {c['failed_searches']} of "
+                       f"{c['searcher']['searches']}")
+    finally:
+        if srv:
+            srv.stop()
+    res["targets"] = targets(res)
+    res["loadavg_end"] = os.getloadavg()
+    click.echo(format_table(["target", "value", "goal", "note"],
+                            [[t["target"], t["value"], t["goal"], t["note"]]
+                             for t in res["targets"]]))
+    if merge and (out / "gallery_stores.json").exists():  # keep the other sizes' points
+        old = json.loads((out / "gallery_stores.json").read_text())
+        mine = {(r["store"], r["n"]) for r in res["points"]}
+        res["points"] = [r for r in old["points"] if (r["store"], r["n"]) not in mine] + \
+            res["points"]
+        res["earlier_runs"] = old.get("earlier_runs", []) + [
+            {k: old.get(k) for k in ("created", "loadavg_start", "loadavg_end", "server")}]
+        res.setdefault("churn", old.get("churn"))
+        res["targets"] = targets(res)
+    write_json(out / "gallery_stores.json", res)
+    click.echo(f"wrote {out / 'gallery_stores.json'}")
+
+
+def targets(res: dict) -> list[dict]:
+    out = []
+    for r in res["points"]:
+        if r["store"] == "server" and "error" not in r:
+            if r["n"] in TARGETS:
+                out.append(check_target(f"server p99 at {r['n']} (ms)", r["p99_ms"],
+                                        TARGETS[r["n"]], higher_is_better=False))
+            out.append(check_target(f"server adds/s at {r['n']} (batches of {BATCH})",
+                                    r["adds_per_s"], 10_000))
+    c = res.get("churn")
+    if c:
+        out.append(check_target("churn failed writes + searches", c["failed_writes"] +
+                                c["failed_searches"], 0, higher_is_better=False, unit=""))
+        out.append(check_target("churn final count - expected", abs(c["final_count"] -
+                                c["expected_count"]), 0, higher_is_better=False, unit=""))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The Milvus store's protocol (issue 21), counted on a client stub over Milvus Lite and checked
+on the session's real server: a two-stage search is three search requests and nothing else,
+writes never alter the collection or flush, a client reads its own writes at once, and a search
+survives entries removed while it runs."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from ssft_deploy.gallery import Gallery, open_gallery
+from tests.test_gallery import people
+
+pytest.importorskip("faiss", reason="the reference store's k-NN needs faiss (pip install faiss-cpu)")
+pytest.importorskip("pymilvus", reason="Milvus needs pip install 'pymilvus[milvus-lite]'")
+DIMS = (12, 8)
+KINDS = ["lite", pytest.param("server", marks=pytest.mark.milvus_server)]
+
+
+class Counting:
+    """The pymilvus client, every method call recorded by name (``hook``: runs after one)."""
+
+    def __init__(self, client):
+        self._real, self.calls, self.hook = client, [], None
+
+    def __getattr__(self, name):
+        fn = getattr(self._real, name)
+        if not callable(fn):
+            return fn
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            out = fn(*args, **kwargs)
+            if self.hook:
+                self.hook(name, kwargs)
+            return out
+        return call
+
+
+@pytest.fixture(params=KINDS)
+def opened(request, tmp_path):
+    """Open (another handle on) one fresh collection: ``opened()``."""
+    if request.param == "server":
+        uri = request.getfixturevalue("milvus_server").uri
+        name = f"t{uuid.uuid4().hex[:16]}"
+        handles = []
+
+        def make():
+            handles.append(open_gallery(uri, DIMS, collection=name))
+            return handles[-1]
+        yield make
+        handles[0]._client.drop_collection(name)
+        for h in handles:
+            h.close()
+    else:
+        handles = []
+
+        def make():
+            handles.append(open_gallery(f"milvus:{tmp_path / 'g.db'}", DIMS))
+            return handles[-1]
+        yield make
+        for h in handles:
+            h.close()
+
+
+def fill(g, n=160):
+    """n RGB entries (more than the default shortlist of 100) and 10 IR ones."""
+    pids = np.arange(n) % 40
+    g.add(people(pids, "rgb", seed=0, noise=0.5), pids=pids, camids=pids % 3,
+          entry_ids=np.arange(n))
+    g.add(people(np.arange(10), "ir", seed=1, noise=0.5), pids=np.arange(10), camids=3,
+          entry_ids=np.arange(1000, 1010))
+    return g
+
+
+def counted(g):
+    g._client = Counting(g._client)
+    return g._client
+
+
+def test_two_stage_search_is_three_requests(opened):
+    from benchmarks.gallery_scale import stand_in_sstn
+
+    g = fill(opened())
+    ref = fill(Gallery(*DIMS))
+    client = counted(g)
+    sstn = stand_in_sstn(*DIMS)
+    q = people([3], "ir", seed=2, noise=0.5)
+    got = g.search(q, top=5, transfer=sstn, mode="single-query")     # two-stage by default
+    # stage one, the shortlist's neighbour lists, their neighbours' lists: no get, no flush,
+    # no describe, no version read, no stream of the collection
+    assert client.calls == ["search"] * 3
+    want = ref.search(q, top=5, transfer=sstn, mode="single-query", shortlist=100)
+    np.testing.assert_array_equal(got[0].entry_ids, want[0].entry_ids)
+    np.testing.assert_allclose(got[0].distances, want[0].distances, atol=1e-5)
+    client.calls.clear()
+    g.search(q, top=5, mode="shared")
+    assert client.calls == ["search"]
+
+
+def test_writes_never_alter_or_flush_and_are_read_at_once(opened):
+    g = fill(opened())
+    client = counted(g)
+    v = g.version
+    g.add(people([7], "ir", seed=3), pids=[77], camids=4, entry_ids=[500])
+    hit = g.search(people([7], "rgb", seed=3), top=1, mode="shared")[0]
+    assert hit.entry_ids.tolist() == [500]                # this client's write, no flush
+    assert g.version != v
+    v = g.version
+    assert g.remove(pids=[77, 1]) == 1 + 4 + 1               # 77, four RGB and one IR pid 1
+    assert g.version != v and len(g) == 160 + 10 + 1 - 6
+    assert "flush" not in client.calls and "alter_collection_properties" not in client.calls
+    assert client.calls.count("upsert") == 2 and client.calls.count("delete") == 1
+    again = g.search(people([7], "rgb", seed=3), top=1, mode="shared")[0]
+    assert 500 not in again.entry_ids.tolist()
+
+
+def test_entries_removed_during_a_search_fail_nothing(opened):
+    """Another client removes stage one's best entries between stage one and the neighbour
+    lists: the search still answers (its rows came whole with stage one's hits)."""
+    from benchmarks.gallery_scale import stand_in_sstn
+
+    g, other = fill(opened()), opened()
+    client = counted(g)
+    q = people([3], "ir", seed=2, noise=0.5)
+    first = g.search(q, top=3, mode="shared")[0].entry_ids.tolist()
+
+    def remove_after_stage_one(name, kwargs):
+        if name == "search" and client.calls.count("search") == 1:
+            other.remove(entry_ids=first)
+    client.hook = remove_after_stage_one
+    client.calls.clear()
+    res = g.search(q, top=10, transfer=stand_in_sstn(*DIMS), mode="single-query")[0]
+    assert client.calls == ["search"] * 3 and len(res.entry_ids)
+    client.hook = None
+    after = g.search(q, top=10, mode="shared")[0].entry_ids.tolist()
+    assert not set(first) & set(after)                    # the removal landed
