@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssft_deploy.features import Features
+from tests.test_gallery_stageone import scattered  # RGB entries, IR queries from other cameras
 
 pytest.importorskip("faiss", reason="the gallery's k-NN needs faiss (pip install faiss-cpu)")
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,22 +47,6 @@ def busy_threads(*jobs):
             t.join()
         sys.setswitchinterval(old)
     assert not errors, errors
-
-
-def scattered(n_ids=400, per_id=5, queries=40, d=32, seed=0):
-    """RGB gallery and IR queries from other cameras (as tests/test_gallery_stageone.py): IVF's
-    cells say little about a query's neighbours, so stage one needs its wide probe."""
-    rng = np.random.default_rng(seed)
-    centres, cams = rng.standard_normal((n_ids, d)), rng.standard_normal((4, d))
-    pids = np.arange(n_ids * per_id) % n_ids
-    g = centres[pids] + cams[rng.integers(0, 2, len(pids))] + 0.8 * rng.standard_normal(
-        (len(pids), d))
-    qp = rng.integers(0, n_ids, queries)
-    q = centres[qp] + cams[rng.integers(2, 4, queries)] + 0.8 * rng.standard_normal((queries, d))
-    gallery = Features(g.astype(np.float32), rng.standard_normal((len(pids), 8)).astype(
-        np.float32), 0)
-    query = Features(q.astype(np.float32), rng.standard_normal((queries, 8)).astype(np.float32), 1)
-    return gallery, pids, query
 
 
 def recall_at(found, gallery, query, m):
