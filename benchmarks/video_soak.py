@@ -68,7 +68,7 @@ class StallingCamera:
         return self.every_s - t if t >= start else 0.0
 
     def open(self):
-        from ssft_deploy.video.sources import open_source
+        from ssft_deploy.video.captures import open_source
 
         wait = self.stalled_for()
         if wait:

@@ -8,7 +8,7 @@ import numpy as np
 
 from ssft_deploy.frames import Stretch, to_uint8
 from ssft_deploy.video import CameraSpec, PipelineConfig, VideoPipeline
-from ssft_deploy.video.sources import ImageSequence
+from ssft_deploy.video.captures import ImageSequence
 
 
 def _walker(n: int, h: int = 96, w: int = 160) -> list[np.ndarray]:
