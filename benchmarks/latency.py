@@ -43,6 +43,7 @@ from benchmarks.latency_report import (
     print_report,
     summarize_slices,
     targets,
+    targets_judged,
 )
 from benchmarks.workers import interleaved_rounds, start_workers
 
@@ -264,6 +265,7 @@ def main(ctx, bundle, checkpoint, arch, size, seed, batch_sizes, modality, backe
                    "process_per_variant": True},
         "notes": notes, "models": models, "transfer": transfer, "autoselect": auto,
         "targets": tgt,
+        "targets_judged": targets_judged(models),
         "summary": {"reference_batch": ref,
                     "throughput": {r["name"]: round(r["throughput"], 2)
                                    for r in bundle_model["results"] if r["batch"] == ref},

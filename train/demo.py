@@ -25,7 +25,10 @@ PY = sys.executable
 # seed's cameras), and a test split whose RGB cells hold 13-42 images as on the real split.
 DATA_ARGS = ["--ids", "300,20,64", "--per-cam", "2,4", "--test-per-cam", "13,42",
              "--vary-train-cameras"]
-EVAL_ARGS = ["--dataset", "sysu", "--mode", "all", "--shots", "1"]
+# single-query (Eq. 22) transfers each query on its own: ~100 s of the demo's 10-minute budget per
+# evaluation on 2 cores, so the demo scores transfer and shared-only (`ssft-eval` does all three).
+EVAL_ARGS = ["--dataset", "sysu", "--mode", "all", "--shots", "1",
+             "--settings", "transfer,shared-only"]
 
 
 def _children_cpu() -> float:
@@ -33,9 +36,9 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _run(title: str, args: list[str], log: Path) -> tuple[float, float]:
-    """Run one step, tee its output to ``log`` and stop the demo if it fails; returns its wall
-    and CPU seconds (CPU seconds / cores estimates the wall time on an idle machine)."""
+def _run(title: str, args: list[str], log: Path) -> tuple[float, float, int]:
+    """Run one step and tee its output to ``log``; returns its wall and CPU seconds (CPU
+    seconds / cores estimates the wall time on an idle machine) and its exit status."""
     click.secho(f"\n== {title}", bold=True)
     click.echo("$ " + " ".join(str(a) for a in args))
     t0, cpu0 = time.perf_counter(), _children_cpu()
@@ -51,10 +54,8 @@ def _run(title: str, args: list[str], log: Path) -> tuple[float, float]:
                 sys.stdout.write(line)
         proc.wait()
     dt, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
-    if proc.returncode != 0:
-        raise click.ClickException(f"step '{title}' failed (exit {proc.returncode}); log: {log}")
     click.echo(f"   ({dt:.1f} s, {cpu:.1f} CPU s, load average {os.getloadavg()[0]:.2f})")
-    return dt, cpu
+    return dt, cpu, proc.returncode
 
 
 def _gate_failed_only(bundle: Path, log: Path) -> bool:
@@ -88,7 +89,10 @@ def main(out_dir: str, config: str, force: bool, trials: int) -> None:
         if done.exists() and not force:
             click.echo(f"\n== {name}: {done} exists, skipped (--force redoes it)")
             return
-        times[name], cpu[name] = _run(name, args, logs / f"{name}.log")
+        times[name], cpu[name], rc = _run(name, args, logs / f"{name}.log")
+        if rc != 0:   # timed all the same: the export of a gate failure counts in the budget
+            raise click.ClickException(f"step '{name}' failed (exit {rc}); log: "
+                                       f"{logs / f'{name}.log'}")
 
     step("data", data / "exp" / "test_id.txt",
          [PY, "-m", "ssft_deploy.datasets.synthetic", "--root", data, *DATA_ARGS])
