@@ -39,9 +39,13 @@ from examples.scenes import KINDS, Scene, make_scene
 TARGET_TRACKS_PER_PERSON = 1.3
 # ByteTrack grid: (activation threshold, minimum matching threshold, lost frames)
 GRID = list(itertools.product((0.25, 0.5), (0.8, 0.9), (10, 30)))
-STITCH = [{"window": 0}, {"window": 10}, {"window": 20}, {"window": 40},
-          {"window": 20, "min_cosine": 0.8}, {"window": 20, "min_cosine": 0.95},
-          {"window": 20, "max_distance": 0.75}]
+# pipeline settings: lost_frames (the tracker's and the tracklets'), then StitchConfig fields
+STITCH = ([{"lost_frames": 30, "window": 0}]
+          + [{"lost_frames": 30, "window": w, "min_cosine": c}
+             for w in (10, 20, 40) for c in (0.6, 0.75, 0.9)]
+          + [{"lost_frames": 30, "window": 20, "min_cosine": 0.75, "max_distance": 0.75},
+             {"lost_frames": 10, "window": 0}]
+          + [{"lost_frames": 10, "window": w, "min_cosine": 0.75} for w in (20, 40)])
 
 
 class Frames:
@@ -144,7 +148,9 @@ def stitch_run(rt, name: str, pair: tuple[Scene, Scene], stitch: dict, tmp: Path
 
     cams = [CameraSpec(sc.modality, sc.modality, sc.modality) for sc in pair]
     dets = {sc.modality: detector(name)[0] for sc in pair}
-    cfg = PipelineConfig(every=3, stitch=StitchConfig(**stitch))
+    opts = dict(stitch)
+    cfg = PipelineConfig(every=3, lost_frames=opts.pop("lost_frames", 30),
+                         stitch=StitchConfig(**opts))
     out = tmp / f"{pair[0].kind}_{len(list(tmp.iterdir()))}"
     pipe = VideoPipeline(rt, cams, dets, out=str(out), config=cfg, annotate=False,
                          pictures=False, open_fns={sc.modality: (lambda f=sc.frames: Frames(f))

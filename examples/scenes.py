@@ -8,7 +8,9 @@ Scenes (``KINDS``), each a few seconds at 10 frames/s after ``lead_in`` empty fr
 - ``still``: one person walks in, stands still for 5 s and walks on while another passes in
   front (a background-subtraction detector loses the one standing);
 - ``reenter``: one person walks out of view to the right, stays out for 3.5 s and comes back
-  the same way, while another walks slowly across.
+  the same way, while another walks slowly across;
+- ``handover``: the same, but a different person comes in where the first went out (what
+  stitching must not join).
 
 People are the synthetic identities of ``ssft_deploy.datasets.persons`` (the crops pasted as in
 ``make_video.py``, the nearer person, lower in the frame, last). Truth per frame: the pasted
@@ -29,7 +31,7 @@ import numpy as np
 
 from ssft_deploy.datasets.persons import make_camera, make_identity, render
 
-KINDS = ("cross", "still", "reenter")
+KINDS = ("cross", "still", "reenter", "handover")
 SIZE = (320, 176)           # frame width, height
 CROP = (96, 40)             # person height, width
 MIN_VISIBLE = 8             # px of width in view for a truth box
@@ -41,6 +43,8 @@ PATHS = {
               2: (60, [(20, 275), (80, 5)])},
     "reenter": {1: (30, [(0, 120), (30, 330), (65, 330), (95, 150)]),
                 2: (60, [(0, 5), (95, 110)])},
+    "handover": {1: (30, [(0, 120), (30, 330)]), 3: (40, [(65, 330), (95, 150)]),
+                 2: (60, [(0, 5), (95, 110)])},
 }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks.tracking_eval import iou_xywh
-from examples.scenes import KINDS, MIN_VISIBLE, SIZE, make_scene
+from examples.scenes import CROP, KINDS, MIN_VISIBLE, SIZE, make_scene
 
 
 @pytest.fixture(scope="module", params=[(k, m) for k in KINDS for m in ("rgb", "ir")],
@@ -41,9 +41,11 @@ def test_truth_matches_the_pixels(scene):
         for _, (x, y, bw, bh) in rows:
             assert 0 <= x and x + bw <= w and 0 <= y and y + bh <= h and bw >= MIN_VISIBLE
             mask[y:y + bh, x:x + bw] = True
-        diff = np.abs(frame - empty).max(axis=2)
-        assert np.median(diff[mask]) > 12            # someone is drawn in every truth box
-        assert np.percentile(diff[~mask], 99) < 20    # and nobody outside them (noise only)
+        diff = np.abs(frame - empty).max(axis=2) > 25   # noise alone stays under 17
+        for _, (x, y, bw, bh) in rows:
+            if bw == CROP[1]:                             # wholly in view: a body is drawn
+                assert diff[y:y + bh, x:x + bw].mean() > 0.2, (f, rows)
+        assert not diff[~mask].any(), f                   # nobody outside the boxes
 
 
 def test_scenes_are_deterministic():
@@ -64,3 +66,6 @@ def test_each_scene_does_what_it_says():
     (_, e0), (s1, _) = spans(reenter, reenter.people()[0])
     assert s1 - e0 > 31                               # longer out of view than lost_frames
     assert len(spans(reenter, reenter.people()[1])) == 1
+    hand = make_scene("handover")
+    first, _, second = (spans(hand, p) for p in hand.people())
+    assert len(first) == len(second) == 1 and second[0][0] - first[0][1] > 31

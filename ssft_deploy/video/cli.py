@@ -67,7 +67,7 @@ def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[
 @click.option("--stitch-window", default=20, show_default=True, type=click.IntRange(0),
               help="frames an ended track is held for a successor of the same person to be "
                    "joined to it (appearance stitching; adds this latency; 0: off)")
-@click.option("--stitch-cosine", default=0.9, show_default=True, type=click.FloatRange(-1, 1),
+@click.option("--stitch-cosine", default=0.75, show_default=True, type=click.FloatRange(-1, 1),
               help="feature cosine above which two tracks of one camera may be joined")
 @click.option("--gallery-max-size", default=DEFAULT_MAX_SIZE, show_default=True,
               type=click.IntRange(1), help="gallery entries kept (one per gallery-modality "

@@ -209,25 +209,6 @@ class VideoPipeline(AssociationStage):
                 + [t for cam in self.cameras for t, _ in list(cam.stitcher.held)]
                 + list(self._in_flight.values()))
 
-    def _ended_many(self, done: tuple[list[Tracklet], list[Tracklet]]) -> None:
-        """The stitcher's verdict: tracklets to associate, and tracklets joined into another
-        (recorded, never associated: their samples went with them)."""
-        emit, joined = done
-        for t in joined:
-            self._end(t, queue_it=False)
-            self._record(t, f"joined into track {t.joined_into}")
-        for t in emit:
-            self._end(t)
-
-    def _end(self, t: Tracklet, queue_it: bool = True) -> None:
-        self._guessed.pop((t.camera, t.track), None)
-        if self.output is not None:
-            self.output.labels.pop((t.camera, t.track), None)
-        if not queue_it:
-            return
-        self._in_flight[id(t)] = t
-        self._ended.put(t)
-
     def _work(self, cam: _Camera, bar) -> None:
         failures = 0        # frames in a row that failed
         try:

@@ -36,9 +36,9 @@ class StitchConfig:
     feature yet (the camera's worker waits)."""
 
     window: int = 20
-    max_gap: int = 50
+    max_gap: int = 60
     max_distance: float = 1.5
-    min_cosine: float = 0.9
+    min_cosine: float = 0.75
     wait_s: float = 1.0       # at most this long for a candidate's first feature to arrive
 
     def __post_init__(self) -> None:
@@ -143,7 +143,7 @@ class Stitcher:
         if not due:
             return [], []
         self.held = [(t, d) for t, d in self.held if d > steps]
-        return self._decide(due, [*live, *(t for t, _ in self.held)])
+        return self._decide(due, [*live, *(t for t, _ in self.held), *due])
 
     def flush(self, ended: Iterable[Tracklet]) -> tuple[list[Tracklet], list[Tracklet]]:
         """The camera stopped: decide every held and newly ended tracklet now."""
