@@ -4,14 +4,15 @@ per true person per detector and ByteTrack setting, and appearance stitching bef
     python benchmarks/tracking_quality.py [--detector motion --detector ssdlite]
         [--bundle runs/demo/bundle] [--out docs/results/tracking_quality.json]
 
-``tracking``: each scene (``cross``, ``still``, ``reenter``; RGB and IR renders) goes through the
+``tracking``: each scene (``cross``, ``still``, ``reenter``, ``handover``; RGB and IR renders) goes through the
 detector and ``ByteTracker`` alone, for every setting in the grid (activation threshold, match
 threshold, lost frames); metrics by TrackEval (``benchmarks/tracking_eval.py`` says why).
 
 ``stitching``: each scene's RGB and IR renders go, as two cameras, through the whole
 ``VideoPipeline`` (ReID on the bundle's extractor) for every stitch setting; "before" is the
 pipeline's own tracks (``NAME.mot.txt``), "after" the same boxes with the joined tracks relabelled
-as ``tracks.json`` records them; ``pairs`` lists every (ended, later) pair of tracks within the
+as ``tracks.json`` records them; ``joins`` counts the joins of two tracks of one true person
+(right) and of two people (wrong: tracks per person can still fall, IDF1 shows it); ``pairs`` lists every (ended, later) pair of tracks within the
 time gap with its distance, cosine and whether it is one true person, from which the thresholds
 were chosen. A detector ``make_detector`` does not know is reported ``unavailable`` with the
 reason. Without ``--bundle`` (and no ``runs/demo/bundle``) an untrained demo-size bundle is
@@ -22,6 +23,8 @@ what the mechanism does with a weak appearance model).
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -46,6 +49,9 @@ STITCH = ([{"lost_frames": 30, "window": 0}]
           + [{"lost_frames": 30, "window": 20, "min_cosine": 0.75, "max_distance": 0.75},
              {"lost_frames": 10, "window": 0}]
           + [{"lost_frames": 10, "window": w, "min_cosine": 0.75} for w in (20, 40)])
+
+
+DEFAULT = {"lost_frames": 30, "window": 20, "min_cosine": 0.75}   # PipelineConfig's defaults
 
 
 class Frames:
@@ -172,14 +178,18 @@ def stitch_run(rt, name: str, pair: tuple[Scene, Scene], stitch: dict, tmp: Path
                 same = owner.get(p["end"]) is not None and owner.get(p["end"]) == \
                     owner.get(p["start"])
                 res["pairs"].append({**p, "same_person": same})
-        res["joins"] += [{"camera": t["camera"], "track": t["track"], "joined": t["joined"]}
-                         for t in summary["tracks"] if t["joined"] and t["camera"] == sc.modality]
+        # a join is right when the tracks it joins belonged to one true person before it
+        res["joins"] += [{"camera": t["camera"], "track": t["track"], "joined": j,
+                          "same_person": owner.get(j) is not None
+                          and owner.get(j) == owner.get(t["track"])}
+                         for t in summary["tracks"] if t["camera"] == sc.modality
+                         for j in t["joined"]]
     return res
 
 
 def _brief(m: dict) -> dict:
     return {k: m[k] for k in ("HOTA", "IDF1", "MOTA", "IDSW", "tracks", "false_tracks",
-                              "tracks_per_person", "per_person")}
+                              "people", "people_tracked", "tracks_per_person", "per_person")}
 
 
 def stitching(detectors: list[str], scenes: list[Scene], bundle: Path) -> list[dict]:
@@ -202,9 +212,14 @@ def stitching(detectors: list[str], scenes: list[Scene], bundle: Path) -> list[d
                 idf1 = {side: round(float(np.mean([r[m][side]["IDF1"] for r in runs.values()
                                                    for m in ("rgb", "ir")])), 4)
                         for side in ("before", "after")}
+                joins = [j for r in runs.values() for j in r["joins"]]
                 rows.append({"detector": name, "stitch": stitch,
                              "tracks_per_person": tpp, "IDF1": idf1,
-                             "target_met": tpp["after"] <= TARGET_TRACKS_PER_PERSON,
+                             "joins": {"right": sum(j["same_person"] for j in joins),
+                                       "wrong": sum(not j["same_person"] for j in joins)},
+                             # a wrong join can lower tracks per person too: it must not count
+                             "target_met": tpp["after"] <= TARGET_TRACKS_PER_PERSON
+                             and not any(not j["same_person"] for j in joins),
                              "runs": runs})
     return rows
 
@@ -227,22 +242,28 @@ def main(detectors, bundle, seed, out) -> None:
         bundle = demo if demo.exists() else demo_bundle(Path("runs/demo/bench/soak_bundle"))
     head = header("tracking_quality")
     scenes = [make_scene(k, m, seed) for k in KINDS for m in ("rgb", "ir")]
+    model = json.loads((bundle / "manifest.json").read_text()).get("model", {})
     result = {**head, "bundle": str(bundle), "seed": seed, "evaluator": "trackeval",
+              "bundle_model": {k: model.get(k) for k in ("arch", "input_size", "trained_on",
+                                                         "shared_dim", "specific_dim")},
               "target_tracks_per_person": TARGET_TRACKS_PER_PERSON,
               "scenes": {f"{s.kind}_{s.modality}": {"frames": len(s.frames),
                                                     "people": s.people()} for s in scenes},
               "tracking": tracking(list(detectors), scenes),
               "stitching": stitching(list(detectors), scenes, bundle)}
-    import os
-
     result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    result["default"] = next(({"detector": r["detector"], "stitch": r["stitch"],
+                               "tracks_per_person": r["tracks_per_person"], "IDF1": r["IDF1"],
+                               "joins": r["joins"],
+                               "target_met": r["target_met"]}
+                              for r in result["stitching"] if r.get("stitch") == DEFAULT), None)
     write_json(out, result)
     for r in result["stitching"]:
         if "unavailable" in r:
             click.echo(f"{r['detector']}: unavailable ({r['unavailable']})")
             continue
         click.echo(f"{r['detector']} {r['stitch']}: tracks/person {r['tracks_per_person']} "
-                   f"IDF1 {r['IDF1']}")
+                   f"IDF1 {r['IDF1']} joins {r['joins']}")
     click.echo(f"wrote {out}")
 
 
