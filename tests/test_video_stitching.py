@@ -176,6 +176,7 @@ def test_tracks_json_records_the_join(tiny_runtime, tmp_path):
     assert first["joined_into"] == second["track"] and second["joined"] == [first["track"]]
     assert first["outcome"].startswith("joined") and second["outcome"] == "gallery"
     assert second["start_frame"] == 0 and second["end_frame"] == 51
+    assert second["identity"] == first["identity"]     # one gallery person, the first id
     c = s["crops"]      # every crop counted once, the joined samples with the later track
     assert c["sampled"] == sum(sum(t["samples"].values()) for t in tracks)
     # without stitching (the old behaviour): two gallery entries, nothing joined
@@ -188,3 +189,27 @@ def test_a_different_person_in_the_same_place_is_not_joined(tiny_runtime, tmp_pa
     _, tracks = run_scene(tiny_runtime, tmp_path, (200, 220, 40), window=10)
     assert [t["outcome"] for t in tracks] == ["gallery", "gallery"], tracks
     assert not any(t["joined"] for t in tracks)
+
+
+def test_a_forgotten_gallery_id_leaves_at_the_next_prune(tiny_runtime):
+    """The later track of a join in the gallery camera takes the earlier one's id: the entry
+    its own id had while live must go, or a query could be matched to a person twice."""
+    from ssft_deploy.video.association import Associator
+
+    ds, dp = tiny_runtime.bundle.dims["shared"], tiny_runtime.bundle.dims["specific"]
+    assoc = Associator(tiny_runtime, "rgb")
+    rng = np.random.default_rng(0)
+    entries = []
+    for identity in (1, 2):
+        t = Tracklet("a", 0, "rgb", identity, 0, 0.0, identity=identity)
+        t.samples.append(Sample(0, (0, 0, 8, 16), 0.9, "extracted", None,
+                                rng.normal(size=ds).astype(np.float32),
+                                rng.normal(size=dp).astype(np.float32)))
+        entries.append(t)
+    with assoc.lock:
+        assoc._put(entries)
+    assoc.forget(2)
+    assert len(assoc.gallery) == 2            # not under a search: pruning is the associator's
+    with assoc.lock:
+        assoc._prune()
+    assert len(assoc.gallery) == 1 and assoc.owner(2) is None and assoc.owner(1) is entries[0]
