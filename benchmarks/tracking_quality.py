@@ -54,24 +54,6 @@ STITCH = ([{"lost_frames": 30, "window": 0}]
 DEFAULT = {"lost_frames": 30, "window": 20, "min_cosine": 0.75}   # PipelineConfig's defaults
 
 
-class Frames:
-    """A Capture over a scene's frames."""
-
-    fps = 10.0
-
-    def __init__(self, frames: list[np.ndarray]) -> None:
-        self.frames, self.i = frames, 0
-
-    def read(self):
-        if self.i >= len(self.frames):
-            return None
-        self.i += 1
-        return self.frames[self.i - 1]
-
-    def release(self) -> None:
-        pass
-
-
 def detector(name: str):
     """A fresh detector ``name`` for one camera, or the reason it is unavailable."""
     from ssft_deploy.errors import SSFTError
@@ -147,20 +129,32 @@ def _relabel(hyp: dict, tracks: list[dict], camera: str) -> dict:
     return {f: [(final(t), b) for t, b in rows] for f, rows in hyp.items()}
 
 
+def _frames_folder(sc: Scene, tmp: Path) -> Path:
+    """The scene's frames as PNG files (lossless: the pixels the tracking rows saw), read by
+    the pipeline's own image-folder capture."""
+    import cv2
+
+    folder = tmp / "frames" / f"{sc.kind}_{sc.modality}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for n, frame in enumerate(sc.frames):
+            cv2.imwrite(str(folder / f"{n:05d}.png"), frame)
+    return folder
+
+
 def stitch_run(rt, name: str, pair: tuple[Scene, Scene], stitch: dict, tmp: Path) -> dict:
     """One pipeline run of a scene's RGB + IR renders with stitch settings ``stitch``."""
     from ssft_deploy.video import CameraSpec, PipelineConfig, VideoPipeline
     from ssft_deploy.video.stitching import StitchConfig
 
-    cams = [CameraSpec(sc.modality, sc.modality, sc.modality) for sc in pair]
+    cams = [CameraSpec(sc.modality, str(_frames_folder(sc, tmp)), sc.modality) for sc in pair]
     dets = {sc.modality: detector(name)[0] for sc in pair}
     opts = dict(stitch)
     cfg = PipelineConfig(every=3, lost_frames=opts.pop("lost_frames", 30),
                          stitch=StitchConfig(**opts))
     out = tmp / f"{pair[0].kind}_{len(list(tmp.iterdir()))}"
     pipe = VideoPipeline(rt, cams, dets, out=str(out), config=cfg, annotate=False,
-                         pictures=False, open_fns={sc.modality: (lambda f=sc.frames: Frames(f))
-                                                   for sc in pair})
+                         pictures=False)
     trace: list[dict] = []
     for c in pipe.cameras:
         c.stitcher.trace = trace

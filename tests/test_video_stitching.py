@@ -13,6 +13,7 @@ from ssft_deploy.errors import InputError
 from ssft_deploy.video import CameraSpec, Detections, PipelineConfig, VideoPipeline
 from ssft_deploy.video.stitching import StitchConfig, Stitcher, gates
 from ssft_deploy.video.tracklets import Sample, Tracklet
+from tests.test_video_pipeline import Frames
 
 CFG = StitchConfig(window=5, max_gap=20, max_distance=1.5, min_cosine=0.9)
 
@@ -121,22 +122,6 @@ def test_bad_settings_are_refused():
         StitchConfig(min_cosine=2)
 
 
-class Frames:
-    fps = 10.0
-
-    def __init__(self, frames):
-        self.frames, self.i = frames, 0
-
-    def read(self):
-        if self.i >= len(self.frames):
-            return None
-        self.i += 1
-        return self.frames[self.i - 1]
-
-    def release(self):
-        pass
-
-
 def scene(second_colour):
     """A 30x60 block on frames 0-19, gone for 12 frames, back at the same place on 32-51 in
     ``second_colour``; a detector that boxes it exactly."""
@@ -161,7 +146,8 @@ def scene(second_colour):
 def run_scene(rt, tmp_path, colour, window):
     frames, detect = scene(colour)
     cfg = PipelineConfig(every=2, lost_frames=5,
-                         stitch=StitchConfig(window=window, max_gap=20, min_cosine=0.9))
+                         stitch=StitchConfig(window=window, max_gap=20, min_cosine=0.9,
+                                             wait_s=10.0))   # a loaded CI: no flake
     pipe = VideoPipeline(rt, [CameraSpec("a", "x", "rgb")], {"a": detect}, out=str(tmp_path),
                          config=cfg, annotate=False, pictures=False,
                          open_fns={"a": lambda: Frames(frames)})
