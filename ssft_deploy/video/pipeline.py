@@ -1,5 +1,9 @@
 """Cameras -> detector -> tracker -> tracklets -> ReID (one FrameBatcher) -> association -> events.
 
+An ended tracklet is held ``stitch.window`` processed frames in its camera's
+:class:`~ssft_deploy.video.stitching.Stitcher`: one person split into two tracks is joined there,
+before association (issue 22).
+
 Threads: a reader per camera (:class:`~ssft_deploy.video.sources.CameraReader`), a worker per
 camera (detect, track, sample crops, annotate), the batcher's workers (one extractor call per
 batch of crops from all cameras), and one associator thread that settles ended tracklets and
