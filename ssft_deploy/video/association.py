@@ -65,11 +65,18 @@ class Associator:
         self._written: dict[int, int] = {}            # identity -> extracted samples written
         self.lock = threading.RLock()
         self._next_identity = 0
+        self._forgotten: set[int] = set()             # dropped at the next prune
 
     def new_identity(self) -> int:
         with self.lock:
             self._next_identity += 1
             return self._next_identity
+
+    def forget(self, identity: int) -> None:
+        """Drop ``identity``'s entry at the next prune (its track was stitched into an earlier
+        one, whose id it now has); pruning is the associating thread's, see :meth:`_sync`."""
+        with self.lock:
+            self._forgotten.add(int(identity))
 
     def is_gallery(self, t: Tracklet) -> bool:
         return modality_code(t.modality) == self.gallery_code
@@ -115,7 +122,8 @@ class Associator:
     def _prune(self) -> None:
         """Drop entries older than ``max_age_s`` and the oldest beyond ``max_size``."""
         cut = self.clock() - self.max_age_s
-        drop = [i for i, ts in self._updated.items() if ts < cut]
+        drop = [i for i, ts in self._updated.items() if ts < cut or i in self._forgotten]
+        self._forgotten.clear()
         extra = len(self._updated) - len(drop) - self.max_size
         if extra > 0:
             aged = set(drop)

@@ -64,6 +64,11 @@ def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[
               help="a best match farther than this is 'unknown'")
 @click.option("--lost-frames", default=30, show_default=True, type=click.IntRange(1),
               help="processed frames without a box before a track ends")
+@click.option("--stitch-window", default=20, show_default=True, type=click.IntRange(0),
+              help="frames an ended track is held for a successor of the same person to be "
+                   "joined to it (appearance stitching; adds this latency; 0: off)")
+@click.option("--stitch-cosine", default=0.75, show_default=True, type=click.FloatRange(-1, 1),
+              help="feature cosine above which two tracks of one camera may be joined")
 @click.option("--gallery-max-size", default=DEFAULT_MAX_SIZE, show_default=True,
               type=click.IntRange(1), help="gallery entries kept (one per gallery-modality "
               "track); the least recently updated leave first")
@@ -79,8 +84,9 @@ def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[
 @click.option("--no-video", is_flag=True, help="skip the annotated videos")
 @click.option("--no-pictures", is_flag=True, help="skip the ranking pictures")
 def main(bundle, cameras, out, overwrite, detector, stretch, live, every, gallery_modality, mode,
-         top, max_distance, lost_frames, gallery_max_size, gallery_max_age, max_frames, duration,
-         reid, precision, backend, no_video, no_pictures) -> None:
+         top, max_distance, lost_frames, stitch_window, stitch_cosine, gallery_max_size,
+         gallery_max_age, max_frames, duration, reid, precision, backend, no_video,
+         no_pictures) -> None:
     """Track people in RGB and IR cameras and match them across modalities."""
     from tqdm import tqdm
 
@@ -88,6 +94,7 @@ def main(bundle, cameras, out, overwrite, detector, stretch, live, every, galler
     from ssft_deploy.video.outputs import check_out
     from ssft_deploy.video.pipeline import PipelineConfig, VideoPipeline
     from ssft_deploy.video.sources import CameraSpec
+    from ssft_deploy.video.stitching import StitchConfig
 
     if "OPENCV_LOG_LEVEL" not in os.environ:
         import cv2
@@ -112,7 +119,8 @@ def main(bundle, cameras, out, overwrite, detector, stretch, live, every, galler
                              top=top, max_distance=max_distance, lost_frames=lost_frames,
                              reid=reid, max_frames=max_frames,
                              gallery_max_size=gallery_max_size,
-                             gallery_max_age_s=gallery_max_age)
+                             gallery_max_age_s=gallery_max_age,
+                             stitch=StitchConfig(window=stitch_window, min_cosine=stitch_cosine))
         rt = ReIDRuntime.open(bundle, precision=precision, backend=backend)
 
         def show(ev: dict) -> None:

@@ -1,5 +1,9 @@
 """Cameras -> detector -> tracker -> tracklets -> ReID (one FrameBatcher) -> association -> events.
 
+An ended tracklet is held ``stitch.window`` processed frames in its camera's
+:class:`~ssft_deploy.video.stitching.Stitcher`: one person split into two tracks is joined there,
+before association (issue 22).
+
 Threads: a reader per camera (:class:`~ssft_deploy.video.sources.CameraReader`), a worker per
 camera (detect, track, sample crops, annotate), the batcher's workers (one extractor call per
 batch of crops from all cameras), and one associator thread that settles ended tracklets and
@@ -40,6 +44,7 @@ from ssft_deploy.video.detectors import Detector, make_detector
 from ssft_deploy.video.health import RunErrors, exit_code
 from ssft_deploy.video.outputs import RunOutput, check_paths
 from ssft_deploy.video.sources import Backoff, CameraReader, CameraSpec, Capture, FrameQueue
+from ssft_deploy.video.stitching import StitchConfig, Stitcher
 from ssft_deploy.video.tracker import ByteTracker
 from ssft_deploy.video.tracklets import Ledger, SamplingConfig, Tracklet, TrackletBook
 
@@ -89,6 +94,7 @@ class PipelineConfig:
     gallery_max_size: int = DEFAULT_MAX_SIZE        # entries; the least recently updated go
     gallery_max_age_s: float = DEFAULT_MAX_AGE_S    # seconds without an update, then it goes
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stitch: StitchConfig = field(default_factory=StitchConfig)   # window=0: no stitching
     backoff: Backoff = field(default_factory=Backoff)
 
 
@@ -97,6 +103,7 @@ class _Camera:
                  book: TrackletBook, tracker: ByteTracker) -> None:
         self.spec, self.index, self.reader, self.detector = spec, index, reader, detector
         self.book, self.tracker = book, tracker
+        self.stitcher: Stitcher | None = None
         self.processed = 0
         self.frame_errors = 0
         self.writing = True            # False once this camera's video / MOT writer failed
@@ -165,8 +172,12 @@ class VideoPipeline(AssociationStage):
             book = TrackletBook(spec.name, i, spec.modality, self._submit, self.ledger,
                                 self.cfg.sampling, self.cfg.every, self.cfg.lost_frames,
                                 self.associator.new_identity if gallery else None)
-            self.cameras.append(_Camera(spec, i, reader, detectors[spec.name], book,
-                                        ByteTracker(lost_frames=self.cfg.lost_frames)))
+            cam = _Camera(spec, i, reader, detectors[spec.name], book,
+                          ByteTracker(lost_frames=self.cfg.lost_frames))
+            cam.stitcher = Stitcher(self.cfg.stitch, self.associator.forget,
+                                    lambda e, n=spec.name: self.errors.add("stitch", e, n),
+                                    book.settle)
+            self.cameras.append(cam)
 
     # -- ReID ---------------------------------------------------------------------------------
     def _timed_extract(self, x: np.ndarray, modality: str):
@@ -199,14 +210,8 @@ class VideoPipeline(AssociationStage):
     def _live_tracklets(self) -> list[Tracklet]:
         """Tracklets not yet associated: still in view, or ended and queued."""
         return ([t for cam in self.cameras for t in list(cam.book.live.values())]
+                + [t for cam in self.cameras for t, _ in list(cam.stitcher.held)]
                 + list(self._in_flight.values()))
-
-    def _end(self, t: Tracklet) -> None:
-        self._guessed.pop((t.camera, t.track), None)
-        if self.output is not None:
-            self.output.labels.pop((t.camera, t.track), None)
-        self._in_flight[id(t)] = t
-        self._ended.put(t)
 
     def _work(self, cam: _Camera, bar) -> None:
         failures = 0        # frames in a row that failed
@@ -241,8 +246,7 @@ class VideoPipeline(AssociationStage):
             self.errors.add("camera", cam.error, cam.spec.name)
         finally:
             cam.reader.stop()
-            for t in cam.book.end_all():
-                self._end(t)
+            self._ended_many(cam.stitcher.flush(cam.book.end_all()))
 
     def _frame(self, cam: _Camera, fr, stage: list[str]) -> None:
         """Detect, track, sample and write one frame; ``stage[0]`` names the step running."""
@@ -258,8 +262,8 @@ class VideoPipeline(AssociationStage):
         clock.add("track", t2 - t1)
         stage[0] = "tracklets"
         cam.book.observe(fr.index, fr.time_s, fr.image, xyxy, scores, ids)
-        for t in cam.book.expire():
-            self._end(t)
+        self._ended_many(cam.stitcher.step(cam.book.expire(), list(cam.book.live.values()),
+                                           cam.book.steps))
         t3 = time.perf_counter()
         if out is not None and cam.writing:
             stage[0] = "annotate"

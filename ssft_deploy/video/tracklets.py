@@ -119,6 +119,10 @@ class Tracklet:
     ended: bool = False
     last_step: int = 0          # the book's processed-frame count when last seen
     released: bool = False      # sample features dropped (see release)
+    first_box: tuple[float, float, float, float] | None = None   # xyxy, for stitching
+    last_box: tuple[float, float, float, float] | None = None
+    joined: list[int] = field(default_factory=list)   # tracks stitched into this one
+    joined_into: int | None = None                     # the track this one was stitched into
 
     def extracted(self) -> list[Sample]:
         return [s for s in self.samples if s.state == "extracted"]
@@ -165,7 +169,8 @@ class Tracklet:
                 "samples": {k: states.get(k, 0) for k in ("extracted", "filtered", "failed",
                                                           "pending")},
                 "reasons": dict(Counter(f"{s.state}: {s.reason}" for s in self.samples
-                                        if s.reason))}
+                                        if s.reason)),
+                "joined": list(self.joined), "joined_into": self.joined_into}
 
 
 #: ``submit(frame8, boxes_xywh, camera, modality, tags) -> futures``: the extraction strategy.
@@ -205,6 +210,9 @@ class TrackletBook:
                 if self.new_identity is not None:
                     t.identity = self.new_identity()
             t.last_frame, t.last_time, t.boxes = index, time_s, t.boxes + 1
+            t.last_box = tuple(float(v) for v in box)
+            if t.first_box is None:
+                t.first_box = t.last_box
             t.last_step = self.steps
             last = self._last_try.get(tid)
             if last is not None and index - last < self.every:
