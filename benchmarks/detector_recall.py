@@ -63,7 +63,7 @@ def score_frame(pred: np.ndarray, people: np.ndarray, ignore: np.ndarray, iou: f
         idx = np.flatnonzero(rest)
         rest[idx[on_ignored]] = False
         matched[idx[on_ignored]] = True
-    return {"people": int(len(people)), "found": found, "boxes": int(len(pred)),
+    return {"people": len(people), "found": found, "boxes": len(pred),
             "false": int(rest.sum()), "ignored": int(matched.sum() - found)}
 
 

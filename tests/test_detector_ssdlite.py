@@ -8,6 +8,7 @@ people shrunk too far, so tiling has something to find."""
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 
 from ssft_deploy.errors import InputError, SSFTError
 from ssft_deploy.video import ssdlite
-from ssft_deploy.video.detectors import Detections, make_detector, resolve_detector
+from ssft_deploy.video.detectors import Detections, MotionDetector, make_detector, resolve_detector
 from ssft_deploy.video.ssdlite import DetectorUnavailable, SsdliteDetector
 from ssft_deploy.video.tiling import cut_by_tile, merge_tiles, tile_grid
 from ssft_deploy.video.tracker import ByteTracker
@@ -28,18 +29,18 @@ class ToyEngine:
     """Engine-shaped: white blobs of the input at least MIN_H px tall -> SSD-style outputs
     (normalised ymin, xmin, ymax, xmax; score = the blob's mean brightness / 255)."""
 
-    inputs = {"image_tensor:0": None}
-    outputs = {"detection_boxes:0": None, "detection_scores:0": None, "num_detections:0": None}
-
     def __init__(self) -> None:
         self.calls = 0
+        self.inputs = {"image_tensor:0": None}
+        self.outputs = {"detection_boxes:0": None, "detection_scores:0": None,
+                        "num_detections:0": None}
 
     def run(self, feeds):
         self.calls += 1
         x = feeds["image_tensor:0"][0]
         assert x.shape == (300, 300, 3) and x.dtype == np.uint8
         grey = x.max(axis=2)
-        n, _, stats, _ = cv2.connectedComponentsWithStats((grey > 40).astype(np.uint8))
+        _, _, stats, _ = cv2.connectedComponentsWithStats((grey > 40).astype(np.uint8))
         boxes, scores = np.zeros((1, 100, 4), np.float32), np.zeros((1, 100), np.float32)
         k = 0
         for x0, y0, w, h, _ in stats[1:]:
@@ -82,7 +83,7 @@ def test_tile_grid_covers_the_frame_with_overlapping_tiles_no_larger_than_asked(
     xs = sorted({(t[0], t[2]) for t in tiles})
     ys = sorted({(t[1], t[3]) for t in tiles})
     for spans in (xs, ys):      # neighbours share >= a quarter of the largest tile side
-        for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+        for (_, a1), (b0, _) in itertools.pairwise(spans):
             assert a1 - b0 >= 0.25 * max_tile - 1
     # as few as the size needs: one fewer per axis would leave a tile side over max_tile
     assert len(xs) == 1 or (w + (len(xs) - 2) * 0.25 * max_tile) / (len(xs) - 1) > max_tile
@@ -103,7 +104,7 @@ def test_a_box_cut_by_an_inner_tile_edge_gives_way_to_the_whole_box_whatever_its
     part = np.array([[400, 100, 440, 250]], np.float32)          # tile a cut it at x=440
     assert cut_by_tile(part, tile_a, (576, 768)).all()
     assert not cut_by_tile(whole, tile_b, (576, 768)).any()
-    xyxy, sc = merge_tiles([(part, np.array([0.95], np.float32), tile_a),
+    xyxy, _ = merge_tiles([(part, np.array([0.95], np.float32), tile_a),
                             (whole, np.array([0.6], np.float32), tile_b)], (576, 768))
     np.testing.assert_allclose(xyxy, whole)
     # a frame edge is no cut: a box on the frame's left edge in the left tile stays
@@ -193,8 +194,7 @@ def test_auto_takes_ssdlite_when_it_can_run_else_motion_and_the_cli_says_so(monk
                         lambda spec, names, **kw: seen.update(spec=spec, kw=kw) or {})
     assert cli._detectors("auto", ["a", "b"], ("0.4", "b=0.7")) == {}
     assert seen == {"spec": "ssdlite", "kw": {"threshold": {"a": 0.4, "b": 0.7}}}
-    _no_package(monkeypatch)
-    monkeypatch.undo()
+    monkeypatch.undo()          # the real look-up again, with the package gone
     _no_package(monkeypatch)
     res = CliRunner().invoke(cli.main, ["--bundle", str(tmp_path), "--out", str(tmp_path / "o"),
                                         "--camera", f"a={tmp_path}:rgb", "--det-threshold",
@@ -268,6 +268,15 @@ def test_pipeline_detects_on_a_stride(tiny_runtime, tmp_path):
     s = VideoPipeline(tiny_runtime, [CameraSpec("a", scene["rgb"]["video"], "rgb")],
                       {"a": detector}, config=cfg, annotate=False, pictures=False).run()
     assert s["frames"] == 12 and calls == [0, 3, 6, 9]
+    # motion's background model needs every frame: it ignores the stride, and so its tracker
+    calls.clear()
+    detector.every_frame = True
+    pipe = VideoPipeline(tiny_runtime, [CameraSpec("a", scene["rgb"]["video"], "rgb")],
+                         {"a": detector}, config=cfg, annotate=False, pictures=False)
+    assert pipe.cameras[0].tracker.detect_every == 1
+    pipe.run()
+    assert calls == list(range(12))
+    assert MotionDetector.every_frame
 
 
 # -- the real model -----------------------------------------------------------------------------

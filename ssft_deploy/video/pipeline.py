@@ -67,7 +67,8 @@ class PipelineConfig:
     """Knobs of a run (CLI flags map onto these)."""
 
     every: int = 5
-    detect_every: int = 1             # detect every N-th frame; the tracker predicts between
+    detect_every: int = 1             # detect every N-th frame (not motion: its background
+    #                                   model needs them all); the tracker predicts between
     gallery_modality: str = "rgb"
     mode: str = "rolling"
     top: int = 5
@@ -168,7 +169,12 @@ class VideoPipeline(AssociationStage):
                                 self.associator.new_identity if gallery else None)
             self.cameras.append(_Camera(spec, i, reader, detectors[spec.name], book,
                                         ByteTracker(lost_frames=self.cfg.lost_frames,
-                                                    detect_every=self.cfg.detect_every)))
+                                                    detect_every=self._stride(detectors[spec.name])
+                                                    )))
+
+    def _stride(self, detector: Detector) -> int:
+        """``detect_every``, or 1 for a detector that must see every frame (``every_frame``)."""
+        return 1 if getattr(detector, "every_frame", False) else self.cfg.detect_every
 
     # -- ReID ---------------------------------------------------------------------------------
     def _timed_extract(self, x: np.ndarray, modality: str):
@@ -251,7 +257,7 @@ class VideoPipeline(AssociationStage):
         clock, out = self.clock, self.output
         t0 = time.perf_counter()
         bgr = to_bgr(fr.image)
-        detect = cam.processed % self.cfg.detect_every == 0
+        detect = cam.processed % cam.tracker.detect_every == 0
         det = cam.detector(bgr, fr.index) if detect else None
         t1 = time.perf_counter()
         stage[0] = "track"

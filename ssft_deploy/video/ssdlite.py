@@ -103,7 +103,7 @@ def converted_model() -> Path:
                      folder)
             try:
                 model = ov.convert_model(str(graph), input=[1, SIZE, SIZE, 3])
-            except Exception as exc:  # noqa: BLE001 - the frontend raises its own types
+            except Exception as exc:  # the frontend raises its own types
                 raise EngineError(f"OpenVINO could not convert {graph}: {exc}") from exc
             for port in model.outputs:   # keep the API's names, not the graph's internal ones
                 names = {n for n in port.get_names() if n.split(":")[0] in OUTPUTS}

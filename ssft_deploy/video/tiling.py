@@ -38,7 +38,7 @@ def tile_grid(height: int, width: int, max_tile: int, overlap: float = 0.25
                          f"{overlap}")
     if height <= max_tile and width <= max_tile:
         return []
-    ov = int(round(overlap * max_tile))
+    ov = round(overlap * max_tile)
     return [(x0, y0, x1, y1) for y0, y1 in _splits(height, max_tile, ov)
             for x0, x1 in _splits(width, max_tile, ov)]
 
