@@ -3,9 +3,9 @@
 A 300x300 detector sees a 768x576 frame shrunk 2.6x: people under ~100 px tall become too small
 to find. Overlapping tiles (each shrunk less) find them; the full frame still finds the large
 people that no tile holds whole. :func:`tile_grid` chooses the layout from the frame size;
-:func:`merge_tiles` drops the boxes that a tile cut (they touch an inner tile edge: the person
-goes on outside the tile) and suppresses the duplicates with ``supervision``'s NMS (the tracker's
-library, already a dependency).
+:func:`merge_tiles` lets a box that a tile cut (it touches an inner tile edge: the person goes
+on outside the tile) give way to a whole box of the same person, and suppresses duplicates with
+``supervision``'s NMS (the tracker's library, already a dependency).
 """
 
 from __future__ import annotations
