@@ -97,7 +97,8 @@ class ByteTracker:
         boxes = []
         for track, _ in self._shown:
             cx, cy, a, h = track.mean[:4] + frac * track.mean[4:]   # Kalman state: cx, cy, w/h, h
-            w = a * h
+            h = max(float(h), 1.0)              # a shrinking velocity must not flip the box
+            w = max(float(a) * h, 1.0)
             boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
         return (np.asarray(boxes, np.float32),
                 np.asarray([s for _, s in self._shown], np.float32),
