@@ -34,7 +34,8 @@ def test_cli_writes_every_output(scene, tiny_bundle, tmp_path):
     out = tmp_path / "run"
     res = CliRunner().invoke(main, ["--bundle", str(tiny_bundle), "--out", str(out),
                                     "--camera", f"cam1={scene / 'rgb.avi'}:rgb",
-                                    "--camera", f"cam3={scene / 'ir.avi'}:ir", "--every", "3"])
+                                    "--camera", f"cam3={scene / 'ir.avi'}:ir", "--every", "3",
+                                    "--detector", "motion"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
@@ -54,7 +55,8 @@ def test_cli_unknown_below_the_threshold(scene, tiny_bundle, tmp_path):
     res = CliRunner().invoke(main, ["--bundle", str(tiny_bundle), "--out", str(tmp_path),
                                     "--camera", f"a={scene / 'rgb.avi'}:rgb",
                                     "--camera", f"b={scene / 'ir.avi'}:ir",
-                                    "--max-distance", "0", "--no-video", "--no-pictures"])
+                                    "--max-distance", "0", "--no-video", "--no-pictures",
+                                    "--detector", "motion"])
     assert res.exit_code == 0, res.output
     events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert events and all(e["identity"] == "unknown" and e["matches"] for e in events)
@@ -84,7 +86,8 @@ def test_ctrl_c_stops_cleanly_and_flushes(scene, tiny_bundle, tmp_path, sig, ign
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "ssft_deploy.video.cli", "--bundle", str(tiny_bundle), "--out",
            str(out), "--camera", f"a={scene / 'rgb.avi'}:rgb", "--camera",
-           f"b={scene / 'ir.avi'}:ir", "--live", "a", "--live", "b", "--lost-frames", "100"]
+           f"b={scene / 'ir.avi'}:ir", "--live", "a", "--live", "b", "--lost-frames", "100",
+           "--detector", "motion"]
     if ignored:  # the shell's `trap '' INT` is inherited through exec
         cmd = ["sh", "-c", "trap '' INT; exec \"$0\" \"$@\"", *cmd]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -260,7 +260,8 @@ def test_disk_full_on_events_stops_the_run_as_failed(tiny_runtime, scene, tmp_pa
 
 # -- exit codes ---------------------------------------------------------------------------------
 def _cli(bundle, out, *args):
-    return CliRunner().invoke(main, ["--bundle", str(bundle), "--out", str(out), *args])
+    motion = [] if "--detector" in args else ["--detector", "motion"]  # the scene's detector
+    return CliRunner().invoke(main, ["--bundle", str(bundle), "--out", str(out), *motion, *args])
 
 
 def test_cli_every_camera_fails_to_open_exits_3(tiny_bundle, tmp_path):

@@ -26,7 +26,7 @@ def _run(bundle, scene, out, *extra, names=("cam1", "cam3")):
     return CliRunner().invoke(main, ["--bundle", str(bundle), "--out", str(out),
                                      "--camera", f"{names[0]}={scene / 'rgb.avi'}:rgb",
                                      "--camera", f"{names[1]}={scene / 'ir.avi'}:ir",
-                                     "--every", "3", *extra])
+                                     "--every", "3", "--detector", "motion", *extra])
 
 
 def test_camera_named_to_escape_the_output_folder_is_refused(scene, tiny_bundle, tmp_path):

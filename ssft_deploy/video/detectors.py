@@ -2,19 +2,23 @@
 
 A detector is a callable ``detector(frame_bgr_uint8, frame_index) -> Detections``. Built in:
 
-- :class:`MotionDetector` (the default, zero download, static cameras): OpenCV's MOG2 background
+- :class:`~ssft_deploy.video.ssdlite.SsdliteDetector`: a trained person detector from a PyPI
+  package (SSDLite-MobileNetV2), tiled for small people; ``auto`` (the CLI's default) takes it
+  when it can run here, else ``motion``.
+- :class:`MotionDetector` (zero download, static cameras): OpenCV's MOG2 background
   subtraction, morphology, then shape filters (area, height, aspect) on the foreground blobs;
   blobs wider than a person are split into person-wide columns.
 - :class:`~ssft_deploy.video.yolo.OnnxPersonDetector`: a YOLO-family ONNX export of the user's.
 - :class:`MotDetections`: boxes read from a MOTChallenge file (``frame,id,x,y,w,h,conf,...``,
   frames from 1; the ids are ignored, the tracker assigns its own).
 
-:func:`make_detector` builds one per camera from a CLI spec (``motion``, ``onnx:PATH``,
-``mot:FILE_OR_DIR``).
+:func:`make_detector` builds one per camera from a CLI spec (``auto``, ``ssdlite``, ``motion``,
+``onnx:PATH``, ``mot:FILE_OR_DIR``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ import numpy as np
 
 from ssft_deploy.errors import InputError
 
+log = logging.getLogger("ssft_deploy.video")
 
 @dataclass
 class Detections:
@@ -54,7 +59,12 @@ class MotionDetector:
     columns (flat blobs under ``2 * min_height`` are dropped as fragments). The score is the
     blob's foreground fill ratio. The first ``warmup`` frames only
     train the background model (no detections) at MOG2's automatic rate; after them it learns
-    at ``1 / history`` per frame, so people who stand still stay foreground for a while."""
+    at ``1 / history`` per frame, so people who stand still stay foreground for a while.
+    ``every_frame``: the pipeline runs it on every frame whatever ``detect_every`` (fed every
+    N-th frame, its background model fell behind walking people: more and larger blobs, and on
+    vtest.avi 2.5x the time per call at N = 5)."""
+
+    every_frame = True
 
     def __init__(self, history: int = 300, var_threshold: float = 16.0, min_area: int = 400,
                  min_height: int = 24, aspect: tuple[float, float] = (1.2, 5.0),
@@ -180,13 +190,51 @@ def _mot_file(path: Path, camera: str, n_cameras: int) -> Path:
     return path
 
 
+def resolve_detector(spec: str) -> tuple[str, str]:
+    """``auto`` -> (``ssdlite`` when it can run here else ``motion``, why); other specs as given."""
+    if spec.strip().lower() != "auto":
+        return spec, "as asked"
+    from ssft_deploy.video.ssdlite import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is None:
+        return "ssdlite", "auto: ssdlite is installed"
+    return "motion", f"auto: ssdlite unavailable ({reason})"
+
+
+def _thresholds(value, cameras: list[str]) -> dict[str, float]:
+    """One score threshold (float) or ``{camera: threshold}`` (others keep the default)."""
+    if isinstance(value, dict):
+        unknown = set(value) - set(cameras)
+        if unknown:
+            raise InputError(f"thresholds for unknown cameras {sorted(unknown)}; cameras are "
+                             f"{cameras}")
+        return {c: float(v) for c, v in value.items()}
+    return {c: float(value) for c in cameras}
+
+
 def make_detector(spec: str, cameras: list[str], backend: str = "auto",
                   **options: object) -> dict[str, Detector]:
-    """A detector per camera from ``motion`` | ``onnx:PATH`` | ``mot:FILE_OR_DIR``."""
-    kind, _, arg = spec.partition(":")
+    """A detector per camera from ``auto`` | ``ssdlite`` | ``motion`` | ``onnx:PATH`` |
+    ``mot:FILE_OR_DIR``. ``ssdlite`` takes ``threshold`` as a float or ``{camera: float}``;
+    its cameras share one engine."""
+    resolved, why = resolve_detector(spec)
+    if resolved != spec:
+        log.info("detector %s (%s)", resolved, why)
+    kind, _, arg = resolved.partition(":")
     kind = kind.strip().lower()
     if kind == "motion" and not arg:
         return {c: MotionDetector(**options) for c in cameras}  # type: ignore[arg-type]
+    if kind == "ssdlite" and not arg:
+        from ssft_deploy.video.ssdlite import THRESHOLD, SsdliteDetector, open_engine
+
+        per_cam = _thresholds(options.pop("threshold", THRESHOLD), cameras)
+        # several cameras call the one engine at once: one thread per call, the cameras are
+        # the parallelism (2 threads a call burnt ~60 % more CPU per pass on 2 loaded cores)
+        threads = options.pop("intra_op_threads", 1 if len(cameras) > 1 else None)
+        engine = open_engine(threads)  # type: ignore[arg-type]
+        return {c: SsdliteDetector(engine, threshold=per_cam.get(c, THRESHOLD), **options)
+                for c in cameras}  # type: ignore[arg-type]
     if kind == "mot" and arg:
         path = Path(arg)
         if not path.exists():
@@ -197,4 +245,5 @@ def make_detector(spec: str, cameras: list[str], backend: str = "auto",
 
         det = OnnxPersonDetector(arg, backend=backend, **options)  # type: ignore[arg-type]
         return {c: det for c in cameras}  # stateless and thread-safe: one session for all
-    raise InputError(f"unknown detector {spec!r}: use motion, onnx:PATH or mot:FILE_OR_DIR")
+    raise InputError(f"unknown detector {spec!r}: use auto, ssdlite, motion, onnx:PATH or "
+                     "mot:FILE_OR_DIR")

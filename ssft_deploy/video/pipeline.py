@@ -72,6 +72,8 @@ class PipelineConfig:
     """Knobs of a run (CLI flags map onto these)."""
 
     every: int = 5
+    detect_every: int = 1             # detect every N-th frame (not motion: its background
+    #                                   model needs them all); the tracker predicts between
     gallery_modality: str = "rgb"
     mode: str = "rolling"
     top: int = 5
@@ -173,11 +175,16 @@ class VideoPipeline(AssociationStage):
                                 self.cfg.sampling, self.cfg.every, self.cfg.lost_frames,
                                 self.associator.new_identity if gallery else None)
             cam = _Camera(spec, i, reader, detectors[spec.name], book,
-                          ByteTracker(lost_frames=self.cfg.lost_frames))
+                          ByteTracker(lost_frames=self.cfg.lost_frames,
+                                      detect_every=self._stride(detectors[spec.name])))
             cam.stitcher = Stitcher(self.cfg.stitch, self.associator.forget,
                                     lambda e, n=spec.name: self.errors.add("stitch", e, n),
                                     book.settle)
             self.cameras.append(cam)
+
+    def _stride(self, detector: Detector) -> int:
+        """``detect_every``, or 1 for a detector that must see every frame (``every_frame``)."""
+        return 1 if getattr(detector, "every_frame", False) else self.cfg.detect_every
 
     # -- ReID ---------------------------------------------------------------------------------
     def _timed_extract(self, x: np.ndarray, modality: str):
@@ -253,10 +260,11 @@ class VideoPipeline(AssociationStage):
         clock, out = self.clock, self.output
         t0 = time.perf_counter()
         bgr = to_bgr(fr.image)
-        det = cam.detector(bgr, fr.index)
+        detect = cam.processed % cam.tracker.detect_every == 0
+        det = cam.detector(bgr, fr.index) if detect else None
         t1 = time.perf_counter()
         stage[0] = "track"
-        xyxy, scores, ids = cam.tracker.update(det)
+        xyxy, scores, ids = cam.tracker.update(det) if detect else cam.tracker.predict()
         t2 = time.perf_counter()
         clock.add("detect", t1 - t0)
         clock.add("track", t2 - t1)

@@ -34,10 +34,23 @@ def valid_boxes(det: Detections) -> np.ndarray:
 
 class ByteTracker:
     """``supervision.ByteTrack`` for one camera. ``lost_frames``: frames a lost track is kept
-    for re-association (also when our tracklet counts as ended)."""
+    for re-association (also when our tracklet counts as ended).
+
+    ``detect_every`` N > 1: detections come every N-th frame (:meth:`update`), and
+    :meth:`predict` gives the frames between. ByteTrack itself must not see those frames as
+    empty: an update without boxes marks every track lost and deletes the tracks born on the
+    previous update before they are confirmed, so no one who enters would ever be tracked. So
+    ByteTrack steps once per detection (its Kalman velocity is per N frames, its lost buffer
+    ``ceil(lost_frames / N)`` steps) and the frames between get each track's Kalman state
+    moved on by k / N of that velocity."""
 
     def __init__(self, activation: float = 0.25, lost_frames: int = 30,
-                 match_threshold: float = 0.8, min_frames: int = 1) -> None:
+                 match_threshold: float = 0.8, min_frames: int = 1,
+                 detect_every: int = 1) -> None:
+        if int(detect_every) < 1:
+            raise InputError(f"detect_every must be >= 1, got {detect_every}")
+        self.detect_every = int(detect_every)
+        steps = -(-int(lost_frames) // self.detect_every)
         try:
             import supervision as sv
         except ImportError as exc:
@@ -51,11 +64,13 @@ class ByteTracker:
             warnings.simplefilter("ignore")
             # frame_rate=30 makes lost_track_buffer a frame count, whatever the camera's rate
             self.tracker = sv.ByteTrack(track_activation_threshold=activation,
-                                        lost_track_buffer=lost_frames,
+                                        lost_track_buffer=steps,
                                         minimum_matching_threshold=match_threshold,
                                         frame_rate=30, minimum_consecutive_frames=min_frames)
         self.lost_frames = int(lost_frames)
         self.invalid = 0   # boxes refused before tracking (NaN, zero or negative area)
+        self._shown: list = []     # (track, score) output by the last update, for predict()
+        self._since = 0            # frames since that update
 
     def update(self, det: Detections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Detections of one frame -> (xyxy [M,4], scores [M], track ids [M]) of tracked boxes."""
@@ -67,7 +82,27 @@ class ByteTracker:
         ids = np.asarray(out.tracker_id if out.tracker_id is not None else [], np.int64)
         scores = (np.asarray(out.confidence, np.float32) if out.confidence is not None
                   else np.ones(len(ids), np.float32))
+        self._since = 0
+        live = {t.external_track_id: t for t in self.tracker.tracked_tracks}
+        self._shown = [(live[i], s) for i, s in zip(ids.tolist(), scores.tolist()) if i in live]
         return np.asarray(out.xyxy, np.float32).reshape(-1, 4), scores, ids
+
+    def predict(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A frame without detections (``detect_every`` > 1): the tracks of the last
+        :meth:`update`, moved on by their Kalman velocity; same outputs as :meth:`update`."""
+        self._since += 1
+        if not self._shown:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        frac = self._since / self.detect_every
+        boxes = []
+        for track, _ in self._shown:
+            cx, cy, a, h = track.mean[:4] + frac * track.mean[4:]   # Kalman state: cx, cy, w/h, h
+            h = max(float(h), 1.0)              # a shrinking velocity must not flip the box
+            w = max(float(a) * h, 1.0)
+            boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+        return (np.asarray(boxes, np.float32),
+                np.asarray([s for _, s in self._shown], np.float32),
+                np.asarray([t.external_track_id for t, _ in self._shown], np.int64))
 
 
 class BoxmotReID:
