@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from export.conditioning import float32_convs
 from export.errors import ExportError
 
 # "Relu": folded into its producer's output quantisation (see above), not a kernel of its own
-QUANT_OPS = ("Conv", "MatMul", "Gemm", "Relu")
+QUANT_OPS = ("Conv", "MatMul", "Gemm", "Relu", "Clip")
 
 
 class ImageBatches:
@@ -52,14 +53,17 @@ class ImageBatches:
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndarray,
-                  method: str = "minmax", batch: int = 16, activations: str = "s8") -> Path:
+                  method: str = "minmax", batch: int = 16, activations: str = "s8",
+                  float_nodes: Sequence[str] | None = None) -> Path:
     """Write a QDQ int8 copy of the extractor graph ``src``, calibrated on ``images``.
 
     ``images`` must come from the training split (see ``export.images.calibration_images``).
     ``method``: ``minmax`` (default) | ``entropy`` | ``percentile``. ``activations``: ``s8``
     (symmetric int8, zero point 0: what TensorRT's explicit quantisation requires; the default)
     or ``u8`` (asymmetric uint8: ONNX Runtime CPU's fast VNNI path, ~3x faster there, but not
-    readable by TensorRT).
+    readable by TensorRT). ``float_nodes``: nodes left in float32 (default: the convolutions
+    that compute by cancellation on ``images`` and those upstream of them,
+    :func:`export.conditioning.float32_convs`).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -82,6 +86,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, images: np.nda
     class Reader(ImageBatches, CalibrationDataReader):
         pass
 
+    if float_nodes is None:
+        float_nodes = float32_convs(src, np.ascontiguousarray(images, dtype=np.float32))
     dst = Path(dst)
     with tempfile.TemporaryDirectory(prefix="ssft-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -90,6 +96,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, images: np.nda
         quantize_static(
             str(pre), str(dst), Reader(images, batch), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANT_OPS), per_channel=True,
+            nodes_to_exclude=list(float_nodes),
             activation_type=QuantType.QInt8 if activations == "s8" else QuantType.QUInt8,
             weight_type=QuantType.QInt8, calibrate_method=methods[method],
             extra_options={"ActivationSymmetric": activations == "s8", "WeightSymmetric": True})
