@@ -4,8 +4,9 @@ The converter casts weights and activations to fp16, keeps float32 graph inputs/
 (``keep_io_types``) so every variant has the same I/O, and leaves in float32 the parts where fp16
 loses accuracy: normalisations (the folded BNNeck / ``Feat^t`` affine), reductions (GeM's pow and
 mean, the ReduceSum of the propagation's degrees and neighbour sum), and the degree normalisation
-of Eq. 10 (sqrt / reciprocal / division). The affinity scores are computed outside the graphs, in
-float32, by ``ssft_deploy.affinity``.
+of Eq. 10 (sqrt / reciprocal / division), and a convolution that computes by cancellation (a
+folded BN with a large offset, ``export.conditioning``) with every convolution upstream of it.
+The affinity scores are computed outside the graphs, in float32, by ``ssft_deploy.affinity``.
 """
 
 from __future__ import annotations

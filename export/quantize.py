@@ -3,10 +3,12 @@
 QDQ format with symmetric int8 activations and symmetric per-channel int8 weights is what
 TensorRT's explicit quantisation reads, and ONNX Runtime on CPU fuses the same QDQ pairs into
 integer kernels (VNNI where the CPU has it). The convolutions and matrix products are quantised,
-and each ReLU is folded into the quantisation of the convolution output it reads: that output is
-then quantised over the ReLU's range [0, max] instead of its signed range, twice the resolution
-where it matters (u8 graphs drop the ReLU node; s8 graphs keep it between Q/DQ pairs, which
-TensorRT fuses). Activation rounding, not weight rounding, is most of the int8 error here (16-bit
+and each ReLU, and each ReLU6 (exported as ``Clip``, MobileNetV2), is folded into the
+quantisation of the convolution output it reads: that output is then quantised over the
+activation's range ([0, max], [0, 6]) instead of its signed range, twice the resolution or more
+where it matters (u8 graphs drop the ReLU / Clip node; s8 graphs keep it between Q/DQ pairs,
+which TensorRT fuses). A convolution that computes by cancellation (a folded BN with a large
+offset, ``export.conditioning``) stays float32 with every convolution upstream of it. Activation rounding, not weight rounding, is most of the int8 error here (16-bit
 activations with int8 weights: mean feature cosine 0.9989; 16-bit weights, 8-bit activations:
 0.9967). The residual additions, the pooling and the BNNeck affine stay in float32.
 The transfer graph is not quantised (its cost is the gather / normalisation of Eq. 10, and its
@@ -26,7 +28,8 @@ import onnx
 from export.conditioning import float32_convs
 from export.errors import ExportError
 
-# "Relu": folded into its producer's output quantisation (see above), not a kernel of its own
+# "Relu" / "Clip" (ReLU6): folded into its producer's output quantisation (see above), not a
+# kernel of its own
 QUANT_OPS = ("Conv", "MatMul", "Gemm", "Relu", "Clip")
 
 
