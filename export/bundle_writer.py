@@ -87,7 +87,8 @@ def export_onnx_variants(model: Any, out: Path, info: dict, opts: ExportOptions,
     calib = _calibration(opts, prep, say) if opts.calib else {}
     # convolutions that compute by cancellation (and everything upstream of them) stay float32
     # in the fp16 and int8 graphs (export/conditioning.py)
-    kept = {g: float32_convs(out / fp32[g], calib.get(g)) for g in EXTRACTORS}
+    kept = {g: float32_convs(out / fp32[g], calib.get(g)) if opts.fp16 or opts.int8 else []
+            for g in EXTRACTORS}
     for g, names in kept.items():
         if names:
             say(f"{g}: {len(names)} convolution(s) stay float32 in fp16 / int8 (a cancelling "
