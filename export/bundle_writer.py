@@ -12,6 +12,7 @@ from typing import Any
 
 from export import manifest as mf
 from export import variants as reg
+from export.conditioning import float32_convs
 from export.errors import ExportError, ParityError
 from export.images import GATE_IMAGES
 from export.onnx_graphs import (
@@ -82,32 +83,53 @@ def export_onnx_variants(model: Any, out: Path, info: dict, opts: ExportOptions,
     say(f"exporting transfer ({opts.exporter})")
     export_transfer(model, out / fp32["transfer"], dims, info["k"], opts.exporter)
     variants = {"fp32": reg.manifest_entries(out, "fp32")}
+    prep = Preprocessor(size, tuple(info["mean"]), tuple(info["std"]))
+    calib = _calibration(opts, prep, say) if opts.calib else {}
+    # convolutions that compute by cancellation (and everything upstream of them) stay float32
+    # in the fp16 and int8 graphs (export/conditioning.py)
+    kept = {g: float32_convs(out / fp32[g], calib.get(g)) if opts.fp16 or opts.int8 else []
+            for g in EXTRACTORS}
+    for g, names in kept.items():
+        if names:
+            say(f"{g}: {len(names)} convolution(s) stay float32 in fp16 / int8 (a cancelling "
+                f"folded BN and what feeds it): {', '.join(names)}")
     if opts.fp16:
         say("converting to fp16 (fp32 kept for normalisations and reductions)")
         for g in GRAPHS:
             convert_fp16(out / fp32[g], out / reg.VARIANTS["fp16"].files[g],
-                         TRANSFER_FP16_OPS if g == "transfer" else None)
+                         TRANSFER_FP16_OPS if g == "transfer" else None, kept.get(g, []))
         variants["fp16"] = reg.manifest_entries(out, "fp16")
+        for g in EXTRACTORS:
+            variants["fp16"][g].update(float32_nodes=kept[g])
     if opts.int8:
-        from export.images import calibration_images
         from export.quantize import quantize_int8
 
-        prep = Preprocessor(size, tuple(info["mean"]), tuple(info["std"]))
         for g in EXTRACTORS:
-            images = calibration_images(opts.calib, g.removeprefix("extractor_"), prep,
-                                        opts.calib_images)
-            say(f"int8: calibrating {g} on {len(images)} training-split images")
-            quantize_int8(out / fp32[g], out / reg.VARIANTS["int8"].files[g], images,
-                          activations=opts.int8_activations)
+            quantize_int8(out / fp32[g], out / reg.VARIANTS["int8"].files[g], calib[g],
+                          activations=opts.int8_activations, float_nodes=kept[g])
         variants["int8"] = reg.manifest_entries(out, "int8")
         for g in EXTRACTORS:
             variants["int8"][g].update(calibration="train split",
-                                       activations=opts.int8_activations)
+                                       activations=opts.int8_activations,
+                                       float32_nodes=kept[g])
     if opts.openvino:
         from export.openvino_variants import openvino_variants
 
         variants.update(openvino_variants(out, variants, say))
     return variants
+
+
+def _calibration(opts: ExportOptions, prep: Preprocessor,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """Calibration images per extractor graph, from the TRAINING split of ``opts.calib``."""
+    from export.images import calibration_images
+
+    out = {}
+    for g in EXTRACTORS:
+        out[g] = calibration_images(opts.calib, g.removeprefix("extractor_"), prep,
+                                    opts.calib_images)
+        say(f"calibration images for {g}: {len(out[g])} from the training split")
+    return out
 
 
 def build_engines(out: Path, variants: dict, opts: ExportOptions,

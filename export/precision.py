@@ -4,19 +4,23 @@ The converter casts weights and activations to fp16, keeps float32 graph inputs/
 (``keep_io_types``) so every variant has the same I/O, and leaves in float32 the parts where fp16
 loses accuracy: normalisations (the folded BNNeck / ``Feat^t`` affine), reductions (GeM's pow and
 mean, the ReduceSum of the propagation's degrees and neighbour sum), and the degree normalisation
-of Eq. 10 (sqrt / reciprocal / division). The affinity scores are computed outside the graphs, in
-float32, by ``ssft_deploy.affinity``.
+of Eq. 10 (sqrt / reciprocal / division), and a convolution that computes by cancellation (a
+folded BN with a large offset, ``export.conditioning``) with every convolution upstream of it.
+The affinity scores are computed outside the graphs, in float32, by ``ssft_deploy.affinity``.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from export.conditioning import float32_convs
 from export.onnx_graphs import FOLDED_BN_PREFIX
 
 # Ops kept in float32 (see module docstring).
@@ -98,15 +102,22 @@ def drop_cast_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike,
-                 fp16_only: tuple[str, ...] | None = None) -> Path:
+                 fp16_only: tuple[str, ...] | None = None,
+                 fp32_names: Sequence[str] | None = None,
+                 images: np.ndarray | None = None) -> Path:
     """Write an fp16 copy of the ONNX graph ``src`` to ``dst`` (float32 I/O, see module doc).
 
     ``fp16_only`` restricts fp16 to these op types (used for the transfer graph).
+    ``fp32_names``: more nodes kept in float32 (default: the convolutions that compute by
+    cancellation on ``images`` and those upstream of them,
+    :func:`export.conditioning.float32_convs`; ``images`` default to random ones).
     """
     import onnxslim
     from onnxconverter_common import float16
 
     model = onnx.load(str(src))
+    if fp32_names is None:
+        fp32_names = float32_convs(model, images)
     # keep_io_types=True trips onnxconverter-common when a graph output comes from a node kept
     # in fp32 ("downstream node of the second cast node should be graph output"), so the I/O is
     # restored to float32 here instead, and the redundant fp16 round trips removed.
@@ -115,7 +126,7 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike,
         warnings.simplefilter("ignore", UserWarning)
         half = float16.convert_float_to_float16(
             model, keep_io_types=False, op_block_list=list(FP32_OPS),
-            node_block_list=fp32_nodes(model, fp16_only), disable_shape_infer=False)
+            node_block_list=fp32_nodes(model, fp16_only) + list(fp32_names), disable_shape_infer=False)
     half = drop_cast_round_trips(float32_io(half))
     del half.graph.value_info[:]  # the converter leaves stale dtypes there; infer them afresh
     half = onnx.shape_inference.infer_shapes(half, strict_mode=True)
