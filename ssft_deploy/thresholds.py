@@ -13,8 +13,8 @@ Each row bounds every stage the gate measures against the reference (the PyTorch
   transfer on identical inputs (the reference's z, idx, w), row by row.
 - ``transferred_min_cos``: min cosine of the transferred features end to end. Looser than the
   graph bound on purpose: one neighbour that changes at a near-tie changes the whole propagated
-  row (measured on the demo model: fp16 0.986, int8 0.916 with extractor cosines 0.999998 and
-  0.992), so this bound only catches gross failures; ``neighbour_overlap_mean`` bounds the flips.
+  row (measured on the ResNet-18 demo model of 2026-11: fp16 0.986, int8 0.916 with extractor
+  cosines 0.999998 and 0.992), so this bound only catches gross failures; ``neighbour_overlap_mean`` bounds the flips.
 - ``neighbour_overlap_mean``: mean over rows of |top-k set of the variant ∩ the reference's| / k
   (the affinity stage, Eq. 6).
 - ``max_abs_d_rank1`` / ``max_abs_d_mAP``: |Rank-1| / |mAP| difference in points on the held-out
