@@ -24,7 +24,6 @@ search keeps, so it never fetches by id and never sees an entry vanish halfway.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import secrets
@@ -39,6 +38,8 @@ from ssft_deploy.affinity.common import SLACK, d_from_cos, unit
 from ssft_deploy.errors import GalleryError, InputError
 from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window, fetch_ordered
 from ssft_deploy.gallery.binding import GalleryBinding
+from ssft_deploy.gallery.milvus_rows import OUT as _OUT
+from ssft_deploy.gallery.milvus_rows import VERSION_KEY, parse, to_entries, upsert_request
 from ssft_deploy.gallery.rwlock import ReadWriteLock
 from ssft_deploy.gallery.table import Entries
 
@@ -49,10 +50,6 @@ SELECT = {"pids": "pid", "camids": "camid", "ids": "eid"}  # remove()'s columns
 CHUNK = 1024          # queries / ids per request
 MAX_BATCH_BYTES = 48 << 20  # one upsert request stays under gRPC's 64 MiB message limit
 DEFAULT_SHORTLIST = 100     # two-stage search's M when the caller gives none (at least 4 x top)
-VERSION_KEY = "version"
-# a row's fields as searches return them: both features come in ``meta`` (base64), never as the
-# vector field, which Milvus 2.3 returns several times slower (and pymilvus parses as lists)
-_OUT = ["eid", "block", "pid", "camid", "track", "ts", "meta"]
 
 
 def connect(uri: str, token: str | None, timeout_s: float) -> Any:
@@ -82,6 +79,8 @@ def connect(uri: str, token: str | None, timeout_s: float) -> Any:
 
 class MilvusGallery(GalleryStore):
     """A gallery in a Milvus collection (see the module docstring)."""
+
+    pins_snapshot = False  # other clients write between a search's requests
 
     def __init__(self, uri: str, binding: GalleryBinding, *, client_uri: str | None = None,
                  collection: str = "ssft_gallery", token: str | None = None,
@@ -178,13 +177,16 @@ class MilvusGallery(GalleryStore):
             finally:
                 self._search.rows = None
 
-    def _bump(self, rows: list[dict] | None = None) -> Any:
-        """Upsert ``rows`` and a new version token in one request."""
-        version = {"pk": VERSION_KEY, "vec": np.eye(1, self._width, dtype=np.float32)[0],
-                   "eid": -1, "block": -1, "pid": -1, "camid": -1, "track": -1, "ts": 0.0,
-                   "meta": {"token": secrets.token_hex(8)}}
-        self._call("write a batch" if rows else "record a new version", self._client.upsert,
-                   self.collection, [*(rows or []), version])
+    def _bump(self, entries: Entries | None = None) -> Any:
+        """Upsert both rows of every entry and a new version token in one request (built by
+        ``milvus_rows``; sent through pymilvus's connection, which records its timestamp for
+        this client's Session reads)."""
+        entries = entries if entries is not None else Entries.empty(*self._binding.dims)
+        req = upsert_request(self.collection, entries, self._width)
+        conn = self._client._get_connection()
+        # ``schema``: the request is complete, pymilvus need not describe the collection
+        self._call("write a batch" if len(entries) else "record a new version", conn.upsert,
+                   self.collection, [], upsert_param=req, schema={"fields": []})
         self._wrote = True
 
     def _version(self) -> Hashable:
@@ -211,32 +213,9 @@ class MilvusGallery(GalleryStore):
                              f"request ({MAX_BATCH_BYTES >> 20} MiB): add it in smaller batches "
                              "(each batch is written all or nothing)")
         if n:
-            rows = self._rows(entries)
             with self._rw.write():
-                self._bump(rows)
+                self._bump(entries)
         return c["ids"].copy()
-
-    def _rows(self, entries: Entries) -> list[dict]:
-        c, w = entries.cols, self._width
-        vecs = {f: np.zeros((len(entries), w), np.float32) for f in ("shared", "specific")}
-        raw = {}
-        for f, v in vecs.items():
-            v[:, :c[f].shape[1]] = c[f]
-            raw[f] = [base64.b64encode(r.tobytes()).decode("ascii")
-                      for r in np.ascontiguousarray(c[f], np.float32)]
-        rows = []
-        for i in range(len(entries)):
-            common = {"eid": int(c["ids"][i]), "pid": int(c["pids"][i]),
-                      "camid": int(c["camids"][i]), "track": int(c["tracks"][i]),
-                      "ts": float(c["ts"][i]),
-                      "meta": {"v": entries.meta[i], "s": raw["shared"][i],
-                               "p": raw["specific"][i]}}
-            m = int(c["modality"][i])
-            rows.append({"pk": f"s:{common['eid']}", "vec": vecs["shared"][i], "block": m,
-                         **common})
-            rows.append({"pk": f"p:{common['eid']}", "vec": vecs["specific"][i], "block": 2 + m,
-                         **common})
-        return rows
 
     def _delete(self, sel: dict[str, np.ndarray]) -> int:
         expr = " or ".join(f"{SELECT[k]} in {v.tolist()}" for k, v in sel.items() if v.size)
@@ -263,10 +242,10 @@ class MilvusGallery(GalleryStore):
         rows: list[tuple] = []
         try:
             while batch := self._call("query", it.next):
-                rows += [self._parse(r) for r in batch]
+                rows += [parse(r) for r in batch]
         finally:
             it.close()
-        return self._entries(rows), key
+        return self._rows_as_entries(rows), key
 
     def _fetch(self, ids: np.ndarray) -> Entries:
         cache = getattr(self._search, "rows", None)
@@ -275,14 +254,14 @@ class MilvusGallery(GalleryStore):
         rows: list[tuple] = []
         with self._rw.read():
             for s in range(0, len(todo), CHUNK):
-                rows += [self._parse(r) for r in self._call(
+                rows += [parse(r) for r in self._call(
                     "fetch entries", self._client.get, self.collection,
                     ids=[f"s:{i}" for i in todo[s:s + CHUNK]], output_fields=_OUT,
                     consistency_level=self._level())]
         if cache is None:
-            return self._entries(rows)
+            return self._rows_as_entries(rows)
         cache.update((r[0], r) for r in rows)
-        return self._entries([cache[i] for i in ids if i in cache])
+        return self._rows_as_entries([cache[i] for i in ids if i in cache])
 
     def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
              shortlist: bool = False) -> np.ndarray:
@@ -303,17 +282,18 @@ class MilvusGallery(GalleryStore):
         data = np.zeros((len(q), self._width), np.float32)
         data[:, :q.shape[1]] = q
         for s in range(0, len(q), CHUNK):
+            # raw float32 bytes per query: pymilvus packs numpy rows float by float otherwise
             res = self._call("search", self._client.search, self.collection,
-                             data=list(data[s:s + CHUNK]), anns_field="vec",
+                             data=[r.tobytes() for r in data[s:s + CHUNK]], anns_field="vec",
                              filter=_filter([kind + modality], window), limit=limit,
                              search_params=params, consistency_level=self._level(),
                              output_fields=_OUT if cache is not None else ["eid"])
             for i, hits in enumerate(res):
                 ids[s + i, :len(hits)] = [h["entity"]["eid"] for h in hits]
                 cos[s + i, :len(hits)] = [h["distance"] for h in hits]
-                if cache is not None:
-                    cache.update((r[0], r) for r in map(self._parse, (h["entity"] for h in hits))
-                                 if r[0] not in cache)
+                if cache is not None:  # decode each entry once per search
+                    cache.update((r[0], r) for r in (parse(h["entity"]) for h in hits
+                                                     if h["entity"]["eid"] not in cache))
         return ids, cos
 
     def neighbour_lists(self, entry_ids: np.ndarray, k: int, modalities: tuple[int, ...],
@@ -354,24 +334,8 @@ class MilvusGallery(GalleryStore):
     def default_shortlist(self, top: int) -> int | None:
         return max(DEFAULT_SHORTLIST, 4 * top)
 
-    @staticmethod
-    def _parse(r: dict) -> tuple:
-        """A returned row as (eid, shared, specific, modality, pid, camid, track, ts, meta)."""
-        meta = r["meta"]
-        return (int(r["eid"]), np.frombuffer(base64.b64decode(meta["s"]), np.float32),
-                np.frombuffer(base64.b64decode(meta["p"]), np.float32), int(r["block"]) % 2,
-                int(r["pid"]), int(r["camid"]), int(r["track"]), float(r["ts"]), meta.get("v"))
-
-    def _entries(self, rows: list[tuple]) -> Entries:
-        e = Entries.empty(*self._binding.dims)
-        if not rows:
-            return e
-        cols = list(zip(*rows))
-        names = ("ids", "shared", "specific", "modality", "pids", "camids", "tracks", "ts")
-        out = {n: np.asarray(v, e.cols[n].dtype) for n, v in zip(names, cols)}
-        for k in ("shared", "specific"):
-            out[k] = out[k].reshape(len(rows), -1)
-        return Entries(out, list(cols[8]))
+    def _rows_as_entries(self, rows: list[tuple]) -> Entries:
+        return to_entries(rows, self._binding.dims)
 
     def close(self) -> None:
         client, self._client = getattr(self, "_client", None), None
