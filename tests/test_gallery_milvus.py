@@ -142,3 +142,18 @@ def test_entries_removed_during_a_search_fail_nothing(opened):
     client.hook = None
     after = g.search(q, top=10, mode="shared")[0].entry_ids.tolist()
     assert not set(first) & set(after)                    # the removal landed
+
+
+def test_meta_beyond_a_row_is_refused_whole(opened):
+    """Meta travels as JSON text in a VARCHAR column (65535 bytes): a larger value is an
+    InputError naming the entry, and nothing of the batch is written."""
+    from ssft_deploy.errors import InputError
+
+    g = fill(opened())
+    n = len(g)
+    with pytest.raises(InputError, match="meta of entry 1 "):
+        g.add(people([1, 2], "rgb", seed=5), pids=[1, 2], camids=0,
+              meta=[{"ok": 1}, {"big": "x" * 70_000}])
+    assert len(g) == n
+    ids = g.add(people([1], "rgb", seed=5), pids=[1], camids=0, meta=[{"frame": [1, "é"]}])
+    assert g.meta(ids) == [{"frame": [1, "é"]}]

@@ -2,15 +2,15 @@
 standalone / distributed server (``http(s)://host:19530``, 2.3 and later), through the same
 pymilvus client and one code path.
 
-Schema (``ssft-milvus/2``): one vector field per collection (Milvus 2.3 allows only one), so an
+Schema (``ssft-milvus/3``): one vector field per collection (Milvus 2.3 allows only one), so an
 entry is two rows written in one request: its ``shared`` row (block = modality) and its
 ``specific`` row (block = 2 + modality), primary keys ``s:ID`` / ``p:ID``. Each row's ``vec`` is
-its own feature (zero-padded to the larger dim, which leaves cosines unchanged); its ``meta``
-JSON holds the entry's meta value and the other feature (float32, base64), so any row found by a
-search carries the whole entry. Columns ``eid``, ``pid``, ``camid``, ``track``, ``ts`` serve
-filters. A row ``version`` (block -1) holds a token renewed in the same request as every add and
-right after every remove: caches key on it, and the collection is never altered after creation
-(its properties record the format and the bundle binding once).
+its own feature (zero-padded to the larger dim, which leaves cosines unchanged); its ``feat``
+holds both features (float32, base64) and its ``meta`` the entry's meta value (JSON text), so any
+row found by a search carries the whole entry (``milvus_rows``). Columns ``eid``, ``pid``,
+``camid``, ``track``, ``ts`` serve filters. A row ``version`` (block -1) holds a token renewed in
+the same request as every add and right after every remove: caches key on it, and the collection
+is never altered after creation (its properties record the format and the bundle binding once).
 
 Writes: an add is one upsert of both rows of every entry and the version row, which Milvus
 applies at one timestamp, entirely or not at all, so no read sees half an entry or half a batch;
@@ -18,8 +18,10 @@ by entry id it is idempotent (a retried batch replaces itself). A remove is one 
 Reads: ``Session`` consistency once this client has written (it sees its own writes without a
 flush), ``Bounded`` before; ``len`` is ``Strong`` (an exact count across writers). No read
 flushes. Two-stage search is the default (``shortlist`` sized by the store) and costs three
-search requests: stage one and the two neighbour-list levels each return whole rows, which the
-search keeps, so it never fetches by id and never sees an entry vanish halfway.
+search requests: stage one and the shortlist's neighbour lists return whole rows, which the
+search keeps (it never fetches by id), the outer level ids and scores only. An entry another
+client removes meanwhile misses itself in its own neighbour list and drops out of the ranking
+(``twostage.vanished``).
 """
 
 from __future__ import annotations
@@ -38,12 +40,19 @@ from ssft_deploy.affinity.common import SLACK, d_from_cos, unit
 from ssft_deploy.errors import GalleryError, InputError
 from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window, fetch_ordered
 from ssft_deploy.gallery.binding import GalleryBinding
+from ssft_deploy.gallery.milvus_rows import (
+    META_MAX,
+    VERSION_KEY,
+    feat_length,
+    parse,
+    to_entries,
+    upsert_request,
+)
 from ssft_deploy.gallery.milvus_rows import OUT as _OUT
-from ssft_deploy.gallery.milvus_rows import VERSION_KEY, parse, to_entries, upsert_request
 from ssft_deploy.gallery.rwlock import ReadWriteLock
 from ssft_deploy.gallery.table import Entries
 
-FORMAT = "ssft-milvus/2"
+FORMAT = "ssft-milvus/3"
 INDEXES = {"flat": ("FLAT", {}), "ivf": ("IVF_FLAT", {"nlist": 1024}),
            "hnsw": ("HNSW", {"M": 16, "efConstruction": 128}), "auto": ("AUTOINDEX", {})}
 SELECT = {"pids": "pid", "camids": "camid", "ids": "eid"}  # remove()'s columns
@@ -125,7 +134,8 @@ class MilvusGallery(GalleryStore):
         for name in ("eid", "block", "pid", "camid", "track"):
             schema.add_field(name, DataType.INT64)
         schema.add_field("ts", DataType.DOUBLE)
-        schema.add_field("meta", DataType.JSON)
+        schema.add_field("feat", DataType.VARCHAR, max_length=feat_length(self._binding.dims))
+        schema.add_field("meta", DataType.VARCHAR, max_length=META_MAX)
         kind, params = INDEXES[index]
         ip = c.prepare_index_params()
         ip.add_index("vec", index_type=kind, metric_type="COSINE", params=params)
@@ -193,7 +203,7 @@ class MilvusGallery(GalleryStore):
         rows = self._call("read the version", self._client.get, self.collection,
                           ids=[VERSION_KEY], output_fields=["meta"],
                           consistency_level=self._level())
-        return self.uri, self.collection, rows[0]["meta"]["token"] if rows else None
+        return self.uri, self.collection, rows[0]["meta"] if rows else None
 
     def __len__(self) -> int:
         res = self._call("count", self._client.query, self.collection, filter="block in [0, 1]",
@@ -242,7 +252,7 @@ class MilvusGallery(GalleryStore):
         rows: list[tuple] = []
         try:
             while batch := self._call("query", it.next):
-                rows += [parse(r) for r in batch]
+                rows += [self._parse(r) for r in batch]
         finally:
             it.close()
         return self._rows_as_entries(rows), key
@@ -254,7 +264,7 @@ class MilvusGallery(GalleryStore):
         rows: list[tuple] = []
         with self._rw.read():
             for s in range(0, len(todo), CHUNK):
-                rows += [parse(r) for r in self._call(
+                rows += [self._parse(r) for r in self._call(
                     "fetch entries", self._client.get, self.collection,
                     ids=[f"s:{i}" for i in todo[s:s + CHUNK]], output_fields=_OUT,
                     consistency_level=self._level())]
@@ -292,7 +302,7 @@ class MilvusGallery(GalleryStore):
                 ids[s + i, :len(hits)] = [h["entity"]["eid"] for h in hits]
                 cos[s + i, :len(hits)] = [h["distance"] for h in hits]
                 if cache is not None:  # decode each entry once per search
-                    cache.update((r[0], r) for r in (parse(h["entity"]) for h in hits
+                    cache.update((r[0], r) for r in (self._parse(h["entity"]) for h in hits
                                                      if h["entity"]["eid"] not in cache))
         return ids, cos
 
@@ -336,6 +346,9 @@ class MilvusGallery(GalleryStore):
 
     def _rows_as_entries(self, rows: list[tuple]) -> Entries:
         return to_entries(rows, self._binding.dims)
+
+    def _parse(self, r: dict) -> tuple:
+        return parse(r, self._binding.dims[0])
 
     def close(self) -> None:
         client, self._client = getattr(self, "_client", None), None
