@@ -9,7 +9,12 @@ failed searches, final count against adds - removes.
     python benchmarks/gallery_stores.py --sizes 10000 --stores server --churn-s 10
 
 Each (store, size) runs in its own process; the load average is recorded around every point
-(the machine may be shared: a point measured under load says so in ``loadavg_during``).
+(the machine may be shared: a point whose load average exceeded the usable cores is flagged
+``under_load``). Beside the latencies, each Milvus point times one bare request (one query
+vector, the shortlist's size, ids only: the server's per-request floor), and each point's p50 is
+set against the local store's at the same size in the same run (``p50_vs_local``), a ratio that
+the load moves far less than the absolute figures. 1M entries: ``--sizes 1000000`` (the server
+needs ~30 GB of disk and hours of loading on 2 cores; not run here).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from ssft_deploy.features import Features
 from ssft_deploy.gallery import open_gallery, twostage
 
 TIMED_ENTRIES, BATCH = 10_000, 1000
+BULK = 3000  # entries per request past the timed ones (Milvus: ~45 MB, under gRPC's 64 MB)
 TARGETS = {10_000: 150.0, 100_000: 250.0}  # p99 ms, real server, 512/512-d
 
 
@@ -48,20 +54,27 @@ def open_store(store: str, n: int, ds: int, dp: int, where: Path, uri: str | Non
     return open_gallery(uri, (ds, dp), collection=f"bench{uuid.uuid4().hex[:12]}", index="ivf")
 
 
-def settle(g) -> float:
-    """Milvus: seal the loaded rows and (server) wait for their index (setup after the bulk
-    load, as a deployed gallery would be; never on the search path)."""
+SETTLE_MAX_S = 180.0  # a live gallery compacts and re-indexes for good; search after this
+
+
+def settle(g) -> tuple[float, float]:
+    """Milvus: seal the loaded rows and (server) wait for their index, at most SETTLE_MAX_S
+    (setup after the bulk load, as a deployed gallery would be; never on the search path).
+    Returns (seconds, fraction of rows indexed then). At 100k the 2.3.5 server kept compacting
+    segments and rebuilding their indexes for 20+ minutes on 2 loaded cores."""
     if not g.uri.startswith(("http", "milvus:")):
-        return 0.0
+        return 0.0, 1.0
     t0 = time.perf_counter()
     g._client.flush(g.collection)
     if not g.uri.startswith("http"):
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, 1.0
     while True:
         info = g._client.describe_index(g.collection, "vec")
-        if int(info.get("pending_index_rows", 0)) == 0 and int(info.get("indexed_rows", 0)) >= \
-                int(info.get("total_rows", 0)):
-            return time.perf_counter() - t0
+        total = max(int(info.get("total_rows", 0)), 1)
+        done = int(info.get("pending_index_rows", 0)) == 0 and \
+            int(info.get("indexed_rows", 0)) >= total
+        if done or time.perf_counter() - t0 > SETTLE_MAX_S:
+            return time.perf_counter() - t0, min(1.0, int(info.get("indexed_rows", 0)) / total)
         time.sleep(1.0)
 
 
@@ -76,12 +89,12 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
         sl = ids[s:s + BATCH] if s + BATCH <= timed else ids[s:timed]
         g.add(feats.take(sl), pids=pids[sl], camids=cams[sl], entry_ids=sl)
     add_s = time.perf_counter() - t0
-    bulk = n if store == "local" else 2000             # the rest, untimed
+    bulk = n if store == "local" else BULK             # the rest, untimed
     for s in range(timed, n, bulk):
         sl = ids[s:s + bulk]
         g.add(feats.take(sl), pids=pids[sl], camids=cams[sl], entry_ids=sl)
     load_s = time.perf_counter() - t0
-    settle_s = settle(g)
+    settle_s, indexed = settle(g)
     sstn = stand_in_sstn(ds, dp)
     t0 = time.perf_counter()
     g.search(q.take([0]), top=TOP, transfer=sstn, mode="single-query", shortlist=m)
@@ -91,13 +104,13 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
     if store != "local":                                 # time inside the client's requests
         real = g._client.search
 
-        def timed(*args, **kwargs):
+        def timed_search(*args, **kwargs):
             t = time.perf_counter()
             try:
                 return real(*args, **kwargs)
             finally:
                 spent[0] += time.perf_counter() - t
-        g._client.search = timed
+        g._client.search = timed_search
     for i in range(queries):
         spent[0] = 0.0
         t0 = time.perf_counter()
@@ -105,6 +118,7 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
         lat.append(time.perf_counter() - t0)
         in_requests.append(spent[0])
         loads.append(os.getloadavg()[0])
+    floor = request_floor(g, q, m) if store != "local" else []
     got = twostage.shortlists(g, q, (0,), (None, None), m)
     base, qs = _unit(feats.shared), _unit(q.shared)
     exact, mth = gallery_sweep.exact_top(qs, base, m)
@@ -116,11 +130,28 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
     lat_ms = 1e3 * np.array(lat)
     return {"store": store, "n": n, "dims": [ds, dp], "shortlist": m, "queries": queries,
             "adds_per_s": timed / add_s, "add_batch": BATCH, "timed_entries": timed,
-            "load_s": load_s, "settle_s": settle_s, "first_search_s": first_s,
+            "load_s": load_s, "settle_s": settle_s, "indexed_fraction": indexed, "first_search_s": first_s,
             "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
             "requests_p50_ms": 1e3 * float(np.percentile(in_requests, 50)),
+            "request_floor_p50_ms": 1e3 * float(np.median(floor)) if floor else None,
             "client_rss_mib": rss, "shortlist_recall": recall["recall_at_m"],
-            "loadavg": os.getloadavg(), "loadavg_during": [min(loads), max(loads)]}
+            "loadavg": os.getloadavg(), "loadavg_during": [min(loads), max(loads)],
+            "under_load": max(loads) > (os.cpu_count() or 1)}
+
+
+def request_floor(g, q: Features, m: int) -> list[float]:
+    """Seconds of single bare search requests (one query, ``m`` hits, ids only, Bounded)."""
+    out = []
+    for i in range(len(q)):
+        x = np.zeros(g._width, np.float32)
+        x[:q.shared.shape[1]] = _unit(q.shared[i:i + 1])[0]
+        t0 = time.perf_counter()
+        g._client.search(g.collection, data=[x.tobytes()], anns_field="vec", limit=m,
+                         filter="block in [0]", output_fields=["eid"],
+                         consistency_level="Bounded",
+                         search_params={"metric_type": "COSINE", "params": {"nprobe": 16}})
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 # -- churn: 3 writer processes + 1 searcher on the server -----------------------------------------
@@ -262,8 +293,9 @@ def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, merge, po
                     click.echo(f"{store} {n}: failed: {proc.stderr[-800:]}", err=True)
                     continue
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
-                if srv:
+                if store == "server":
                     row.update(server_usage(srv))
+                row["created"] = res["created"]
                 res["points"].append(row)
                 click.echo(f"{store:7s} n={n:>7d}  adds {row['adds_per_s']:8.0f}/s  p50 "
                            f"{row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  recall@{m} "
@@ -278,6 +310,7 @@ def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, merge, po
     finally:
         if srv:
             srv.stop()
+    relate(res)
     res["targets"] = targets(res)
     res["loadavg_end"] = os.getloadavg()
     click.echo(format_table(["target", "value", "goal", "note"],
@@ -291,9 +324,21 @@ def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, merge, po
         res["earlier_runs"] = old.get("earlier_runs", []) + [
             {k: old.get(k) for k in ("created", "loadavg_start", "loadavg_end", "server")}]
         res.setdefault("churn", old.get("churn"))
+        relate(res)
         res["targets"] = targets(res)
     write_json(out / "gallery_stores.json", res)
     click.echo(f"wrote {out / 'gallery_stores.json'}")
+
+
+def relate(res: dict) -> None:
+    """Each point's p50 / p99 over the local store's at the same size (same run only)."""
+    local = {r["n"]: r for r in res["points"] if r["store"] == "local" and "error" not in r
+             and r.get("created", res.get("created")) == res.get("created")}
+    for r in res["points"]:
+        ref = local.get(r["n"])
+        if ref and "error" not in r and r.get("created", res.get("created")) == res.get("created"):
+            r["p50_vs_local"] = r["p50_ms"] / ref["p50_ms"]
+            r["p99_vs_local"] = r["p99_ms"] / ref["p99_ms"]
 
 
 def targets(res: dict) -> list[dict]:

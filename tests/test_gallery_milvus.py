@@ -20,14 +20,17 @@ KINDS = ["lite", pytest.param("server", marks=pytest.mark.milvus_server)]
 
 
 class Counting:
-    """The pymilvus client, every method call recorded by name (``hook``: runs after one)."""
+    """The pymilvus client, every method call recorded by name (``hook``: runs after one); the
+    connection it hands out (``_get_connection``: requests the store builds itself) too."""
 
-    def __init__(self, client):
-        self._real, self.calls, self.hook = client, [], None
+    def __init__(self, client, calls=None):
+        self._real, self.calls, self.hook = client, [] if calls is None else calls, None
 
     def __getattr__(self, name):
         fn = getattr(self._real, name)
-        if not callable(fn):
+        if name == "_get_connection":
+            return lambda *a, **k: Counting(fn(*a, **k), self.calls)
+        if not callable(fn) or name.startswith("_"):
             return fn
 
         def call(*args, **kwargs):
@@ -119,7 +122,8 @@ def test_writes_never_alter_or_flush_and_are_read_at_once(opened):
 
 def test_entries_removed_during_a_search_fail_nothing(opened):
     """Another client removes stage one's best entries between stage one and the neighbour
-    lists: the search still answers (its rows came whole with stage one's hits)."""
+    lists: the search still answers (its rows came whole with stage one's hits), and ranks only
+    entries that still exist (the removed ones miss themselves in their own neighbour lists)."""
     from benchmarks.gallery_scale import stand_in_sstn
 
     g, other = fill(opened()), opened()
@@ -134,6 +138,22 @@ def test_entries_removed_during_a_search_fail_nothing(opened):
     client.calls.clear()
     res = g.search(q, top=10, transfer=stand_in_sstn(*DIMS), mode="single-query")[0]
     assert client.calls == ["search"] * 3 and len(res.entry_ids)
+    assert not set(first) & set(res.entry_ids.tolist())   # dropped from this search's ranking
     client.hook = None
     after = g.search(q, top=10, mode="shared")[0].entry_ids.tolist()
     assert not set(first) & set(after)                    # the removal landed
+
+
+def test_meta_beyond_a_row_is_refused_whole(opened):
+    """Meta travels as JSON text in a VARCHAR column (65535 bytes): a larger value is an
+    InputError naming the entry, and nothing of the batch is written."""
+    from ssft_deploy.errors import InputError
+
+    g = fill(opened())
+    n = len(g)
+    with pytest.raises(InputError, match="meta of entry 1 "):
+        g.add(people([1, 2], "rgb", seed=5), pids=[1, 2], camids=0,
+              meta=[{"ok": 1}, {"big": "x" * 70_000}])
+    assert len(g) == n
+    ids = g.add(people([1], "rgb", seed=5), pids=[1], camids=0, meta=[{"frame": [1, "é"]}])
+    assert g.meta(ids) == [{"frame": [1, "é"]}]

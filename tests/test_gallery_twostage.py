@@ -83,3 +83,23 @@ def test_all_queries_two_stage_ranks_the_subgraph(gallery):
     full = gallery.search(q, top=5, transfer=sstn, mode="all-queries")
     assert [len(r.pids) for r in res] == [5, 5]
     assert [r.pids[0] for r in res] == [r.pids[0] for r in full]
+
+
+def test_vanished_reads_an_entry_missing_from_its_own_list():
+    """An entry whose own same-modality list (first k columns) lacks it is gone, unless k
+    near-duplicates fill that list (then it cannot be told and stays); padding (the entry
+    itself at weight 0) is no sign of life."""
+    from ssft_deploy.gallery.twostage import vanished
+
+    k = 2
+    ids = np.array([10, 11, 12, 13])
+    idx = np.array([[10, 5, 7, 8],       # itself first: present
+                    [5, 6, 7, 8],        # missing, its list holds weaker entries: gone
+                    [5, 6, 7, 8],        # missing, but k entries tie at ~1: kept
+                    [13, 13, 7, 8]])     # only padding (itself, weight 0): gone
+    w = np.array([[1.0, 0.6, 0.5, 0.4],
+                  [0.9, 0.6, 0.5, 0.4],
+                  [0.9999999, 0.9999999, 0.5, 0.4],
+                  [0.0, 0.0, 0.5, 0.4]])
+    assert vanished(ids, idx, w, k).tolist() == [11, 13]
+    assert vanished(ids[:0], idx[:0], w[:0], k).tolist() == []

@@ -51,6 +51,10 @@ class SearchResult:
 class GalleryStore(ABC):
     """A gallery of known (or unknown) people's features; see :func:`open_gallery`."""
 
+    # every read of one search sees one state (False: a server store, whose other clients may
+    # remove entries between a search's requests; two-stage search then drops them)
+    pins_snapshot = True
+
     def __init__(self, binding: GalleryBinding | None, uri: str) -> None:
         self._binding, self.uri = binding, uri
         self._nl_lock = threading.Lock()

@@ -2,15 +2,15 @@
 standalone / distributed server (``http(s)://host:19530``, 2.3 and later), through the same
 pymilvus client and one code path.
 
-Schema (``ssft-milvus/2``): one vector field per collection (Milvus 2.3 allows only one), so an
+Schema (``ssft-milvus/3``): one vector field per collection (Milvus 2.3 allows only one), so an
 entry is two rows written in one request: its ``shared`` row (block = modality) and its
 ``specific`` row (block = 2 + modality), primary keys ``s:ID`` / ``p:ID``. Each row's ``vec`` is
-its own feature (zero-padded to the larger dim, which leaves cosines unchanged); its ``meta``
-JSON holds the entry's meta value and the other feature (float32, base64), so any row found by a
-search carries the whole entry. Columns ``eid``, ``pid``, ``camid``, ``track``, ``ts`` serve
-filters. A row ``version`` (block -1) holds a token renewed in the same request as every add and
-right after every remove: caches key on it, and the collection is never altered after creation
-(its properties record the format and the bundle binding once).
+its own feature (zero-padded to the larger dim, which leaves cosines unchanged); its ``feat``
+holds both features (float32, base64) and its ``meta`` the entry's meta value (JSON text), so any
+row found by a search carries the whole entry (``milvus_rows``). Columns ``eid``, ``pid``,
+``camid``, ``track``, ``ts`` serve filters. A row ``version`` (block -1) holds a token renewed in
+the same request as every add and right after every remove: caches key on it, and the collection
+is never altered after creation (its properties record the format and the bundle binding once).
 
 Writes: an add is one upsert of both rows of every entry and the version row, which Milvus
 applies at one timestamp, entirely or not at all, so no read sees half an entry or half a batch;
@@ -18,13 +18,14 @@ by entry id it is idempotent (a retried batch replaces itself). A remove is one 
 Reads: ``Session`` consistency once this client has written (it sees its own writes without a
 flush), ``Bounded`` before; ``len`` is ``Strong`` (an exact count across writers). No read
 flushes. Two-stage search is the default (``shortlist`` sized by the store) and costs three
-search requests: stage one and the two neighbour-list levels each return whole rows, which the
-search keeps, so it never fetches by id and never sees an entry vanish halfway.
+search requests: stage one and the shortlist's neighbour lists return whole rows, which the
+search keeps (it never fetches by id), the outer level ids and scores only. An entry another
+client removes meanwhile misses itself in its own neighbour list and drops out of the ranking
+(``twostage.vanished``).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import secrets
@@ -39,20 +40,25 @@ from ssft_deploy.affinity.common import SLACK, d_from_cos, unit
 from ssft_deploy.errors import GalleryError, InputError
 from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window, fetch_ordered
 from ssft_deploy.gallery.binding import GalleryBinding
+from ssft_deploy.gallery.milvus_rows import (
+    META_MAX,
+    VERSION_KEY,
+    feat_length,
+    parse,
+    to_entries,
+    upsert_request,
+)
+from ssft_deploy.gallery.milvus_rows import OUT as _OUT
 from ssft_deploy.gallery.rwlock import ReadWriteLock
 from ssft_deploy.gallery.table import Entries
 
-FORMAT = "ssft-milvus/2"
+FORMAT = "ssft-milvus/3"
 INDEXES = {"flat": ("FLAT", {}), "ivf": ("IVF_FLAT", {"nlist": 1024}),
            "hnsw": ("HNSW", {"M": 16, "efConstruction": 128}), "auto": ("AUTOINDEX", {})}
 SELECT = {"pids": "pid", "camids": "camid", "ids": "eid"}  # remove()'s columns
 CHUNK = 1024          # queries / ids per request
 MAX_BATCH_BYTES = 48 << 20  # one upsert request stays under gRPC's 64 MiB message limit
 DEFAULT_SHORTLIST = 100     # two-stage search's M when the caller gives none (at least 4 x top)
-VERSION_KEY = "version"
-# a row's fields as searches return them: both features come in ``meta`` (base64), never as the
-# vector field, which Milvus 2.3 returns several times slower (and pymilvus parses as lists)
-_OUT = ["eid", "block", "pid", "camid", "track", "ts", "meta"]
 
 
 def connect(uri: str, token: str | None, timeout_s: float) -> Any:
@@ -82,6 +88,8 @@ def connect(uri: str, token: str | None, timeout_s: float) -> Any:
 
 class MilvusGallery(GalleryStore):
     """A gallery in a Milvus collection (see the module docstring)."""
+
+    pins_snapshot = False  # other clients write between a search's requests
 
     def __init__(self, uri: str, binding: GalleryBinding, *, client_uri: str | None = None,
                  collection: str = "ssft_gallery", token: str | None = None,
@@ -126,7 +134,8 @@ class MilvusGallery(GalleryStore):
         for name in ("eid", "block", "pid", "camid", "track"):
             schema.add_field(name, DataType.INT64)
         schema.add_field("ts", DataType.DOUBLE)
-        schema.add_field("meta", DataType.JSON)
+        schema.add_field("feat", DataType.VARCHAR, max_length=feat_length(self._binding.dims))
+        schema.add_field("meta", DataType.VARCHAR, max_length=META_MAX)
         kind, params = INDEXES[index]
         ip = c.prepare_index_params()
         ip.add_index("vec", index_type=kind, metric_type="COSINE", params=params)
@@ -178,20 +187,23 @@ class MilvusGallery(GalleryStore):
             finally:
                 self._search.rows = None
 
-    def _bump(self, rows: list[dict] | None = None) -> Any:
-        """Upsert ``rows`` and a new version token in one request."""
-        version = {"pk": VERSION_KEY, "vec": np.eye(1, self._width, dtype=np.float32)[0],
-                   "eid": -1, "block": -1, "pid": -1, "camid": -1, "track": -1, "ts": 0.0,
-                   "meta": {"token": secrets.token_hex(8)}}
-        self._call("write a batch" if rows else "record a new version", self._client.upsert,
-                   self.collection, [*(rows or []), version])
+    def _bump(self, entries: Entries | None = None) -> Any:
+        """Upsert both rows of every entry and a new version token in one request (built by
+        ``milvus_rows``; sent through pymilvus's connection, which records its timestamp for
+        this client's Session reads)."""
+        entries = entries if entries is not None else Entries.empty(*self._binding.dims)
+        req = upsert_request(self.collection, entries, self._width)
+        conn = self._client._get_connection()
+        # ``schema``: the request is complete, pymilvus need not describe the collection
+        self._call("write a batch" if len(entries) else "record a new version", conn.upsert,
+                   self.collection, [], upsert_param=req, schema={"fields": []})
         self._wrote = True
 
     def _version(self) -> Hashable:
         rows = self._call("read the version", self._client.get, self.collection,
                           ids=[VERSION_KEY], output_fields=["meta"],
                           consistency_level=self._level())
-        return self.uri, self.collection, rows[0]["meta"]["token"] if rows else None
+        return self.uri, self.collection, rows[0]["meta"] if rows else None
 
     def __len__(self) -> int:
         res = self._call("count", self._client.query, self.collection, filter="block in [0, 1]",
@@ -211,32 +223,9 @@ class MilvusGallery(GalleryStore):
                              f"request ({MAX_BATCH_BYTES >> 20} MiB): add it in smaller batches "
                              "(each batch is written all or nothing)")
         if n:
-            rows = self._rows(entries)
             with self._rw.write():
-                self._bump(rows)
+                self._bump(entries)
         return c["ids"].copy()
-
-    def _rows(self, entries: Entries) -> list[dict]:
-        c, w = entries.cols, self._width
-        vecs = {f: np.zeros((len(entries), w), np.float32) for f in ("shared", "specific")}
-        raw = {}
-        for f, v in vecs.items():
-            v[:, :c[f].shape[1]] = c[f]
-            raw[f] = [base64.b64encode(r.tobytes()).decode("ascii")
-                      for r in np.ascontiguousarray(c[f], np.float32)]
-        rows = []
-        for i in range(len(entries)):
-            common = {"eid": int(c["ids"][i]), "pid": int(c["pids"][i]),
-                      "camid": int(c["camids"][i]), "track": int(c["tracks"][i]),
-                      "ts": float(c["ts"][i]),
-                      "meta": {"v": entries.meta[i], "s": raw["shared"][i],
-                               "p": raw["specific"][i]}}
-            m = int(c["modality"][i])
-            rows.append({"pk": f"s:{common['eid']}", "vec": vecs["shared"][i], "block": m,
-                         **common})
-            rows.append({"pk": f"p:{common['eid']}", "vec": vecs["specific"][i], "block": 2 + m,
-                         **common})
-        return rows
 
     def _delete(self, sel: dict[str, np.ndarray]) -> int:
         expr = " or ".join(f"{SELECT[k]} in {v.tolist()}" for k, v in sel.items() if v.size)
@@ -266,7 +255,7 @@ class MilvusGallery(GalleryStore):
                 rows += [self._parse(r) for r in batch]
         finally:
             it.close()
-        return self._entries(rows), key
+        return self._rows_as_entries(rows), key
 
     def _fetch(self, ids: np.ndarray) -> Entries:
         cache = getattr(self._search, "rows", None)
@@ -280,9 +269,9 @@ class MilvusGallery(GalleryStore):
                     ids=[f"s:{i}" for i in todo[s:s + CHUNK]], output_fields=_OUT,
                     consistency_level=self._level())]
         if cache is None:
-            return self._entries(rows)
+            return self._rows_as_entries(rows)
         cache.update((r[0], r) for r in rows)
-        return self._entries([cache[i] for i in ids if i in cache])
+        return self._rows_as_entries([cache[i] for i in ids if i in cache])
 
     def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
              shortlist: bool = False) -> np.ndarray:
@@ -303,17 +292,18 @@ class MilvusGallery(GalleryStore):
         data = np.zeros((len(q), self._width), np.float32)
         data[:, :q.shape[1]] = q
         for s in range(0, len(q), CHUNK):
+            # raw float32 bytes per query: pymilvus packs numpy rows float by float otherwise
             res = self._call("search", self._client.search, self.collection,
-                             data=list(data[s:s + CHUNK]), anns_field="vec",
+                             data=[r.tobytes() for r in data[s:s + CHUNK]], anns_field="vec",
                              filter=_filter([kind + modality], window), limit=limit,
                              search_params=params, consistency_level=self._level(),
                              output_fields=_OUT if cache is not None else ["eid"])
             for i, hits in enumerate(res):
                 ids[s + i, :len(hits)] = [h["entity"]["eid"] for h in hits]
                 cos[s + i, :len(hits)] = [h["distance"] for h in hits]
-                if cache is not None:
-                    cache.update((r[0], r) for r in map(self._parse, (h["entity"] for h in hits))
-                                 if r[0] not in cache)
+                if cache is not None:  # decode each entry once per search
+                    cache.update((r[0], r) for r in (self._parse(h["entity"]) for h in hits
+                                                     if h["entity"]["eid"] not in cache))
         return ids, cos
 
     def neighbour_lists(self, entry_ids: np.ndarray, k: int, modalities: tuple[int, ...],
@@ -354,24 +344,11 @@ class MilvusGallery(GalleryStore):
     def default_shortlist(self, top: int) -> int | None:
         return max(DEFAULT_SHORTLIST, 4 * top)
 
-    @staticmethod
-    def _parse(r: dict) -> tuple:
-        """A returned row as (eid, shared, specific, modality, pid, camid, track, ts, meta)."""
-        meta = r["meta"]
-        return (int(r["eid"]), np.frombuffer(base64.b64decode(meta["s"]), np.float32),
-                np.frombuffer(base64.b64decode(meta["p"]), np.float32), int(r["block"]) % 2,
-                int(r["pid"]), int(r["camid"]), int(r["track"]), float(r["ts"]), meta.get("v"))
+    def _rows_as_entries(self, rows: list[tuple]) -> Entries:
+        return to_entries(rows, self._binding.dims)
 
-    def _entries(self, rows: list[tuple]) -> Entries:
-        e = Entries.empty(*self._binding.dims)
-        if not rows:
-            return e
-        cols = list(zip(*rows))
-        names = ("ids", "shared", "specific", "modality", "pids", "camids", "tracks", "ts")
-        out = {n: np.asarray(v, e.cols[n].dtype) for n, v in zip(names, cols)}
-        for k in ("shared", "specific"):
-            out[k] = out[k].reshape(len(rows), -1)
-        return Entries(out, list(cols[8]))
+    def _parse(self, r: dict) -> tuple:
+        return parse(r, self._binding.dims[0])
 
     def close(self) -> None:
         client, self._client = getattr(self, "_client", None), None

@@ -21,7 +21,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from ssft_deploy.affinity.common import unit
+from ssft_deploy.affinity.common import d_from_cos, unit
 from ssft_deploy.affinity.dense import top_by_score
 from ssft_deploy.affinity.single_query import query_gallery_affinity
 from ssft_deploy.features import Features
@@ -59,11 +59,15 @@ def distances(store: GalleryStore, q: Features, mods: tuple[int, ...], window: W
             out.append((l2_distances(q.shared[i:i + 1], sub.cols["shared"])[0], sub.public()))
         return out
     union = np.unique(np.concatenate(short))
-    nbr, _ = store.neighbour_lists(union, transfer.k, mods, window)
+    nbr, nbr_w = store.neighbour_lists(union, transfer.k, mods, window)
     sub = fetch_ordered(store, np.union1d(union, nbr))
     dist = transfer.auxiliary_distances(q, sub.features(), aux) if len(sub) else \
         np.zeros((len(q), 0), np.float32)
-    return [(d, sub.public()) for d in dist]
+    if store.pins_snapshot:
+        return [(d, sub.public()) for d in dist]
+    keep = ~np.isin(sub.cols["ids"], vanished(union, nbr, nbr_w, transfer.k))
+    ranked = sub.take(np.flatnonzero(keep)).public()
+    return [(d[keep], ranked) for d in dist]
 
 
 def _single_query(store: GalleryStore, q: Features, short: list[np.ndarray],
@@ -72,7 +76,9 @@ def _single_query(store: GalleryStore, q: Features, short: list[np.ndarray],
     s_all = np.unique(np.concatenate(short))
     s_idx, s_w = store.neighbour_lists(s_all, k, mods, window)
     b_all = np.setdiff1d(s_idx, s_all)
-    _, b_w = store.neighbour_lists(b_all, k, mods, window, weights_only=True)
+    b_idx, b_w = store.neighbour_lists(b_all, k, mods, window, weights_only=True)
+    gone = np.zeros(0, np.int64) if store.pins_snapshot else np.concatenate(
+        [vanished(s_all, s_idx, s_w, k), vanished(b_all, b_idx, b_w, k)])
     nodes = np.concatenate([s_all, b_all])
     order = np.argsort(nodes)
     nodes_sorted = nodes[order]
@@ -88,9 +94,28 @@ def _single_query(store: GalleryStore, q: Features, short: list[np.ndarray],
     for (_, _, _, pos), t in zip(blocks, t_blocks):
         t = unit(t, np.float64)
         cos = t[1:1 + len(pos)] @ t[0]
-        sub = e.take(pos)
-        out.append((np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0)).astype(np.float32), sub.public()))
+        keep = ~np.isin(nodes_sorted[pos], gone)     # removed since stage one: not ranked
+        sub = e.take(pos[keep])
+        out.append((np.sqrt(np.maximum(2.0 - 2.0 * cos[keep], 0.0)).astype(np.float32),
+                    sub.public()))
     return out
+
+
+SELF_TIE = float(d_from_cos(np.float64(1.0 - 1e-5)))  # float32 cosines this close to 1 may tie
+
+
+def vanished(ids: np.ndarray, idx: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+    """Entries of ``ids`` that a later request of this search no longer found: each entry's own
+    same-modality list (the first k columns, searched with its own feature) holds the entry
+    itself (weight 1) while it exists, unless k others tie with it there (near-duplicates: kept,
+    as it cannot be told). An entry missing from its list was removed (or replaced) by another
+    client after the request that returned it."""
+    if not len(ids):
+        return ids
+    first, wk = idx[:, :k], w[:, :k]
+    found = ((first == ids[:, None]) & (wk > 0)).any(axis=1)
+    crowded = wk.min(axis=1) >= SELF_TIE
+    return ids[~found & ~crowded]
 
 
 def _block(q: Features, z_q: np.ndarray, s: np.ndarray, e: Entries, z_all: np.ndarray,
