@@ -83,9 +83,12 @@ def run(config: str, data: str, rounds: int, budget_s: float, threads: int | Non
 @click.option("--budget-s", default=10.0, show_default=True, help="seconds per slice")
 @click.option("--threads", default=None, type=int, help="torch threads per worker")
 @click.option("--set", "extra", multiple=True, help="override for every variant")
-def main(config, data, out, rounds, budget_s, threads, extra) -> None:
+@click.option("--variant", "names", multiple=True, type=click.Choice(list(VARIANTS)),
+              help="run only these variants (repeatable; default all)")
+def main(config, data, out, rounds, budget_s, threads, extra, names) -> None:
     """Steps/s of the training variants, side by side in one run."""
-    res = run(config, data, rounds, budget_s, threads, list(extra))
+    chosen = {n: VARIANTS[n] for n in (names or VARIANTS)}
+    res = run(config, data, rounds, budget_s, threads, list(extra), chosen)
     m = res["machine"]
     click.echo(f"{m['cpu']} ({', '.join(m['isa'])}), load {m['load_avg_1m']}")
     rows = [[n, v["steps"], v["steps_per_s"], v["median_step_s"], v["speedup"]]
