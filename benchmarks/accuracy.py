@@ -9,8 +9,16 @@ once per seed (``ssft-train ... --set seed=S``, up to ``--jobs`` at a time, ``--
 threads each) and evaluates each model as ``make demo`` does (all-search, single-shot, 10 gallery
 trials). Per seed it keeps the mean over gallery trials; the summary is mean and sample std
 (ddof=1) OVER SEEDS of Rank-1 / mAP / mINP in the transfer, single-query and shared-only settings,
-and of the per-seed gains transfer - shared-only and single-query - shared-only. A finished seed
-(its model.pth / eval.json exist for the same config) is reused, so an interrupted sweep resumes.
+and of the per-seed gains transfer - shared-only and single-query - shared-only, with, per
+metric, whether the transfer gain's mean is above 2 std. ``--other ROOT`` (repeatable) scores
+every seed's model with the same protocol on the test split of another synthetic tree (another
+generator seed: identities and cameras the model never saw generated); its figures sit beside the
+main ones under ``other``. A finished seed (its model.pth / eval.json exist for the same config)
+is reused, so an interrupted sweep resumes.
+
+    python -m ssft_deploy.datasets.synthetic --root runs/accuracy/data/s1 --ids 200,20,64 \
+        --per-cam 2,4 --test-per-cam 13,42 --seed 1
+    python benchmarks/accuracy.py --seeds 3 --other runs/accuracy/data/s1
 """
 
 from __future__ import annotations
@@ -98,6 +106,17 @@ def _same_config(run: Path, cfg: dict[str, Any]) -> bool:
         {k: v for k, v in cfg.items() if k != "num_classes"}
 
 
+def _others(roots: tuple[str, ...]) -> dict[str, Path]:
+    """``--other`` roots by folder name (the name keys their figures)."""
+    return {Path(r).name: Path(r).resolve() for r in roots}
+
+
+def same_model(run: Path, ev: Path) -> bool:
+    """Whether ``ev`` exists and is newer than the run's model (an evaluation to reuse)."""
+    model = run / "model.pth"
+    return ev.is_file() and model.is_file() and ev.stat().st_mtime >= model.stat().st_mtime
+
+
 def seed_row(ev: dict[str, Any]) -> dict[str, Any]:
     """One seed's figures: per setting the mean over gallery trials, plus the gains."""
     row = {s: {m: ev["settings"][s][m]["mean"] for m in METRICS}
@@ -122,28 +141,37 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if all("gain" in r for r in rows):
         out["gain"] = {g: {m: _stat([r["gain"][g][m] for r in rows]) for m in METRICS}
                        for g in GAINS if all(g in r["gain"] for r in rows)}
-        g = out["gain"].get("transfer_minus_shared", {}).get("rank1")
-        if g:
-            out["transfer_gain_rank1_clearly_positive"] = bool(g["mean"] > 2 * g["std"])
+        g = out["gain"].get("transfer_minus_shared", {})
+        if "rank1" in g:
+            out["transfer_gain_rank1_clearly_positive"] = bool(
+                g["rank1"]["mean"] > 2 * g["rank1"]["std"])
+            out["transfer_gain_clearly_positive"] = {
+                m: bool(g[m]["mean"] > 2 * g[m]["std"]) for m in METRICS if m in g}
     return out
 
 
-def markdown_table(result: dict[str, Any]) -> str:
-    """The accuracy table of docs/results.md from a results file (figures as ``mean +- std``)."""
-    s = result["summary"]
-    lines = ["| setting | Rank-1 | mAP | mINP |", "| --- | --- | --- | --- |"]
+def _rows(s: dict[str, Any], suffix: str = "") -> list[str]:
     names = {"transfer": "transfer (all queries, Sec. 4.5)", "single-query": "single-query (Eq. 22)",
              "shared-only": "shared only (no transfer)"}
-    for key, name in names.items():
-        if key in s:
-            lines.append(f"| {name} | " + " | ".join(
-                f"{s[key][m]['mean']:.2f} +- {s[key][m]['std']:.2f}" for m in METRICS) + " |")
+    lines = [f"| {name}{suffix} | " + " | ".join(
+        f"{s[key][m]['mean']:.2f} +- {s[key][m]['std']:.2f}" for m in METRICS) + " |"
+        for key, name in names.items() if key in s]
     for key, name in (("transfer_minus_shared", "gain: transfer - shared only"),
                       ("single_query_minus_shared", "gain: single-query - shared only")):
         if key in s.get("gain", {}):
             g = s["gain"][key]
-            lines.append(f"| {name} | " + " | ".join(
+            lines.append(f"| {name}{suffix} | " + " | ".join(
                 f"{g[m]['mean']:+.2f} +- {g[m]['std']:.2f}" for m in METRICS) + " |")
+    return lines
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The accuracy table of docs/results.md from a results file (figures as ``mean +- std``;
+    the ``--other`` trees' rows after the main ones, their name in brackets)."""
+    lines = ["| setting | Rank-1 | mAP | mINP |", "| --- | --- | --- | --- |",
+             *_rows(result["summary"])]
+    for name, o in result.get("other", {}).items():
+        lines += _rows(o["summary"], f" [{name}]")
     return "\n".join(lines)
 
 
@@ -164,8 +192,11 @@ def markdown_table(result: dict[str, Any]) -> str:
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1),
               help="torch threads per training")
 @click.option("--trials", default=10, show_default=True, type=click.IntRange(1, 10))
+@click.option("--other", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="also score every seed on the test split of this tree (another generator "
+                   "seed; repeatable)")
 @click.option("--table", "table_only", is_flag=True, help="print OUT's markdown table and exit")
-def main(seeds, seed_list, config_path, overrides, work, out, jobs, threads, trials,
+def main(seeds, seed_list, config_path, overrides, work, out, jobs, threads, trials, other,
          table_only) -> None:
     """Train the demo configuration once per seed and report accuracy mean +- std over seeds."""
     out = Path(out)
@@ -213,13 +244,26 @@ def main(seeds, seed_list, config_path, overrides, work, out, jobs, threads, tri
                            *EVAL_ARGS, "--trials", str(trials), "--out", run / "eval.json"],
                           run / "eval.log"))
     _run_pool(train_jobs, jobs, threads)
+    for s, run in runs.items():
+        for name, root in _others(other).items():
+            dest = run / f"eval_{name}.json"
+            if same_model(run, dest):
+                continue
+            eval_jobs.append((f"evaluate seed {s} on {name}",
+                              [PY, "-m", "train.evaluate", run / "model.pth", "--data", root,
+                               *EVAL_ARGS, "--trials", str(trials), "--out", dest],
+                              run / f"eval_{name}.log"))
     _run_pool(eval_jobs, jobs, threads)
     rows = []
     for s, run in runs.items():
         ev = json.loads((run / "eval.json").read_text())
         log = json.loads((run / "log.json").read_text())
-        rows.append({"seed": s, "train_seconds": round(sum(e["seconds"] for e in log["epochs"]), 1),
-                     "queries": ev["queries"], "gallery": ev["gallery"], **seed_row(ev)})
+        row = {"seed": s, "train_seconds": round(sum(e["seconds"] for e in log["epochs"]), 1),
+               "queries": ev["queries"], "gallery": ev["gallery"], **seed_row(ev)}
+        if other:
+            row["other"] = {name: seed_row(json.loads((run / f"eval_{name}.json").read_text()))
+                            for name in _others(other)}
+        rows.append(row)
     result = {
         **started,
         "command": " ".join(["python", "benchmarks/accuracy.py", *sys.argv[1:]]),
@@ -236,6 +280,10 @@ def main(seeds, seed_list, config_path, overrides, work, out, jobs, threads, tri
         "seeds": rows,
         "summary": summarise(rows),
     }
+    if other:
+        result["other"] = {name: {"data": os.path.relpath(root, ROOT),
+                                  "summary": summarise([r["other"][name] for r in rows])}
+                           for name, root in _others(other).items()}
     write_json(out, result)
     click.echo(markdown_table(result))
     click.echo(f"results: {out}")

@@ -37,19 +37,34 @@ def demo_rows(demo: dict) -> list[str]:
             f"| {what} | gain of the transfer | {fig(gain, '+')} |"]
 
 
+def _recipe(sweep: dict) -> str:
+    """What a sweep trained, from its own config: '<demo | previous demo> (arch, steps)'."""
+    cfg = sweep["config"]
+    arch = {"mobilenet_v2": "MobileNetV2", "resnet18": "ResNet-18"}.get(cfg["arch"], cfg["arch"])
+    start = "ImageNet start" if cfg.get("pretrained") else "from scratch"
+    start = f", {start}" if cfg.get("pretrained") else f" {start}"
+    which = "demo" if sweep.get("config_file") == "configs/demo.json" else "previous demo"
+    return f"{which} ({arch}{start}, {cfg['epochs'] * cfg['batches_per_epoch']} steps)"
+
+
 def accuracy_rows(sweep: dict) -> list[str]:
-    """Transfer, shared-only and the gain, mean +- std over the sweep's training seeds."""
-    s, n = sweep["summary"], len(sweep["seeds"])
-    what = f"previous demo (ResNet-18 from scratch, 150 steps), {n} seeds"
+    """Transfer, shared-only and the gain, mean +- std over the sweep's training seeds; then
+    the same on each ``--other`` test set (another generator seed) the sweep scored."""
+    n = len(sweep["seeds"])
     rows = []
-    for key, name in (("transfer", "cm-SSFT transfer (all queries)"),
-                      ("shared-only", "shared features only")):
-        rows.append(f"| {what} | {name} | Rank-1 {_pm(s[key]['rank1'])}, "
-                    f"mAP {_pm(s[key]['mAP'])}, mINP {_pm(s[key]['mINP'])} |")
-    g = s["gain"]["transfer_minus_shared"]
-    rows.append(f"| {what} | gain of the transfer | Rank-1 "
-                f"{_pm(g['rank1'], True)}, mAP {_pm(g['mAP'], True)}, "
-                f"mINP {_pm(g['mINP'], True)} |")
+    parts = [("", sweep["summary"])] + [
+        (f", test set of another generator seed ({name})", o["summary"])
+        for name, o in sweep.get("other", {}).items()]
+    for where, s in parts:
+        what = f"{_recipe(sweep)}, {n} seeds{where}"
+        for key, name in (("transfer", "cm-SSFT transfer (all queries)"),
+                          ("shared-only", "shared features only")):
+            rows.append(f"| {what} | {name} | Rank-1 {_pm(s[key]['rank1'])}, "
+                        f"mAP {_pm(s[key]['mAP'])}, mINP {_pm(s[key]['mINP'])} |")
+        g = s["gain"]["transfer_minus_shared"]
+        rows.append(f"| {what} | gain of the transfer | Rank-1 "
+                    f"{_pm(g['rank1'], True)}, mAP {_pm(g['mAP'], True)}, "
+                    f"mINP {_pm(g['mINP'], True)} |")
     return rows
 
 

@@ -13,6 +13,8 @@ import tempfile
 import time
 from typing import Any
 
+NAN_FILL = "nan_fill_empty=true"
+
 
 class StepRunner:
     """A Trainer's model, optimisers and loader; ``step()`` runs one training iteration."""
@@ -25,11 +27,15 @@ class StepRunner:
         from train.data import load_train_records
         from train.sampler import SeededBatches
         from train.steps import train_step
-        from train.trainer import Trainer
+        from train.trainer import Trainer, deterministic
 
         if spec.get("threads"):
             torch.set_num_threads(int(spec["threads"]))
-        cfg = load(spec["config"], spec.get("overrides", []))
+        overrides = list(spec.get("overrides", []))
+        # Not a config key: torch's NaN-filling of every torch.empty under deterministic mode,
+        # on as before the trainer turned it off (the "before" rows of train_speed.py).
+        fill = NAN_FILL in overrides
+        cfg = load(spec["config"], [o for o in overrides if o != NAN_FILL])
         self.trainer = Trainer(cfg, load_train_records(cfg, spec["data"]),
                                tempfile.mkdtemp(prefix="train-speed-"), progress=False)
         self.cfg = self.trainer.cfg
@@ -39,7 +45,10 @@ class StepRunner:
                                  persistent_workers=self.cfg.num_workers > 0)
         self._train_step, self._epoch, self._it = train_step, 0, iter(())
         self.trainer.model.train()
-        torch.use_deterministic_algorithms(self.cfg.deterministic, warn_only=True)
+        # the trainer's own deterministic block, held for the worker's life
+        self._det = deterministic(self.cfg.deterministic)
+        self._det.__enter__()
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
     def _batch(self):
         try:

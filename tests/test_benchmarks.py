@@ -310,8 +310,9 @@ def test_train_speed_runs_variants_side_by_side(tmp_path):
                                "rgb_per_id": 1, "ir_per_id": 1, "num_workers": 0,
                                "disc_hidden": 8, "decoder_channels": 8}))
     res = train_speed.run(str(cfg), str(data), rounds=1, budget_s=0.0, threads=1, extra=[],
-                          variants={"a": ["fused_optimizer=false"], "b": ["bf16=true"]})
-    assert list(res["variants"]) == ["a", "b"] and not res["skipped"]
+                          variants={"a": ["fused_optimizer=false"], "b": ["bf16=true"],
+                                    "c": [train_speed.NAN_FILL]})   # the worker's, not a key
+    assert list(res["variants"]) == ["a", "b", "c"] and not res["skipped"]
     assert res["variants"]["a"]["speedup"] == 1.0 and res["variants"]["b"]["steps_per_s"] > 0
     assert res["machine"]["cpu"] and res["rounds"][0]["load_before"] is not None
     with pytest.raises(common.BenchError, match="no variant could start"):

@@ -3,6 +3,8 @@ weights (also when the images are loaded by a worker process); another seed does
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -41,3 +43,38 @@ def test_same_seed_same_weights(records, tmp_path) -> None:
     assert all(torch.equal(a[k], worker[k]) for k in a)
     assert any(not torch.equal(a[k], other[k]) for k in a)
     assert not torch.are_deterministic_algorithms_enabled()   # the global flag is restored
+
+
+def test_deterministic_block_does_not_nan_fill_and_trains_the_same(records, tmp_path,
+                                                                   monkeypatch) -> None:
+    """torch NaN-fills every torch.empty under deterministic mode by default (a fifth of a demo
+    step's CPU time); the trainer's block turns that off, restores it after, and the weights are
+    those of a run with the fill on."""
+    import torch.utils.deterministic as det
+
+    from train import trainer as trainer_mod
+
+    seen = []
+    step = trainer_mod.train_step
+
+    def spy(*args, **kwargs):
+        seen.append(det.fill_uninitialized_memory)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "train_step", spy)
+    fast = _train(records, tmp_path / "fast")
+    assert seen and not any(seen) and det.fill_uninitialized_memory is True   # restored
+
+    block = trainer_mod.deterministic
+
+    @contextmanager
+    def filling(on):
+        with block(on):
+            det.fill_uninitialized_memory = True
+            yield
+
+    monkeypatch.setattr(trainer_mod, "deterministic", filling)
+    seen.clear()
+    filled = _train(records, tmp_path / "filled")
+    assert seen and all(seen)
+    assert all(torch.equal(fast[k], filled[k]) for k in fast)

@@ -49,7 +49,8 @@ def test_demo_prints_the_band_of_its_config(tmp_path, capsys) -> None:
     assert band({"transfer": {"rank1": 33.0}}, other, path) == {}
 
 
-@pytest.mark.parametrize("name", ["accuracy_demo.json", "accuracy_demo_no_affinity_grad.json"])
+@pytest.mark.parametrize("name", ["accuracy_demo.json", "accuracy_demo_resnet18.json",
+                                  "accuracy_demo_no_affinity_grad.json"])
 def test_readme_accuracy_table_is_the_sweep_file(name) -> None:
     result = json.loads((RESULTS / name).read_text())
     assert len(result["seeds"]) >= 2 and result["machine"]["cpu"]
@@ -59,3 +60,24 @@ def test_readme_accuracy_table_is_the_sweep_file(name) -> None:
     page = (ROOT / "docs" / "results.md").read_text()
     for line in markdown_table(result).splitlines()[2:]:
         assert line in page, f"docs/results.md lacks the row of {name}: {line}"
+
+
+def test_sweep_reports_other_seed_rows_and_each_gain_against_2_std() -> None:
+    """The sweep's figures on another generator seed's test set sit in its table and in the
+    README headline beside the main ones; every metric's gain is judged against 2 std."""
+    from benchmarks.headline import accuracy_rows
+
+    rows = [seed_row(_eval(t, s)) for t, s in ((30, 20), (34, 26), (32, 20))]
+    other = [seed_row(_eval(t, 20)) for t in (25, 27, 29)]
+    cfg = load(ROOT / "configs" / "demo.json").to_dict()
+    result = {"config": cfg, "config_file": "configs/demo.json", "seeds": rows,
+              "summary": summarise(rows), "other": {"s1": {"summary": summarise(other)}}}
+    assert result["summary"]["transfer_gain_clearly_positive"] == {
+        "rank1": True, "mAP": True, "mINP": True}
+    assert "| gain: transfer - shared only [s1] | +7.00 +- 2.00 |" in markdown_table(result)
+    head = accuracy_rows(result)
+    assert len(head) == 6 and head[0].startswith(
+        "| demo (MobileNetV2, ImageNet start, 300 steps), 3 seeds | cm-SSFT transfer")
+    assert head[5].startswith("| demo (MobileNetV2, ImageNet start, 300 steps), 3 seeds, test "
+                              "set of another generator seed (s1) | gain of the transfer | "
+                              "Rank-1 +7.0 +- 2.0")
