@@ -76,8 +76,9 @@ def test_sweep_reports_other_seed_rows_and_each_gain_against_2_std() -> None:
         "rank1": True, "mAP": True, "mINP": True}
     assert "| gain: transfer - shared only [s1] | +7.00 +- 2.00 |" in markdown_table(result)
     head = accuracy_rows(result)
+    steps = cfg["epochs"] * cfg["batches_per_epoch"]
     assert len(head) == 6 and head[0].startswith(
-        "| demo (MobileNetV2, ImageNet start, 300 steps), 3 seeds | cm-SSFT transfer")
-    assert head[5].startswith("| demo (MobileNetV2, ImageNet start, 300 steps), 3 seeds, test "
+        f"| demo (MobileNetV2, ImageNet start, {steps} steps), 3 seeds | cm-SSFT transfer")
+    assert head[5].startswith(f"| demo (MobileNetV2, ImageNet start, {steps} steps), 3 seeds, test "
                               "set of another generator seed (s1) | gain of the transfer | "
                               "Rank-1 +7.0 +- 2.0")
