@@ -1,8 +1,7 @@
 """Cameras -> detector -> tracker -> tracklets -> ReID (one FrameBatcher) -> association -> events.
 
-An ended tracklet is held ``stitch.window`` processed frames in its camera's
-:class:`~ssft_deploy.video.stitching.Stitcher`: one person split into two tracks is joined there,
-before association (issue 22).
+An ended tracklet waits ``stitch.window`` processed frames in its camera's ``Stitcher``, where
+one person split into two tracks is joined before association (issue 22).
 
 Threads: a reader per camera (:class:`~ssft_deploy.video.sources.CameraReader`), a worker per
 camera (detect, track, sample crops, annotate), the batcher's workers (one extractor call per
@@ -18,9 +17,8 @@ written, ``max_associate_errors`` tracks in a row failed) stops the run. All of 
 summary's ``errors``; every ended track has an ``outcome``; ``exit_code`` says how the run went
 (:mod:`ssft_deploy.video.health`).
 
-``reid="direct"`` replaces the batcher by one ``extract_boxes`` call per crop (the benchmark's
-baseline). ``stage_seconds`` are thread-seconds per stage (read, detect, track, reid, associate,
-annotate); on a busy machine they overlap in wall time.
+``reid="direct"``: one ``extract_boxes`` call per crop instead of the batcher (the benchmark's
+baseline). ``stage_seconds``: thread-seconds per stage, overlapping in wall time.
 """
 
 from __future__ import annotations
