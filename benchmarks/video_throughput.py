@@ -64,9 +64,7 @@ def capacity_case(runtime, clip: Path, detector: str, stride: int, cameras: int,
     names = [f"cam{i:02d}" for i in range(cameras)]
     specs = [CameraSpec(n, str(clip), "rgb" if i % 2 == 0 else "ir") for i, n in enumerate(names)]
     cfg = PipelineConfig(every=every, loop=True, detect_every=stride)
-    # one engine thread per call: the cameras' worker threads are the parallelism
-    dets = make_detector(detector, names, **({"intra_op_threads": 1}
-                                             if detector == "ssdlite" else {}))
+    dets = make_detector(detector, names)      # as ssft-video builds them
     load0 = os.getloadavg()[0]
     pipe = VideoPipeline(runtime, specs, dets, config=cfg, annotate=False, pictures=False)
     done: dict = {}

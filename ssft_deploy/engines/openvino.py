@@ -102,7 +102,11 @@ def summarize_precision(counts: dict[str, int]) -> str:
 
 
 class OpenVINOEngine(Engine):
-    """One compiled OpenVINO model on the CPU at an explicit inference precision."""
+    """One compiled OpenVINO model on the CPU at an explicit inference precision.
+
+    ``streams``: how many calls from different threads run at once (OpenVINO streams; the
+    ``intra_op_threads`` are shared among them). The default, one, suits one caller that batches;
+    a model called by several cameras' threads at once needs one per core."""
 
     name = "openvino"
     formats: ClassVar[tuple[str, ...]] = ("onnx",)
@@ -135,7 +139,7 @@ class OpenVINOEngine(Engine):
 
     def __init__(self, path: str | os.PathLike, precision: str = "fp32",
                  intra_op_threads: int | None = None, device_id: int = 0,
-                 cache: str | os.PathLike | None = None) -> None:
+                 cache: str | os.PathLike | None = None, streams: int = 1) -> None:
         reason = self.unavailable_reason() or self.supports(precision)
         if reason:
             raise EngineError(f"backend 'openvino' cannot run {precision}: {reason}")
@@ -145,6 +149,10 @@ class OpenVINOEngine(Engine):
         threads = _threads(intra_op_threads)
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = threads
+        if streams > 1:
+            # one stream runs one request at a time: callers on several threads would queue
+            # behind each other on a single core's worth of work (threads are split over streams)
+            config["NUM_STREAMS"] = int(streams)
         cache = Path(cache) if cache is not None else cache_dir()
         try:
             cache.mkdir(parents=True, exist_ok=True)

@@ -116,14 +116,15 @@ def converted_model() -> Path:
     return xml
 
 
-def open_engine(intra_op_threads: int | None = None):
-    """The converted graph in an :class:`~ssft_deploy.engines.openvino.OpenVINOEngine` (f32)."""
+def open_engine(intra_op_threads: int | None = None, streams: int = 1):
+    """The converted graph in an :class:`~ssft_deploy.engines.openvino.OpenVINOEngine` (f32);
+    ``streams`` calls run at once (one per camera thread that may call it, up to the cores)."""
     from ssft_deploy.engines.openvino import OpenVINOEngine
 
     reason = unavailable_reason()
     if reason:
         raise DetectorUnavailable(reason)
-    return OpenVINOEngine(converted_model(), "fp32", intra_op_threads)
+    return OpenVINOEngine(converted_model(), "fp32", intra_op_threads, streams=streams)
 
 
 class SsdliteDetector:
