@@ -56,14 +56,16 @@ def test_labels_are_hand_boxes_on_at_least_20_frames():
 @pytest.mark.skipif(ssdlite.unavailable_reason() is not None,
                     reason=f"{ssdlite.unavailable_reason()}")
 def test_ssdlite_recall_and_false_boxes_on_the_labelled_frames(tmp_path, monkeypatch):
-    """Measured: recall 0.907 (127 of 140) at IoU 0.5 with 7.2 % false boxes (10 of 138); the
-    full frame alone (no tiles) finds 0.68. The issue's recall target (0.90) holds; its false-box
-    target (5 %) does not: the bound here is what the detector does, so a regression fails."""
+    """Measured: recall 0.921 (129 of 140) at IoU 0.5 with 3.0 % false boxes (4 of 133); without
+    the majority vote 9.7 % (14 of 144); the full frame alone (no tiles) finds 0.73. The issue's
+    targets: recall >= 0.90, false boxes <= 5 %."""
     clip = _clip()
     monkeypatch.setenv("SSFT_CACHE", str(tmp_path / "cache"))
     tiled = evaluate("ssdlite", clip)
+    no_vote = evaluate("ssdlite", clip, vote_score=None)
     full = evaluate("ssdlite", clip, tile_scale=0.0)
     assert tiled["frames"] >= 20 and tiled["people"] >= 100
     assert tiled["recall"] >= 0.90, tiled["recall"]
-    assert tiled["false_rate"] <= 0.075, tiled["false_rate"]
+    assert tiled["false_rate"] <= 0.05, tiled["false_rate"]
+    assert no_vote["false"] > tiled["false"] + 5                  # the vote is what removes them
     assert full["recall"] < tiled["recall"] - 0.15        # the tiles find the small people

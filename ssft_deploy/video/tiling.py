@@ -5,7 +5,8 @@ to find. Overlapping tiles (each shrunk less) find them; the full frame still fi
 people that no tile holds whole. :func:`tile_grid` chooses the layout from the frame size;
 :func:`merge_tiles` lets a box that a tile cut (it touches an inner tile edge: the person goes
 on outside the tile) give way to a whole box of the same person, and suppresses duplicates with
-``supervision``'s NMS (the tracker's library, already a dependency).
+``supervision``'s NMS (the tracker's library, already a dependency); :func:`majority_vote` keeps
+the boxes most of the passes that see them agree on.
 """
 
 from __future__ import annotations
@@ -119,3 +120,33 @@ def merge_tiles(parts: list[tuple[np.ndarray, np.ndarray, tuple[int, int, int, i
     cb, cs = cb[alone], cs[alone]
     keep = _nms(cb, cs, iou, contain)
     return np.concatenate([wb, cb[keep]]), np.concatenate([ws, cs[keep]])
+
+
+def majority_vote(xyxy: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray,
+                                                      tuple[int, int, int, int] | None]],
+                  frame_hw: tuple[int, int], input_size: int, min_height: float,
+                  iou: float = 0.5, margin: float = 2.0) -> np.ndarray:
+    """Mask over merged boxes ``xyxy``: a strict majority of the passes that could have found
+    the box did (a box of theirs at IoU > ``iou``). A tile could when it holds the box whole
+    (within ``margin`` px); the full frame (tile ``None``) when the box is at least
+    ``min_height`` px tall in its ``input_size`` input: shrunk further, a person is below what
+    the detector finds, and the full frame is no witness. A box no pass could witness is kept.
+    ``parts`` as in :func:`merge_tiles`, with every box each pass scored above the vote's own
+    (low) score. A box one view finds and the other views able to see it do not is the typical
+    false box on real footage (a sign with legs below it, a box spanning two people)."""
+    xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
+    height = xyxy[:, 3] - xyxy[:, 1]
+    seen = np.zeros(len(xyxy), int)
+    hits = np.zeros(len(xyxy), int)
+    for boxes, _, tile in parts:
+        if tile is None:
+            able = height * input_size / frame_hw[0] >= min_height
+        else:
+            x0, y0, x1, y1 = tile
+            able = ((xyxy[:, 0] >= x0 - margin) & (xyxy[:, 1] >= y0 - margin)
+                    & (xyxy[:, 2] <= x1 + margin) & (xyxy[:, 3] <= y1 + margin))
+        seen += able
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        if able.any() and len(boxes):
+            hits += able & _overlaps(xyxy, boxes, iou, contain=1.1)
+    return (2 * hits > seen) | (seen == 0)     # no pass able to witness: no case against it
