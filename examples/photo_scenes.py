@@ -115,7 +115,7 @@ def make_photo_scene(kind: str, bg: np.ndarray, cutouts: list, seed: int = 0,
     if kind not in PATHS:
         raise click.BadParameter(f"unknown scene {kind!r}: one of {', '.join(KINDS)}")
     rng = np.random.default_rng([seed, KINDS.index(kind), 7])
-    h, w = bg.shape[:2]
+    w = bg.shape[1]
     paths = PATHS[kind]
     if len(cutouts) < len(paths):
         raise click.ClickException(f"{len(cutouts)} cut-outs, the scene needs {len(paths)}")
