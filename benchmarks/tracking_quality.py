@@ -45,6 +45,8 @@ from examples.scenes import KINDS, Scene, make_scene
 TARGET_TRACKS_PER_PERSON = 1.3
 # ByteTrack grid: (activation threshold, minimum matching threshold, lost frames)
 GRID = list(itertools.product((0.25, 0.5), (0.8, 0.9), (10, 30)))
+PIPELINE = (0.25, 0.8, 30)      # the pipeline's ByteTrack setting (PipelineConfig, video CLI)
+STRIDES = (2, 4, 8)             # --detect-every values scored on the photo scenes
 # pipeline settings: lost_frames (the tracker's and the tracklets'), then StitchConfig fields
 STITCH = ([{"lost_frames": 30, "window": 0}]
           + [{"lost_frames": 30, "window": w, "min_cosine": c}
@@ -72,20 +74,29 @@ def xywh(xyxy: np.ndarray) -> list[tuple[float, ...]]:
     return [(float(a), float(b), float(c - a), float(d - b)) for a, b, c, d in xyxy]
 
 
-def track_scene(dets: list, activation: float, match: float, lost: int) -> dict:
-    """Hypothesis boxes {frame: [(track, xywh)]} of ByteTrack over precomputed detections."""
+def track_scene(dets: list, activation: float, match: float, lost: int, stride: int = 1,
+                frames: list | None = None, flow: bool = True) -> dict:
+    """Hypothesis boxes {frame: [(track, xywh)]} of ByteTrack over precomputed detections; with
+    ``stride`` N the detections of every N-th frame only, the frames between carried by flow
+    over ``frames`` (or Kalman-predicted: ``flow=False``), as the pipeline's
+    ``--detect-every N``."""
     from ssft_deploy.video.tracker import ByteTracker
 
-    tracker = ByteTracker(activation=activation, lost_frames=lost, match_threshold=match)
+    tracker = ByteTracker(activation=activation, lost_frames=lost, match_threshold=match,
+                          detect_every=stride, flow=flow)
     hyp = {}
     for n, det in enumerate(dets):
-        xyxy, _, ids = tracker.update(det)
+        img = frames[n] if frames is not None else None
+        xyxy, _, ids = tracker.update(det, img) if n % stride == 0 else tracker.predict(img)
         if len(ids):
             hyp[n] = list(zip(ids.tolist(), xywh(xyxy)))
     return hyp
 
 
-def tracking(detectors: list[str], scenes: list[Scene]) -> list[dict]:
+def tracking(detectors: list[str], scenes: list[Scene], strides: tuple[int, ...] = ()
+             ) -> list[dict]:
+    """The ByteTrack grid per detector over ``scenes``; then, at the pipeline's setting, each
+    of ``strides`` (detection on every N-th frame) for detectors that honour a stride."""
     rows = []
     for name in detectors:
         probe, why = detector(name)
@@ -101,6 +112,15 @@ def tracking(detectors: list[str], scenes: list[Scene]) -> list[dict]:
                 dets[(sc.kind, sc.modality)], act, match, lost)) for sc in scenes}
             rows.append({"detector": name, "activation": act, "match_threshold": match,
                          "lost_frames": lost, "mean": _mean(per), "scenes": per})
+        for stride, flow in itertools.product(
+                strides if not getattr(probe, "every_frame", False) else (), (True, False)):
+            per = {f"{sc.kind}_{sc.modality}": evaluate(sc.truth, track_scene(
+                dets[(sc.kind, sc.modality)], *PIPELINE, stride, sc.frames, flow))
+                for sc in scenes}
+            rows.append({"detector": name, "activation": PIPELINE[0],
+                         "match_threshold": PIPELINE[1], "lost_frames": PIPELINE[2],
+                         "detect_every": stride, "between": "flow" if flow else "kalman",
+                         "mean": _mean(per), "scenes": per})
     return rows
 
 
@@ -232,7 +252,7 @@ def photo(detectors: list[str], seed: int) -> dict:
     return {**header("tracking_quality_photo"), "clip": CLIP.name,
             "scenes": {f"{s.kind}_{s.modality}": {"frames": len(s.frames), "people": s.people()}
                        for s in scenes},
-            "tracking": tracking(detectors, scenes)}
+            "tracking": tracking(detectors, scenes, STRIDES)}
 
 
 def _print_photo(section: dict) -> None:
@@ -244,7 +264,8 @@ def _print_photo(section: dict) -> None:
             click.echo(f"photo {r['detector']}: unavailable ({r['unavailable']})")
             continue
         click.echo(f"photo {r['detector']} act {r['activation']} match {r['match_threshold']} "
-                   f"lost {r['lost_frames']}: {r['mean']}")
+                   f"lost {r['lost_frames']} every {r.get('detect_every', 1)} "
+                   f"{r.get('between', '')}: {r['mean']}")
 
 
 @click.command()

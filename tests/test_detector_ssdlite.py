@@ -250,8 +250,9 @@ def _walker(frame: int, start: int = 0) -> np.ndarray:
 
 
 def _track(stride: int, frames: int, naive: bool = False):
-    """A person walking right 4 px a frame from frame 0, another entering at frame 7."""
-    trk = ByteTracker(detect_every=1 if naive else stride)
+    """A person walking right 4 px a frame from frame 0, another entering at frame 7 (boxes
+    only: the Kalman prediction between detections, ``flow=False``)."""
+    trk = ByteTracker(detect_every=1 if naive else stride, flow=False)
     out = []
     for f in range(frames):
         boxes = [_walker(f)] + ([_walker(f, 7) + [0, 200, 0, 200]] if f >= 7 else [])
@@ -287,7 +288,8 @@ def test_empty_updates_would_lose_people_entering_which_is_why_predict_exists():
 
 
 def test_lost_buffer_stays_in_frames_with_a_stride():
-    assert ByteTracker(lost_frames=30, detect_every=4).tracker.max_time_lost == 8
+    assert ByteTracker(lost_frames=30, detect_every=4, flow=False).tracker.max_time_lost == 8
+    assert ByteTracker(lost_frames=30, detect_every=4).tracker.max_time_lost == 30  # per frame
     with pytest.raises(InputError, match="detect_every"):
         ByteTracker(detect_every=0)
 

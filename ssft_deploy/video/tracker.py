@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 
 from ssft_deploy.errors import InputError
+from ssft_deploy.video import flow
 from ssft_deploy.video.detectors import Detections
 
 
@@ -39,18 +40,22 @@ class ByteTracker:
     ``detect_every`` N > 1: detections come every N-th frame (:meth:`update`), and
     :meth:`predict` gives the frames between. ByteTrack itself must not see those frames as
     empty: an update without boxes marks every track lost and deletes the tracks born on the
-    previous update before they are confirmed, so no one who enters would ever be tracked. So
-    ByteTrack steps once per detection (its Kalman velocity is per N frames, its lost buffer
-    ``ceil(lost_frames / N)`` steps) and the frames between get each track's Kalman state
-    moved on by k / N of that velocity."""
+    previous update before they are confirmed, so no one who enters would ever be tracked.
+    With ``flow`` (the default) the frames between carry the last frame's tracked boxes by
+    optical flow (:mod:`ssft_deploy.video.flow`) and ByteTrack steps on every frame with them
+    (people moving two widths between detections are still matched frame to frame). Without
+    (``flow=False``, or no frame given), ByteTrack steps once per detection (its Kalman
+    velocity is per N frames, its lost buffer ``ceil(lost_frames / N)`` steps) and the frames
+    between get each track's Kalman state moved on by k / N of that velocity."""
 
     def __init__(self, activation: float = 0.25, lost_frames: int = 30,
                  match_threshold: float = 0.8, min_frames: int = 1,
-                 detect_every: int = 1) -> None:
+                 detect_every: int = 1, flow: bool = True) -> None:
         if int(detect_every) < 1:
             raise InputError(f"detect_every must be >= 1, got {detect_every}")
         self.detect_every = int(detect_every)
-        steps = -(-int(lost_frames) // self.detect_every)
+        self.flow = bool(flow) and self.detect_every > 1
+        steps = int(lost_frames) if self.flow else -(-int(lost_frames) // self.detect_every)
         try:
             import supervision as sv
         except ImportError as exc:
@@ -71,26 +76,46 @@ class ByteTracker:
         self.invalid = 0   # boxes refused before tracking (NaN, zero or negative area)
         self._shown: list = []     # (track, score) output by the last update, for predict()
         self._since = 0            # frames since that update
+        self._last: tuple | None = None   # flow: (grey frame, xyxy, scores) of the last output
 
-    def update(self, det: Detections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Detections of one frame -> (xyxy [M,4], scores [M], track ids [M]) of tracked boxes."""
+    def update(self, det: Detections, frame: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Detections of one frame -> (xyxy [M,4], scores [M], track ids [M]) of tracked boxes.
+        ``frame`` (BGR or grey): with ``flow``, what :meth:`predict` carries boxes from."""
         ok = valid_boxes(det)
         self.invalid += int((~ok).sum())
-        sv_det = self._sv.Detections(xyxy=det.xyxy[ok].astype(np.float32).reshape(-1, 4),
-                                     confidence=det.scores[ok].astype(np.float32))
+        out = self._step(det.xyxy[ok], det.scores[ok], frame)
+        self._since = 0
+        return out
+
+    def _step(self, xyxy: np.ndarray, scores: np.ndarray, frame: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sv_det = self._sv.Detections(xyxy=np.asarray(xyxy, np.float32).reshape(-1, 4),
+                                     confidence=np.asarray(scores, np.float32).reshape(-1))
         out = self.tracker.update_with_detections(sv_det)
         ids = np.asarray(out.tracker_id if out.tracker_id is not None else [], np.int64)
         scores = (np.asarray(out.confidence, np.float32) if out.confidence is not None
                   else np.ones(len(ids), np.float32))
-        self._since = 0
         live = {t.external_track_id: t for t in self.tracker.tracked_tracks}
         self._shown = [(live[i], s) for i, s in zip(ids.tolist(), scores.tolist()) if i in live]
+        # flow carries what ByteTrack was fed, not what it output: a track born on a
+        # detection is confirmed on the next frame only if its box is carried there
+        self._last = ((flow.gray(frame), sv_det.xyxy, sv_det.confidence)
+                      if self.flow and frame is not None else None)
         return np.asarray(out.xyxy, np.float32).reshape(-1, 4), scores, ids
 
-    def predict(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A frame without detections (``detect_every`` > 1): the tracks of the last
-        :meth:`update`, moved on by their Kalman velocity; same outputs as :meth:`update`."""
+    def predict(self, frame: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A frame without detections (``detect_every`` > 1): with ``flow`` and ``frame``, the
+        last frame's boxes carried into it by optical flow and tracked; else the tracks
+        of the last :meth:`update`, moved on by their Kalman velocity. Same outputs as
+        :meth:`update`."""
         self._since += 1
+        if self.flow and frame is not None and self._last is not None:
+            prev, boxes, scores = self._last
+            cur = flow.gray(frame)
+            moved, ok = flow.carry(prev, cur, boxes)
+            return self._step(moved[ok], scores[ok], cur)
         if not self._shown:
             return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
         frac = self._since / self.detect_every
