@@ -10,11 +10,12 @@ footage; ReID batched vs one call per crop for 1, 4 and 16 cameras.
 read as RGB, half as IR, so tracks are both gallery and queries), looped, run end to end (decode,
 detect, track, crop extraction through the batcher, association) as fast as the machine goes, for
 ``--duration`` seconds per detector and detection stride (``detect_every``). Two figures: the
-frames/s summed over the cameras, over 10 (cameras this machine sustained, as loaded as it was),
+frames/s summed over the cameras, over 10 (cameras this machine sustained: the target's figure),
 and ``--cores`` / (10 x the process's CPU seconds per frame, all its threads: decoding included)
-(cameras ``--cores`` idle cores sustain; CPU time per frame moves far less with other processes'
-load than wall time does, so this is the figure to read on a shared machine). Target: at least
-4 with ``ssdlite`` at some stride on 2 cores.
+(an estimate for idle cores that moves less with other processes' load). ``others_cpu_share``:
+the share of the cores other processes used while the figures were taken (``/proc/stat``); the
+wall-clock figure is the machine's own only where that is near zero. Target: at least 4 with
+``ssdlite`` at some stride on 2 cores.
 
 Cameras alternate between the synthetic scene's RGB and IR videos (``examples/make_video.py``,
 made in ``--scene`` when missing), looped, through the default motion detector, ByteTrack, the
@@ -48,11 +49,21 @@ CAMERAS_TARGET = 4.0       # 768x576 cameras at 10 frames/s with ssdlite on 2 co
 CAMERA_FPS = 10.0
 
 
-def _progress(pipe) -> tuple[int, float, float]:
-    """(frames processed so far, process CPU seconds, wall time)."""
+def _busy_s() -> float:
+    """CPU seconds every process on the machine has used since boot (``/proc/stat``)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _progress(pipe) -> tuple[int, float, float, float]:
+    """(frames processed so far, process CPU seconds, wall time, machine CPU seconds)."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return (sum(c.processed for c in pipe.cameras), ru.ru_utime + ru.ru_stime,
-            time.perf_counter())
+            time.perf_counter(), _busy_s())
 
 
 def capacity_case(runtime, clip: Path, detector: str, stride: int, cameras: int,
@@ -73,9 +84,9 @@ def capacity_case(runtime, clip: Path, detector: str, stride: int, cameras: int,
     # engines warm up (infer requests, first calls) and queues fill in the first seconds:
     # the figures are taken between warmup and the end of the run
     time.sleep(warmup)
-    frames0, cpu0, t0 = _progress(pipe)
+    frames0, cpu0, t0, busy0 = _progress(pipe)
     time.sleep(max(duration - warmup - 0.5, 1.0))
-    frames1, cpu1, t1 = _progress(pipe)
+    frames1, cpu1, t1, busy1 = _progress(pipe)
     run.join()
     for d in {id(d): d for d in dets.values()}.values():
         getattr(d, "close", lambda: None)()
@@ -92,7 +103,10 @@ def capacity_case(runtime, clip: Path, detector: str, stride: int, cameras: int,
             "cores": cores, "crops": s["crops"]["extracted"],
             "tracks": len(s["tracks"]), "events": s["events"], "errors": len(s["errors"]),
             "stage_seconds": s["stage_seconds"], "load_before": load0,
-            "load_after": os.getloadavg()[0]}
+            "load_after": os.getloadavg()[0],
+            # what other processes took of the machine while the figures were taken: the
+            # wall-clock figure is this machine's only where this is near zero
+            "others_cpu_share": round(max(busy1 - busy0 - cpu, 0.0) / (cores * (t1 - t0)), 3)}
 
 
 def capacity(runtime, clip: Path, detectors: list[str], strides: list[int], cameras: int,
@@ -109,19 +123,25 @@ def capacity(runtime, clip: Path, detectors: list[str], strides: list[int], came
                        f"cameras ({r['cameras_at_10fps']:.1f} cameras at 10 frames/s as loaded), "
                        f"{r['cpu_ms_per_frame']:.0f} CPU ms/frame -> "
                        f"{r['cameras_at_10fps_on_cores']:.1f} cameras on {cores} idle cores "
-                       f"(load {r['load_before']:.1f}->{r['load_after']:.1f})")
-    click.echo(format_table(["detector", "detect every", "frames/s", "cams @10fps (loaded)",
-                             "CPU ms/frame", f"cams @10fps ({cores} cores)", "tracks", "load"],
+                       f"(load {r['load_before']:.1f}->{r['load_after']:.1f}, other processes "
+                       f"{r['others_cpu_share']:.0%} of the cores)")
+    click.echo(format_table(["detector", "detect every", "frames/s", "cams @10fps",
+                             "CPU ms/frame", f"cams @10fps from CPU ({cores} cores)", "tracks",
+                             "others' CPU"],
                             [[r["detector"], r["detect_every"], f"{r['fps']:.1f}",
                               f"{r['cameras_at_10fps']:.1f}", f"{r['cpu_ms_per_frame']:.0f}",
                               f"{r['cameras_at_10fps_on_cores']:.1f}", r["tracks"],
-                              f"{r['load_before']:.1f}"] for r in rows]))
+                              f"{r['others_cpu_share']:.0%}"] for r in rows]))
     ssd = [r for r in rows if r["detector"] == "ssdlite"]
-    best = max(ssd, key=lambda r: r["cameras_at_10fps_on_cores"]) if ssd else None
+    best = max(ssd, key=lambda r: r["cameras_at_10fps"]) if ssd else None
+    # judged on what the machine sustained (wall clock); the CPU-time estimate is beside it
     target = check_target(f"768x576 cameras at 10 frames/s on {cores} cores, ssdlite (every "
                           f"{best['detect_every'] if best else '?'})",
-                          best["cameras_at_10fps_on_cores"] if best else None, CAMERAS_TARGET,
+                          best["cameras_at_10fps"] if best else None, CAMERAS_TARGET,
                           unit="cameras")
+    if best:
+        target.update(cpu_time_estimate=round(best["cameras_at_10fps_on_cores"], 2),
+                      others_cpu_share=best["others_cpu_share"])
     click.echo(f"target: {target['note']} ({target['value']})")
     return rows, target
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ssft_deploy.video.detectors import Detections
-from ssft_deploy.video.flow import carry
+from ssft_deploy.video.flow import Prepared, carry
 from ssft_deploy.video.tracker import ByteTracker
 
 H, W = 240, 480
@@ -31,9 +31,9 @@ def box(x: int, y: int = 80) -> np.ndarray:
 
 
 def test_carry_moves_a_box_with_its_pixels_and_drops_what_it_cannot_follow():
-    moved, ok = carry(frame(100)[:, :, 0], frame(108, 83)[:, :, 0], box(100))
+    moved, ok = carry(Prepared(frame(100)), Prepared(frame(108, 83)), box(100))
     assert ok.all() and np.abs(moved - box(108, 83)).max() < 1.0
-    flat = np.full((H, W), 128, np.uint8)                                # nothing to follow
+    flat = Prepared(np.full((H, W), 128, np.uint8))                      # nothing to follow
     _, ok = carry(flat, flat, box(100))
     assert not ok.any()
     empty, ok = carry(flat, flat, np.zeros((0, 4)))

@@ -84,11 +84,12 @@ class ByteTracker:
         ``frame`` (BGR or grey): with ``flow``, what :meth:`predict` carries boxes from."""
         ok = valid_boxes(det)
         self.invalid += int((~ok).sum())
-        out = self._step(det.xyxy[ok], det.scores[ok], frame)
+        prepared = flow.Prepared(frame) if self.flow and frame is not None else None
+        out = self._step(det.xyxy[ok], det.scores[ok], prepared)
         self._since = 0
         return out
 
-    def _step(self, xyxy: np.ndarray, scores: np.ndarray, frame: np.ndarray | None
+    def _step(self, xyxy: np.ndarray, scores: np.ndarray, prepared: flow.Prepared | None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sv_det = self._sv.Detections(xyxy=np.asarray(xyxy, np.float32).reshape(-1, 4),
                                      confidence=np.asarray(scores, np.float32).reshape(-1))
@@ -100,8 +101,7 @@ class ByteTracker:
         self._shown = [(live[i], s) for i, s in zip(ids.tolist(), scores.tolist()) if i in live]
         # flow carries what ByteTrack was fed, not what it output: a track born on a
         # detection is confirmed on the next frame only if its box is carried there
-        self._last = ((flow.gray(frame), sv_det.xyxy, sv_det.confidence)
-                      if self.flow and frame is not None else None)
+        self._last = (prepared, sv_det.xyxy, sv_det.confidence) if prepared else None
         return np.asarray(out.xyxy, np.float32).reshape(-1, 4), scores, ids
 
     def predict(self, frame: np.ndarray | None = None
@@ -113,7 +113,7 @@ class ByteTracker:
         self._since += 1
         if self.flow and frame is not None and self._last is not None:
             prev, boxes, scores = self._last
-            cur = flow.gray(frame)
+            cur = flow.Prepared(frame)
             moved, ok = flow.carry(prev, cur, boxes)
             return self._step(moved[ok], scores[ok], cur)
         if not self._shown:
