@@ -79,7 +79,7 @@ def _detectors(spec: str, names: list[str], thresholds: tuple[str, ...]) -> dict
               help="auto (ssdlite if installed, else motion) | ssdlite | motion | "
               "onnx:MODEL.onnx (YOLO-family export) | mot:FILE_OR_DIR")
 @click.option("--detect-every", default=1, show_default=True, type=click.IntRange(1),
-              help="detect on every N-th frame; the tracker predicts the frames between")
+              help="detect on every N-th frame; boxes follow optical flow on the frames between")
 @click.option("--det-threshold", "det_threshold", multiple=True,
               help="ssdlite score threshold: T for every camera, or NAME=T (repeat)")
 @click.option("--stretch", multiple=True, help="NAME=percentile[:LO:HI] | NAME=fixed:LO:HI "
