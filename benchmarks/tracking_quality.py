@@ -46,7 +46,7 @@ TARGET_TRACKS_PER_PERSON = 1.3
 # ByteTrack grid: (activation threshold, minimum matching threshold, lost frames)
 GRID = list(itertools.product((0.25, 0.5), (0.8, 0.9), (10, 30)))
 PIPELINE = (0.25, 0.8, 30)      # the pipeline's ByteTrack setting (PipelineConfig, video CLI)
-STRIDES = (2, 4, 8)             # --detect-every values scored on the photo scenes
+STRIDES = (2, 4, 8, 12)         # --detect-every values scored on the photo scenes
 # pipeline settings: lost_frames (the tracker's and the tracklets'), then StitchConfig fields
 STITCH = ([{"lost_frames": 30, "window": 0}]
           + [{"lost_frames": 30, "window": w, "min_cosine": c}

@@ -28,7 +28,7 @@ import click
 import cv2
 import numpy as np
 
-from examples.scenes import KINDS, MIN_VISIBLE, PATHS, Scene, position, write_scene
+from examples.scenes import KINDS, MIN_VISIBLE, PATHS, Scene, placements, write_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / ".data" / "vtest.avi"
@@ -121,17 +121,12 @@ def make_photo_scene(kind: str, bg: np.ndarray, cutouts: list, seed: int = 0,
         raise click.ClickException(f"{len(cutouts)} cut-outs, the scene needs {len(paths)}")
     pick = rng.choice(len(cutouts), size=len(paths), replace=False)
     people = dict(zip(sorted(paths), (cutouts[i] for i in pick)))
-    n_frames = max(wp[-1][0] for _, wp in paths.values()) + 1
     scene = Scene(kind, "photo", [])
     base = bg.astype(np.float32)
-    for n in range(lead_in + n_frames):
+    for n, f, shown in placements(paths, lead_in):
         frame = base + rng.normal(0, 2, base.shape).astype(np.float32)
-        f = n - lead_in
         rows = []
-        for p, (y0, wp) in sorted(paths.items(), key=lambda kv: kv[1][0]):  # far ones first
-            x = position(wp, f)
-            if x is None:
-                continue
+        for p, y0, x in shown:
             img, alpha = people[p]
             sh, sw = alpha.shape
             x, y = round(x * SCALE), TOP + round(y0 * SCALE + 2 * np.sin(0.3 * f + p))

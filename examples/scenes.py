@@ -62,6 +62,17 @@ class Scene:
         return sorted({p for rows in self.truth.values() for p, _ in rows})
 
 
+def placements(paths: dict, lead_in: int):
+    """Per frame ``n`` (``lead_in`` empty ones first): ``(n, f, [(person, y0, x)])`` for the
+    people of ``paths`` in view at script frame ``f = n - lead_in``, far ones (smaller y0) first
+    so the nearer is drawn over them."""
+    n_frames = max(wp[-1][0] for _, wp in paths.values()) + 1
+    order = sorted(paths.items(), key=lambda kv: kv[1][0])
+    for n in range(lead_in + n_frames):
+        f = n - lead_in
+        yield n, f, [(p, y0, x) for p, (y0, wp) in order if (x := position(wp, f)) is not None]
+
+
 def position(waypoints: list[tuple[int, int]], f: int) -> float | None:
     """x of the left edge at frame ``f`` (None before the first / after the last waypoint)."""
     fs = [w[0] for w in waypoints]
@@ -89,16 +100,11 @@ def make_scene(kind: str, modality: str = "rgb", seed: int = 0, lead_in: int = 1
     bg = np.broadcast_to(bg, (h, w, 3)).astype(np.float32)
     paths = PATHS[kind]
     idents = {p: make_identity(seed, first_pid + p) for p in paths}
-    n_frames = max(wp[-1][0] for _, wp in paths.values()) + 1
     scene = Scene(kind, modality, [])
-    for n in range(lead_in + n_frames):
+    for n, f, people in placements(paths, lead_in):
         frame = bg + rng.normal(0, 3, bg.shape).astype(np.float32)
-        f = n - lead_in
         rows = []
-        for p, (y0, wp) in sorted(paths.items(), key=lambda kv: kv[1][0]):  # far ones first
-            x = position(wp, f)
-            if x is None:
-                continue
+        for p, y0, x in people:
             x = round(x)
             y = y0 + round(2 * np.sin(0.3 * f + p))
             x0, x1 = max(x, 0), min(x + cw, w)
