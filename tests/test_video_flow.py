@@ -38,6 +38,8 @@ def test_carry_moves_a_box_with_its_pixels_and_drops_what_it_cannot_follow():
     assert not ok.any()
     empty, ok = carry(flat, flat, np.zeros((0, 4)))
     assert empty.shape == (0, 4) and ok.shape == (0,)
+    _, ok = carry(Prepared(frame(100)), Prepared(frame(100)[:200]), box(100))
+    assert not ok.any()                                # another frame size: nothing carried
 
 
 @pytest.mark.parametrize("stride", [4, 8])

@@ -51,8 +51,8 @@ def carry(prev: Prepared, cur: Prepared, xyxy: np.ndarray) -> tuple[np.ndarray, 
     their trusted points, mask of the boxes carried). A box keeps its size; one with too few
     trusted points (occluded, left the frame, textureless) is not carried."""
     xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
-    if not len(xyxy):
-        return xyxy, np.zeros(0, bool)
+    if not len(xyxy) or prev.size != cur.size:    # a camera that changed resolution: no flow
+        return xyxy, np.zeros(len(xyxy), bool)
     p0 = _points(xyxy) * SCALE
     p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev.image, cur.image, p0, None, **LK)
     back, st2, _ = cv2.calcOpticalFlowPyrLK(cur.image, prev.image, p1, None, **LK)
