@@ -21,23 +21,29 @@ KINDS = ["lite", pytest.param("server", marks=pytest.mark.milvus_server)]
 
 class Counting:
     """The pymilvus client, every method call recorded by name (``hook``: runs after one); the
-    connection it hands out (``_get_connection``: requests the store builds itself) too."""
+    connection it hands out (``_get_connection``: requests the store builds itself) and that
+    connection's gRPC stub (``_stub``: requests the store sends itself, ``Search`` recorded as
+    "search") too."""
 
-    def __init__(self, client, calls=None):
+    def __init__(self, client, calls=None, parent=None):
         self._real, self.calls, self.hook = client, [] if calls is None else calls, None
+        self._parent = parent       # a connection's hook is its client's
 
     def __getattr__(self, name):
         fn = getattr(self._real, name)
         if name == "_get_connection":
-            return lambda *a, **k: Counting(fn(*a, **k), self.calls)
+            return lambda *a, **k: Counting(fn(*a, **k), self.calls, self._parent or self)
+        if name == "_stub":
+            return Counting(fn, self.calls, self._parent or self)
         if not callable(fn) or name.startswith("_"):
             return fn
 
         def call(*args, **kwargs):
-            self.calls.append(name)
+            self.calls.append(name.lower())
             out = fn(*args, **kwargs)
-            if self.hook:
-                self.hook(name, kwargs)
+            hook = (self._parent or self).hook
+            if hook:
+                hook(name.lower(), kwargs)
             return out
         return call
 
