@@ -14,7 +14,15 @@ Each (store, size) runs in its own process; the load average is recorded around 
 vector, the shortlist's size, ids only: the server's per-request floor), and each point's p50 is
 set against the local store's at the same size in the same run (``p50_vs_local``), a ratio that
 the load moves far less than the absolute figures. 1M entries: ``--sizes 1000000`` (the server
-needs ~30 GB of disk and hours of loading on 2 cores; not run here).
+needs ~15 GB of rows and, at its measured ~2,000 entries/s, ~10 min of loading plus hours of
+index building on 2 cores; not run here).
+
+With the server, ``--ingest`` (default) first measures the server's own ingest ceiling beside
+the store's adds (``milvus_ingest.py``); ``--server-set KEY=VALUE`` passes a ``milvus.yaml``
+setting to the started server (recorded under ``server.settings``), e.g. for a bulk load at 100k:
+
+    python benchmarks/gallery_stores.py --sizes 100000 --stores server,local --merge \
+        --server-set dataCoord.compaction.enableAutoCompaction=false
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ flushes. Two-stage search is the default (``shortlist`` sized by the store) and 
 search requests: stage one and the shortlist's neighbour lists return whole rows, which the
 search keeps (it never fetches by id), the outer level ids and scores only. An entry another
 client removes meanwhile misses itself in its own neighbour list and drops out of the ranking
-(``twostage.vanished``).
+(``twostage.vanished``). Each search request is built by pymilvus and its answer read as numpy
+columns (``milvus_search``), rows decoded only when the search uses them.
 """
 
 from __future__ import annotations
