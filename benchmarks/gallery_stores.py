@@ -101,6 +101,9 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
     for s in range(timed, n, bulk):
         sl = ids[s:s + bulk]
         g.add(feats.take(sl), pids=pids[sl], camids=cams[sl], entry_ids=sl)
+        if (s + bulk) // 100_000 > s // 100_000:           # progress: a stopped point's rate
+            print(f"{store} loaded {s + len(sl)} in {time.perf_counter() - t0:.0f} s, load "
+                  f"{os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     load_s = time.perf_counter() - t0
     settle_s, indexed = settle(g)
     sstn = stand_in_sstn(ds, dp)
@@ -316,7 +319,7 @@ def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, ingest, s
                 cmd = [sys.executable, __file__, "--point", f"{store}:{n}", "--dims", f"{ds},{dp}",
                        "--shortlist", str(m), "--queries", str(queries)] + \
                       (["--uri", srv.uri] if srv else [])
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                proc = run_streaming(cmd)
                 if proc.returncode:
                     res["points"].append({"store": store, "n": n, "error": proc.stderr[-2000:]})
                     click.echo(f"{store} {n}: failed: {proc.stderr[-800:]}", err=True)
@@ -358,6 +361,18 @@ def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, ingest, s
         res["targets"] = targets(res)
     write_json(out / "gallery_stores.json", res)
     click.echo(f"wrote {out / 'gallery_stores.json'}")
+
+
+def run_streaming(cmd: list[str]) -> subprocess.CompletedProcess:
+    """``subprocess.run`` capturing both streams, its stderr also echoed line by line (a long
+    point's progress shows while it runs)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        err = []
+        for line in p.stderr:
+            err.append(line)
+            click.echo(line.rstrip(), err=True)
+        out = p.stdout.read()
+    return subprocess.CompletedProcess(cmd, p.returncode, out, "".join(err))
 
 
 def relate(res: dict) -> None:

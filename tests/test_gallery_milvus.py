@@ -163,3 +163,20 @@ def test_meta_beyond_a_row_is_refused_whole(opened):
     assert len(g) == n
     ids = g.add(people([1], "rgb", seed=5), pids=[1], camids=0, meta=[{"frame": [1, "é"]}])
     assert g.meta(ids) == [{"frame": [1, "é"]}]
+
+
+def test_search_without_pymilvus_internals_answers_the_same(opened, monkeypatch):
+    """Where the installed pymilvus lacks the internals the fast search path uses, searches go
+    through ``MilvusClient.search`` and answer the same."""
+    from benchmarks.gallery_scale import stand_in_sstn
+
+    g = fill(opened())
+    q, sstn = people([3], "ir", seed=2, noise=0.5), stand_in_sstn(*DIMS)
+    fast = g.search(q, top=5, transfer=sstn, mode="single-query")[0]
+
+    monkeypatch.delattr("pymilvus.client.call_context._api_level_md")   # an older pymilvus
+    client = counted(g)
+    slow = g.search(q, top=5, transfer=sstn, mode="single-query")[0]
+    assert client.calls == ["search"] * 3              # MilvusClient.search, three times
+    np.testing.assert_array_equal(slow.entry_ids, fast.entry_ids)
+    np.testing.assert_allclose(slow.distances, fast.distances, atol=1e-6)
