@@ -133,7 +133,7 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
     got = twostage.shortlists(g, q, (0,), (None, None), m)
     base, qs = _unit(feats.shared), _unit(q.shared)
     exact, mth = gallery_sweep.exact_top(qs, base, m)
-    recall = gallery_sweep.recalls(np.stack(got), exact, mth, qs, base)
+    recall = gallery_sweep.recalls(got, exact, mth, qs, base)  # short answers count as misses
     rss = rss_mib()
     if store == "server":
         g._client.drop_collection(g.collection)
@@ -146,6 +146,7 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
             "requests_p50_ms": 1e3 * float(np.percentile(in_requests, 50)),
             "request_floor_p50_ms": 1e3 * float(np.median(floor)) if floor else None,
             "client_rss_mib": rss, "shortlist_recall": recall["recall_at_m"],
+            "short_stage_one": sum(len(x) < m for x in got),   # answers with fewer than m hits
             "loadavg": os.getloadavg(), "loadavg_during": [min(loads), max(loads)],
             "under_load": max(loads) > (os.cpu_count() or 1)}
 
