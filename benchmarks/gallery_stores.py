@@ -14,7 +14,15 @@ Each (store, size) runs in its own process; the load average is recorded around 
 vector, the shortlist's size, ids only: the server's per-request floor), and each point's p50 is
 set against the local store's at the same size in the same run (``p50_vs_local``), a ratio that
 the load moves far less than the absolute figures. 1M entries: ``--sizes 1000000`` (the server
-needs ~30 GB of disk and hours of loading on 2 cores; not run here).
+needs ~15 GB of rows and, at its measured ~2,000 entries/s, ~10 min of loading plus hours of
+index building on 2 cores; not run here).
+
+With the server, ``--ingest`` (default) first measures the server's own ingest ceiling beside
+the store's adds (``milvus_ingest.py``); ``--server-set KEY=VALUE`` passes a ``milvus.yaml``
+setting to the started server (recorded under ``server.settings``), e.g. for a bulk load at 100k:
+
+    python benchmarks/gallery_stores.py --sizes 100000 --stores server,local --merge \
+        --server-set dataCoord.compaction.enableAutoCompaction=false
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from benchmarks.common import check_target, format_table, header, int_list, writ
 from benchmarks.gallery_scale import TOP, _unit, rss_mib, scale_data, stand_in_sstn
 from ssft_deploy.errors import SSFTError
 from ssft_deploy.features import Features
-from ssft_deploy.gallery import open_gallery, twostage
+from ssft_deploy.gallery import milvus_search, open_gallery, twostage
 
 TIMED_ENTRIES, BATCH = 10_000, 1000
 BULK = 3000  # entries per request past the timed ones (Milvus: ~45 MB, under gRPC's 64 MB)
@@ -93,6 +101,9 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
     for s in range(timed, n, bulk):
         sl = ids[s:s + bulk]
         g.add(feats.take(sl), pids=pids[sl], camids=cams[sl], entry_ids=sl)
+        if (s + bulk) // 100_000 > s // 100_000:           # progress: a stopped point's rate
+            print(f"{store} loaded {s + len(sl)} in {time.perf_counter() - t0:.0f} s, load "
+                  f"{os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     load_s = time.perf_counter() - t0
     settle_s, indexed = settle(g)
     sstn = stand_in_sstn(ds, dp)
@@ -102,7 +113,7 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
     lat, loads, in_requests = [], [], []
     spent = [0.0]
     if store != "local":                                 # time inside the client's requests
-        real = g._client.search
+        real = milvus_search.search
 
         def timed_search(*args, **kwargs):
             t = time.perf_counter()
@@ -110,7 +121,7 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
                 return real(*args, **kwargs)
             finally:
                 spent[0] += time.perf_counter() - t
-        g._client.search = timed_search
+        milvus_search.search = timed_search
     for i in range(queries):
         spent[0] = 0.0
         t0 = time.perf_counter()
@@ -122,7 +133,7 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
     got = twostage.shortlists(g, q, (0,), (None, None), m)
     base, qs = _unit(feats.shared), _unit(q.shared)
     exact, mth = gallery_sweep.exact_top(qs, base, m)
-    recall = gallery_sweep.recalls(np.stack(got), exact, mth, qs, base)
+    recall = gallery_sweep.recalls(got, exact, mth, qs, base)  # short answers count as misses
     rss = rss_mib()
     if store == "server":
         g._client.drop_collection(g.collection)
@@ -135,6 +146,7 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
             "requests_p50_ms": 1e3 * float(np.percentile(in_requests, 50)),
             "request_floor_p50_ms": 1e3 * float(np.median(floor)) if floor else None,
             "client_rss_mib": rss, "shortlist_recall": recall["recall_at_m"],
+            "short_stage_one": sum(len(x) < m for x in got),   # answers with fewer than m hits
             "loadavg": os.getloadavg(), "loadavg_during": [min(loads), max(loads)],
             "under_load": max(loads) > (os.cpu_count() or 1)}
 
@@ -254,11 +266,16 @@ def server_usage(srv) -> dict:
 @click.option("--churn-s", default=30.0, show_default=True,
               help="seconds of 3 writers + 1 searcher on the server (0: none)")
 @click.option("--churn-prefill", default=5000, show_default=True)
+@click.option("--ingest/--no-ingest", default=True, show_default=True,
+              help="the server's own ingest ceiling beside the store's adds (milvus_ingest)")
+@click.option("--server-set", multiple=True, metavar="KEY=VALUE",
+              help="a milvus.yaml setting for the started server (repeatable)")
 @click.option("--merge", is_flag=True, help="keep the points of other sizes already in the JSON")
 @click.option("--point", default=None, hidden=True, help="STORE:N (internal)")
 @click.option("--uri", default=None, hidden=True)
 @click.option("--role", default=None, hidden=True, help="writer|searcher:COLL:ID:S (internal)")
-def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, merge, point, uri, role):
+def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, ingest, server_set, merge, point,
+         uri, role):
     """Stores side by side: add throughput, two-stage latency, churn (JSON)."""
     ds, dp = dims
     if role:
@@ -266,6 +283,11 @@ def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, merge, po
         res = writer(uri, coll, int(wid), float(secs), ds, dp) if kind == "writer" else \
             searcher(uri, coll, float(secs), ds, dp, m)
         click.echo(json.dumps(res))
+        return
+    if point == "ingest":
+        from benchmarks.milvus_ingest import ingest_ceiling
+
+        click.echo(json.dumps({**ingest_ceiling(uri, ds, dp), "loadavg": os.getloadavg()}))
         return
     if point:
         store, n = point.split(":")
@@ -275,19 +297,30 @@ def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, merge, po
 
     stores = stores.split(",")
     res = {**header("gallery_stores"), "loadavg_start": os.getloadavg(), "points": []}
-    srv = MilvusServerProcess().start() if "server" in stores else None
+    extra = dict(kv.split("=", 1) for kv in server_set)
+    srv = MilvusServerProcess(extra=extra).start() if "server" in stores else None
     try:
         if srv:
-            res["server"] = {"version": "2.3.5 (PyPI milvus, standalone)",
+            res["server"] = {"version": "2.3.5 (PyPI milvus, standalone)", "settings": srv.extra,
                              "start_s": srv.started_s, **server_usage(srv)}
             time.sleep(10)
             res["server"]["idle"] = server_usage(srv)
+        if srv and ingest:
+            proc = subprocess.run([sys.executable, __file__, "--point", "ingest", "--dims",
+                                   f"{ds},{dp}", "--uri", srv.uri], capture_output=True,
+                                  text=True, check=False)
+            res["ingest"] = {"loadavg_start": os.getloadavg(), **(
+                json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
+                else {"error": proc.stderr[-2000:]})}
+            for case, r in res["ingest"].get("cases", {}).items():
+                click.echo(f"ingest {case:14s} {r['rows_per_s']:8.0f} rows/s "
+                           f"{r['entries_per_s']:7.0f} entries/s {r['mb_per_s']:6.1f} MB/s")
         for n in sizes:
             for store in stores:
                 cmd = [sys.executable, __file__, "--point", f"{store}:{n}", "--dims", f"{ds},{dp}",
                        "--shortlist", str(m), "--queries", str(queries)] + \
                       (["--uri", srv.uri] if srv else [])
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                proc = run_streaming(cmd)
                 if proc.returncode:
                     res["points"].append({"store": store, "n": n, "error": proc.stderr[-2000:]})
                     click.echo(f"{store} {n}: failed: {proc.stderr[-800:]}", err=True)
@@ -324,10 +357,23 @@ def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, merge, po
         res["earlier_runs"] = old.get("earlier_runs", []) + [
             {k: old.get(k) for k in ("created", "loadavg_start", "loadavg_end", "server")}]
         res.setdefault("churn", old.get("churn"))
+        res.setdefault("ingest", old.get("ingest"))
         relate(res)
         res["targets"] = targets(res)
     write_json(out / "gallery_stores.json", res)
     click.echo(f"wrote {out / 'gallery_stores.json'}")
+
+
+def run_streaming(cmd: list[str]) -> subprocess.CompletedProcess:
+    """``subprocess.run`` capturing both streams, its stderr also echoed line by line (a long
+    point's progress shows while it runs)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        err = []
+        for line in p.stderr:
+            err.append(line)
+            click.echo(line.rstrip(), err=True)
+        out = p.stdout.read()
+    return subprocess.CompletedProcess(cmd, p.returncode, out, "".join(err))
 
 
 def relate(res: dict) -> None:

@@ -21,23 +21,29 @@ KINDS = ["lite", pytest.param("server", marks=pytest.mark.milvus_server)]
 
 class Counting:
     """The pymilvus client, every method call recorded by name (``hook``: runs after one); the
-    connection it hands out (``_get_connection``: requests the store builds itself) too."""
+    connection it hands out (``_get_connection``: requests the store builds itself) and that
+    connection's gRPC stub (``_stub``: requests the store sends itself, ``Search`` recorded as
+    "search") too."""
 
-    def __init__(self, client, calls=None):
+    def __init__(self, client, calls=None, parent=None):
         self._real, self.calls, self.hook = client, [] if calls is None else calls, None
+        self._parent = parent       # a connection's hook is its client's
 
     def __getattr__(self, name):
         fn = getattr(self._real, name)
         if name == "_get_connection":
-            return lambda *a, **k: Counting(fn(*a, **k), self.calls)
+            return lambda *a, **k: Counting(fn(*a, **k), self.calls, self._parent or self)
+        if name == "_stub":
+            return Counting(fn, self.calls, self._parent or self)
         if not callable(fn) or name.startswith("_"):
             return fn
 
         def call(*args, **kwargs):
-            self.calls.append(name)
+            self.calls.append(name.lower())
             out = fn(*args, **kwargs)
-            if self.hook:
-                self.hook(name, kwargs)
+            hook = (self._parent or self).hook
+            if hook:
+                hook(name.lower(), kwargs)
             return out
         return call
 
@@ -157,3 +163,20 @@ def test_meta_beyond_a_row_is_refused_whole(opened):
     assert len(g) == n
     ids = g.add(people([1], "rgb", seed=5), pids=[1], camids=0, meta=[{"frame": [1, "é"]}])
     assert g.meta(ids) == [{"frame": [1, "é"]}]
+
+
+def test_search_without_pymilvus_internals_answers_the_same(opened, monkeypatch):
+    """Where the installed pymilvus lacks the internals the fast search path uses, searches go
+    through ``MilvusClient.search`` and answer the same."""
+    from benchmarks.gallery_scale import stand_in_sstn
+
+    g = fill(opened())
+    q, sstn = people([3], "ir", seed=2, noise=0.5), stand_in_sstn(*DIMS)
+    fast = g.search(q, top=5, transfer=sstn, mode="single-query")[0]
+
+    monkeypatch.delattr("pymilvus.client.call_context._api_level_md")   # an older pymilvus
+    client = counted(g)
+    slow = g.search(q, top=5, transfer=sstn, mode="single-query")[0]
+    assert client.calls == ["search"] * 3              # MilvusClient.search, three times
+    np.testing.assert_array_equal(slow.entry_ids, fast.entry_ids)
+    np.testing.assert_allclose(slow.distances, fast.distances, atol=1e-6)

@@ -21,7 +21,8 @@ flushes. Two-stage search is the default (``shortlist`` sized by the store) and 
 search requests: stage one and the shortlist's neighbour lists return whole rows, which the
 search keeps (it never fetches by id), the outer level ids and scores only. An entry another
 client removes meanwhile misses itself in its own neighbour list and drops out of the ranking
-(``twostage.vanished``).
+(``twostage.vanished``). Each search request is built by pymilvus and its answer read as numpy
+columns (``milvus_search``), rows decoded only when the search uses them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 
 from ssft_deploy.affinity.common import SLACK, d_from_cos, unit
 from ssft_deploy.errors import GalleryError, InputError
+from ssft_deploy.gallery import milvus_search
 from ssft_deploy.gallery.base import SHORTLIST_PROBE_FRACTION, GalleryStore, Window, fetch_ordered
 from ssft_deploy.gallery.binding import GalleryBinding
 from ssft_deploy.gallery.milvus_rows import (
@@ -271,7 +273,14 @@ class MilvusGallery(GalleryStore):
         if cache is None:
             return self._rows_as_entries(rows)
         cache.update((r[0], r) for r in rows)
-        return self._rows_as_entries([cache[i] for i in ids if i in cache])
+        out = []
+        for i in ids:
+            r = cache.get(i)
+            if isinstance(r, dict):           # a search hit not decoded yet
+                r = cache[i] = self._parse(r)
+            if r is not None:
+                out.append(r)
+        return self._rows_as_entries(out)
 
     def _knn(self, q: np.ndarray, field: str, modality: int, window: Window, limit: int,
              shortlist: bool = False) -> np.ndarray:
@@ -292,18 +301,14 @@ class MilvusGallery(GalleryStore):
         data = np.zeros((len(q), self._width), np.float32)
         data[:, :q.shape[1]] = q
         for s in range(0, len(q), CHUNK):
-            # raw float32 bytes per query: pymilvus packs numpy rows float by float otherwise
-            res = self._call("search", self._client.search, self.collection,
-                             data=[r.tobytes() for r in data[s:s + CHUNK]], anns_field="vec",
-                             filter=_filter([kind + modality], window), limit=limit,
-                             search_params=params, consistency_level=self._level(),
-                             output_fields=_OUT if cache is not None else ["eid"])
-            for i, hits in enumerate(res):
-                ids[s + i, :len(hits)] = [h["entity"]["eid"] for h in hits]
-                cos[s + i, :len(hits)] = [h["distance"] for h in hits]
-                if cache is not None:  # decode each entry once per search
-                    cache.update((r[0], r) for r in (self._parse(h["entity"]) for h in hits
-                                                     if h["entity"]["eid"] not in cache))
+            hits = self._call("search", milvus_search.search, self._client, self.collection,
+                              data[s:s + CHUNK], _filter([kind + modality], window), limit,
+                              params, self._level(), _OUT if cache is not None else ["eid"])
+            ids[s:s + CHUNK], cos[s:s + CHUNK] = hits.ids, hits.cos
+            if cache is not None:  # kept undecoded: decoded once, if this search needs it
+                for j, e in enumerate(hits.flat_ids.tolist()):
+                    if e not in cache:
+                        cache[e] = hits.row(j)
         return ids, cos
 
     def neighbour_lists(self, entry_ids: np.ndarray, k: int, modalities: tuple[int, ...],
