@@ -262,8 +262,7 @@ class VideoPipeline(AssociationStage):
         det = cam.detector(bgr, fr.index) if detect else None
         t1 = time.perf_counter()
         stage[0] = "track"
-        xyxy, scores, ids = (cam.tracker.update(det, bgr) if detect
-                             else cam.tracker.predict(bgr))
+        xyxy, scores, ids = cam.tracker.update(det, bgr) if detect else cam.tracker.predict(bgr)
         t2 = time.perf_counter()
         clock.add("detect", t1 - t0)
         clock.add("track", t2 - t1)
