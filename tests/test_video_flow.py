@@ -65,3 +65,16 @@ def test_a_fast_walker_detected_on_a_stride_keeps_one_track_that_follows_them(st
 
     assert followed("flow") >= 40                      # every frame after the confirmation
     assert followed("kalman") < 5                      # measured: 1 (ByteTrack never confirms)
+
+
+def test_a_flow_tracker_without_frames_is_a_clear_error():
+    from ssft_deploy.errors import InputError
+
+    trk = ByteTracker(detect_every=4)
+    with pytest.raises(InputError, match="pass each frame"):
+        trk.update(Detections(box(10), np.array([0.9], np.float32)))
+    with pytest.raises(InputError, match="pass each frame"):
+        trk.predict()
+    xyxy, _, ids = ByteTracker(detect_every=1).update(     # stride 1: no flow, no frame needed
+        Detections(box(10), np.array([0.9], np.float32)))
+    assert len(xyxy) == len(ids) == 1

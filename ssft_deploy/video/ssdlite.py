@@ -139,8 +139,9 @@ class SsdliteDetector:
     by neighbours. ``iou`` / ``contain``: the merge's NMS (:func:`merge_tiles`). ``vote_score``:
     a merged box is kept only when a strict majority of the passes able to see it (the tiles
     holding it whole; the full frame when it is at least ``vote_height`` px tall there) found it
-    with a score of at least ``vote_score`` (:func:`majority_vote`; ``None``: no vote). The defaults are the best of a sweep on hand-labelled real footage,
-    checked by 2-fold cross-validation (benchmarks/detector_recall.py, docs/tracking.md)."""
+    with a score of at least ``vote_score`` (:func:`majority_vote`; ``None``: no vote). The
+    defaults are the best of a sweep on hand-labelled real footage, checked by 2-fold
+    cross-validation (benchmarks/detector_recall.py, docs/tracking.md)."""
 
     def __init__(self, engine=None, threshold: float = THRESHOLD, tile_scale: float = 1.0,
                  overlap: float = 0.3, iou: float = 0.3, contain: float = 0.7,

@@ -41,10 +41,10 @@ class ByteTracker:
     :meth:`predict` gives the frames between. ByteTrack itself must not see those frames as
     empty: an update without boxes marks every track lost and deletes the tracks born on the
     previous update before they are confirmed, so no one who enters would ever be tracked.
-    With ``flow`` (the default) the frames between carry the last frame's tracked boxes by
-    optical flow (:mod:`ssft_deploy.video.flow`) and ByteTrack steps on every frame with them
-    (people moving two widths between detections are still matched frame to frame). Without
-    (``flow=False``, or no frame given), ByteTrack steps once per detection (its Kalman
+    With ``flow`` (the default; every call then takes its frame) the frames between carry the
+    last frame's boxes by optical flow (:mod:`ssft_deploy.video.flow`) and ByteTrack steps on
+    every frame with them (people moving two widths between detections are still matched frame
+    to frame). With ``flow=False`` (no frames), ByteTrack steps once per detection (its Kalman
     velocity is per N frames, its lost buffer ``ceil(lost_frames / N)`` steps) and the frames
     between get each track's Kalman state moved on by k / N of that velocity."""
 
@@ -74,9 +74,9 @@ class ByteTracker:
                                         frame_rate=30, minimum_consecutive_frames=min_frames)
         self.lost_frames = int(lost_frames)
         self.invalid = 0   # boxes refused before tracking (NaN, zero or negative area)
-        self._shown: list = []     # (track, score) output by the last update, for predict()
-        self._since = 0            # frames since that update
-        self._last: tuple | None = None   # flow: (grey frame, xyxy, scores) of the last output
+        self._shown: list = []     # Kalman: (track, score) output by the last update
+        self._since = 0            # Kalman: frames since that update
+        self._last: tuple | None = None   # flow: (prepared frame, boxes fed, their scores)
 
     def update(self, det: Detections, frame: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,10 +84,18 @@ class ByteTracker:
         ``frame`` (BGR or grey): with ``flow``, what :meth:`predict` carries boxes from."""
         ok = valid_boxes(det)
         self.invalid += int((~ok).sum())
-        prepared = flow.Prepared(frame) if self.flow and frame is not None else None
-        out = self._step(det.xyxy[ok], det.scores[ok], prepared)
+        out = self._step(det.xyxy[ok], det.scores[ok], self._prepare(frame))
         self._since = 0
         return out
+
+    def _prepare(self, frame: np.ndarray | None) -> flow.Prepared | None:
+        if not self.flow:
+            return None
+        if frame is None:
+            raise InputError(f"a tracker detecting every {self.detect_every} frames carries "
+                             "boxes by optical flow: pass each frame to update / predict "
+                             "(or build it with flow=False)")
+        return flow.Prepared(frame)
 
     def _step(self, xyxy: np.ndarray, scores: np.ndarray, prepared: flow.Prepared | None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,23 +105,25 @@ class ByteTracker:
         ids = np.asarray(out.tracker_id if out.tracker_id is not None else [], np.int64)
         scores = (np.asarray(out.confidence, np.float32) if out.confidence is not None
                   else np.ones(len(ids), np.float32))
-        live = {t.external_track_id: t for t in self.tracker.tracked_tracks}
-        self._shown = [(live[i], s) for i, s in zip(ids.tolist(), scores.tolist()) if i in live]
-        # flow carries what ByteTrack was fed, not what it output: a track born on a
-        # detection is confirmed on the next frame only if its box is carried there
-        self._last = (prepared, sv_det.xyxy, sv_det.confidence) if prepared else None
+        if self.flow:
+            # flow carries what ByteTrack was fed, not what it output: a track born on a
+            # detection is confirmed on the next frame only if its box is carried there
+            self._last = (prepared, sv_det.xyxy, sv_det.confidence)
+        else:
+            live = {t.external_track_id: t for t in self.tracker.tracked_tracks}
+            self._shown = [(live[i], s) for i, s in zip(ids.tolist(), scores.tolist())
+                           if i in live]
         return np.asarray(out.xyxy, np.float32).reshape(-1, 4), scores, ids
 
     def predict(self, frame: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A frame without detections (``detect_every`` > 1): with ``flow`` and ``frame``, the
-        last frame's boxes carried into it by optical flow and tracked; else the tracks
-        of the last :meth:`update`, moved on by their Kalman velocity. Same outputs as
-        :meth:`update`."""
+        """A frame without detections (``detect_every`` > 1): with ``flow``, the last frame's
+        boxes carried into ``frame`` by optical flow and tracked; else the tracks of the last
+        :meth:`update`, moved on by their Kalman velocity. Same outputs as :meth:`update`."""
         self._since += 1
-        if self.flow and frame is not None and self._last is not None:
+        cur = self._prepare(frame)
+        if cur is not None and self._last is not None:
             prev, boxes, scores = self._last
-            cur = flow.Prepared(frame)
             moved, ok = flow.carry(prev, cur, boxes)
             return self._step(moved[ok], scores[ok], cur)
         if not self._shown:
