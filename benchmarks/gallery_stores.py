@@ -2,8 +2,8 @@
 here on loopback), Milvus Lite and the local store. Per store and size: add throughput (the
 first 10,000 entries in batches of 1000), p50 / p99 of single-query two-stage search
 (``--shortlist``, Eq. 22 with a stand-in W), stage one's recall against exact k-NN, memory; then
-3 writer processes + 1 searcher for ``--churn-s`` seconds against the server: failed writes,
-failed searches, final count against adds - removes.
+3 writer processes + 1 searcher for ``--churn-s`` seconds against the server (``gallery_churn``):
+failed writes, failed searches, final count against adds - removes.
 
     python benchmarks/gallery_stores.py --out docs/results                   # 10k and 100k
     python benchmarks/gallery_stores.py --sizes 10000 --stores server --churn-s 10
@@ -44,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import gallery_sweep
 from benchmarks.common import check_target, format_table, header, int_list, write_json
 from benchmarks.gallery_scale import TOP, _unit, rss_mib, scale_data, stand_in_sstn
-from ssft_deploy.errors import SSFTError
 from ssft_deploy.features import Features
 from ssft_deploy.gallery import milvus_search, open_gallery, twostage
 
@@ -141,7 +140,8 @@ def run_point(store: str, n: int, ds: int, dp: int, queries: int, m: int, uri: s
     lat_ms = 1e3 * np.array(lat)
     return {"store": store, "n": n, "dims": [ds, dp], "shortlist": m, "queries": queries,
             "adds_per_s": timed / add_s, "add_batch": BATCH, "timed_entries": timed,
-            "load_s": load_s, "settle_s": settle_s, "indexed_fraction": indexed, "first_search_s": first_s,
+            "load_s": load_s, "settle_s": settle_s, "indexed_fraction": indexed,
+            "first_search_s": first_s,
             "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
             "requests_p50_ms": 1e3 * float(np.percentile(in_requests, 50)),
             "request_floor_p50_ms": 1e3 * float(np.median(floor)) if floor else None,
@@ -164,83 +164,6 @@ def request_floor(g, q: Features, m: int) -> list[float]:
                          search_params={"metric_type": "COSINE", "params": {"nprobe": 16}})
         out.append(time.perf_counter() - t0)
     return out
-
-
-# -- churn: 3 writer processes + 1 searcher on the server -----------------------------------------
-def writer(uri: str, collection: str, wid: int, seconds: float, ds: int, dp: int) -> dict:
-    g = open_gallery(uri, (ds, dp), collection=collection)
-    rng = np.random.default_rng(wid)
-    adds = removes = failed = rounds = 0
-    errors: list[str] = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        eids = wid * 10**9 + rounds * 100 + np.arange(100)
-        f = Features(rng.standard_normal((100, ds)), rng.standard_normal((100, dp)), 0)
-        try:
-            g.add(f, pids=eids % 500, camids=wid, entry_ids=eids)
-            adds += 100
-            if rounds % 3 == 2:
-                removes += g.remove(entry_ids=eids[:50])
-        except SSFTError as exc:                      # a failed write, counted
-            failed += 1
-            errors.append(str(exc)[:300])
-        rounds += 1
-    return {"adds": adds, "removes": removes, "failed_writes": failed, "rounds": rounds,
-            "errors": errors[:5]}
-
-
-def searcher(uri: str, collection: str, seconds: float, ds: int, dp: int, m: int) -> dict:
-    g = open_gallery(uri, (ds, dp), collection=collection)
-    sstn = stand_in_sstn(ds, dp)
-    rng = np.random.default_rng(99)
-    ok = failed = 0
-    lat: list[float] = []
-    errors: list[str] = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        q = Features(rng.standard_normal((1, ds)), rng.standard_normal((1, dp)), 1)
-        t0 = time.perf_counter()
-        try:
-            g.search(q, top=TOP, transfer=sstn, mode="single-query", shortlist=m)
-            ok += 1
-            lat.append(time.perf_counter() - t0)
-        except SSFTError as exc:                      # a failed search, counted
-            failed += 1
-            errors.append(str(exc)[:300])
-    lat_ms = 1e3 * np.array(lat or [np.nan])
-    return {"searches": ok, "failed_searches": failed,
-            "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)), "errors": errors[:5]}
-
-
-def churn(uri: str, seconds: float, ds: int, dp: int, m: int, prefill: int) -> dict:
-    collection = f"churn{uuid.uuid4().hex[:12]}"
-    g = open_gallery(uri, (ds, dp), collection=collection, index="ivf")
-    feats, pids, cams, _ = scale_data(prefill, ds, dp, 1, seed=7)
-    for s in range(0, prefill, 2000):
-        sl = np.arange(s, min(prefill, s + 2000))
-        g.add(feats.take(sl), pids=pids[sl], camids=cams[sl], entry_ids=sl)
-    settle(g)
-    base = [sys.executable, __file__, "--dims", f"{ds},{dp}", "--shortlist", str(m), "--uri", uri]
-    procs = [subprocess.Popen(base + ["--role", f"writer:{collection}:{w}:{seconds}"],
-                              stdout=subprocess.PIPE, text=True) for w in (1, 2, 3)]
-    procs.append(subprocess.Popen(base + ["--role", f"searcher:{collection}:0:{seconds}"],
-                                  stdout=subprocess.PIPE, text=True))
-    loads = []
-    while any(p.poll() is None for p in procs):
-        loads.append(os.getloadavg()[0])
-        time.sleep(1.0)
-    outs = [json.loads(p.stdout.read().strip().splitlines()[-1]) for p in procs]
-    writers, search = outs[:3], outs[3]
-    adds, removes = sum(w["adds"] for w in writers), sum(w["removes"] for w in writers)
-    final = len(g)
-    g._client.drop_collection(collection)
-    g.close()
-    return {"seconds": seconds, "prefill": prefill, "writers": writers, "searcher": search,
-            "adds": adds, "removes": removes, "final_count": final,
-            "expected_count": prefill + adds - removes,
-            "failed_writes": sum(w["failed_writes"] for w in writers),
-            "failed_searches": search["failed_searches"],
-            "loadavg_during": [min(loads or [0]), max(loads or [0])]}
 
 
 def server_usage(srv) -> dict:
@@ -273,17 +196,10 @@ def server_usage(srv) -> dict:
 @click.option("--merge", is_flag=True, help="keep the points of other sizes already in the JSON")
 @click.option("--point", default=None, hidden=True, help="STORE:N (internal)")
 @click.option("--uri", default=None, hidden=True)
-@click.option("--role", default=None, hidden=True, help="writer|searcher:COLL:ID:S (internal)")
-def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, ingest, server_set, merge, point,
-         uri, role):
+def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, ingest, server_set, merge,
+         point, uri):
     """Stores side by side: add throughput, two-stage latency, churn (JSON)."""
     ds, dp = dims
-    if role:
-        kind, coll, wid, secs = role.split(":")
-        res = writer(uri, coll, int(wid), float(secs), ds, dp) if kind == "writer" else \
-            searcher(uri, coll, float(secs), ds, dp, m)
-        click.echo(json.dumps(res))
-        return
     if point == "ingest":
         from benchmarks.milvus_ingest import ingest_ceiling
 
@@ -334,6 +250,8 @@ def main(out, sizes, stores, dims, queries, m, churn_s, churn_prefill, ingest, s
                            f"{row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  recall@{m} "
                            f"{row['shortlist_recall']:.3f}  load {row['loadavg_during']}")
         if srv and churn_s > 0:
+            from benchmarks.gallery_churn import churn  # (it imports settle from here)
+
             res["churn"] = churn(srv.uri, churn_s, ds, dp, m, churn_prefill)
             c = res["churn"]
             click.echo(f"churn {churn_s:.0f} s: adds {c['adds']} removes {c['removes']} final "
