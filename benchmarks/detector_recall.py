@@ -92,6 +92,13 @@ def read_frames(clip: Path, indices: set[int], upto: int | None = None):
         cap.release()
 
 
+def _totals(rows: list[dict]) -> dict:
+    """Counts summed over frames, with recall and the false-box rate."""
+    tot = {k: sum(r[k] for r in rows) for k in ("people", "found", "boxes", "false")}
+    return {**tot, "recall": tot["found"] / max(tot["people"], 1),
+            "false_rate": tot["false"] / max(tot["boxes"], 1)}
+
+
 def evaluate(detector: str, clip: Path = CLIP, labels: dict | None = None,
              **options: object) -> dict:
     """Totals and per-frame counts of one detector spec over the labelled frames."""
@@ -110,21 +117,13 @@ def evaluate(detector: str, clip: Path = CLIP, labels: dict | None = None,
             lab = frames[i]
             per[i] = score_frame(d.xyxy, np.asarray(lab["people"], float).reshape(-1, 4),
                                  np.asarray(lab.get("ignore", []), float).reshape(-1, 4))
-    tot = {k: sum(p[k] for p in per.values()) for k in ("people", "found", "boxes", "false")}
-    return {"detector": detector, "options": options, "frames": len(per), **tot,
-            "recall": tot["found"] / max(tot["people"], 1),
-            "false_rate": tot["false"] / max(tot["boxes"], 1),
+    return {"detector": detector, "options": options, "frames": len(per),
+            **_totals(list(per.values())),
             "per_frame": {str(k): v for k, v in sorted(per.items())}}
 
 
 GRID = {"threshold": (0.3, 0.35, 0.4, 0.5), "vote_score": (None, 0.05, 0.1, 0.2, 0.3),
         "vote_height": (0, 30, 45, 60, 75)}
-
-
-def _totals(rows: list[dict]) -> dict:
-    tot = {k: sum(r[k] for r in rows) for k in ("people", "found", "boxes", "false")}
-    return {**tot, "recall": tot["found"] / max(tot["people"], 1),
-            "false_rate": tot["false"] / max(tot["boxes"], 1)}
 
 
 def cross_validate(clip: Path = CLIP, labels: dict | None = None) -> dict:
@@ -154,9 +153,9 @@ def cross_validate(clip: Path = CLIP, labels: dict | None = None) -> dict:
     folds, held = [keys[0::2], keys[1::2]], []
     for fit, test in (folds, folds[::-1]):
         fits = [(score(s, fit), s) for s in settings]
-        best = min(fits, key=lambda f: (f[0]["recall"] < RECALL_TARGET, f[0]["false_rate"],
-                                        -f[0]["recall"]))[1]
-        held.append({"chosen": best, "fit": score(best, fit), "held_out": score(best, test),
+        best_fit, best = min(fits, key=lambda f: (f[0]["recall"] < RECALL_TARGET,
+                                                  f[0]["false_rate"], -f[0]["recall"]))
+        held.append({"chosen": best, "fit": best_fit, "held_out": score(best, test),
                      "defaults_held_out": score({}, test)})
     pooled = _totals([h["held_out"] for h in held])
     return {"grid": GRID, "folds": held, "held_out_pooled": pooled}

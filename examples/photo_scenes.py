@@ -38,29 +38,30 @@ TOP = 150                        # px: where scenes.py's y = 0 lands on the walk
 HEIGHTS = (90, 150)              # sprite heights taken (px)
 
 
-def _frames(clip: Path, wanted: set[int] | None = None, step: int = 1):
+def scan(clip: Path = CLIP, labels: Path = LABELS, step: int = 8
+         ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """One read of the clip -> (its per-pixel median over every ``step``-th frame: the empty
+    scene, {labelled frame index: frame})."""
+    wanted = {int(k) for k in json.loads(Path(labels).read_text())["frames"]}
     cap = cv2.VideoCapture(str(clip))
     if not cap.isOpened():
         raise click.ClickException(f"cannot read {clip}: make clip-setup")
-    i = 0
+    samples, labelled, i = [], {}, 0
     try:
         while True:
             ok, frame = cap.read()
             if not ok:
-                return
-            if (wanted is None and i % step == 0) or (wanted is not None and i in wanted):
-                yield i, frame
+                break
+            if i % step == 0:
+                samples.append(frame)
+            if i in wanted:
+                labelled[i] = frame
             i += 1
     finally:
         cap.release()
-
-
-def background(clip: Path = CLIP, step: int = 8) -> np.ndarray:
-    """The clip's per-pixel median over every ``step``-th frame: the empty scene."""
-    frames = [f for _, f in _frames(clip, step=step)]
-    if not frames:
+    if not samples:
         raise click.ClickException(f"{clip} has no frames")
-    return np.median(np.stack(frames), axis=0).astype(np.uint8)
+    return np.median(np.stack(samples), axis=0).astype(np.uint8), labelled
 
 
 def _alone(box, others) -> bool:
@@ -73,13 +74,11 @@ def _alone(box, others) -> bool:
     return True
 
 
-def sprites(clip: Path = CLIP, labels: Path = LABELS, bg: np.ndarray | None = None,
+def sprites(bg: np.ndarray, frames: dict[int, np.ndarray], labels: Path = LABELS,
             threshold: float = 40.0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(bgr, alpha)`` cut-outs of the labelled people that stand alone and are ``HEIGHTS``
-    tall, tight to their mask, in label order."""
-    bg = background(clip) if bg is None else bg
+    """``(bgr, alpha)`` cut-outs of the labelled people (``frames`` from :func:`scan`) that
+    stand alone and are ``HEIGHTS`` tall, tight to their mask, in label order."""
     lab = json.loads(Path(labels).read_text())["frames"]
-    frames = dict(_frames(clip, {int(k) for k in lab}))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     out = []
     for key in sorted(lab, key=int):
@@ -143,9 +142,9 @@ def make_photo_scene(kind: str, bg: np.ndarray, cutouts: list, seed: int = 0,
 
 
 def photo_scenes(clip: Path = CLIP, labels: Path = LABELS, seed: int = 0) -> list[Scene]:
-    """Every kind of scene with photographed people (one background and cut-out pass)."""
-    bg = background(clip)
-    cut = sprites(clip, labels, bg)
+    """Every kind of scene with photographed people (one read of the clip)."""
+    bg, frames = scan(clip, labels)
+    cut = sprites(bg, frames, labels)
     return [make_photo_scene(k, bg, cut, seed) for k in KINDS]
 
 
@@ -156,7 +155,8 @@ def photo_scenes(clip: Path = CLIP, labels: Path = LABELS, seed: int = 0) -> lis
 @click.option("--seed", default=0, show_default=True)
 def main(out: Path, clip: Path, seed: int) -> None:
     """Write the scripted scenes with photographed people and their ground truth into OUT."""
-    paths = {f"{sc.kind}_{sc.modality}": write_scene(sc, out) for sc in photo_scenes(clip, seed=seed)}
+    paths = {f"{sc.kind}_{sc.modality}": write_scene(sc, out)
+             for sc in photo_scenes(clip, seed=seed)}
     (out / "scenes.json").write_text(json.dumps(paths, indent=2) + "\n")
     click.echo(json.dumps(paths, indent=2))
 

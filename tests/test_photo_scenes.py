@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from examples.photo_scenes import HEIGHTS, background, make_photo_scene, sprites
+from examples.photo_scenes import HEIGHTS, make_photo_scene, scan, sprites
 from examples.scenes import PATHS
 from ssft_deploy.video import ssdlite
 from tests.test_detector_realclip import _clip
@@ -14,9 +14,8 @@ from tests.test_detector_realclip import _clip
 
 @pytest.fixture(scope="module")
 def cut():
-    clip = _clip()
-    bg = background(clip)
-    return bg, sprites(clip, bg=bg)
+    bg, frames = scan(_clip())
+    return bg, sprites(bg, frames)
 
 
 def test_cutouts_are_single_people_tight_to_their_mask(cut):
